@@ -1,0 +1,252 @@
+"""What every provider module fills in, in the shape of django-anymail's backends:
+
+    capabilities (data) -> build_request(batch) -> post -> parse_response(batch, response) -> RowOutcome per row
+
+plus a table from the provider's own codes to our closed status vocabulary. The send engine
+(`tasks/send_engine.py`) owns everything around that: rate limits, concurrency, retries, backoff,
+bisection of whole-batch rejections. A provider module only knows its own wire format.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import httpx
+import polars as pl
+
+from smscast.campaign import CampaignSpec
+from smscast.errors import AuthError, BatchRejectedError, RateLimitedError, ServerError
+from smscast.settings import ProviderSettings
+from smscast.status import Status
+
+
+class Idempotency(StrEnum):
+    HEADER = "header"  # one key per request, in a header: a re-send is safe only with the same batch
+    ROW = "row"  # a key per row in the body
+    BATCH_AND_ROW = "batch_and_row"  # a key for the request and one per row
+    CLIENT_ID = "client_id"  # the provider de-duplicates on our per-row reference
+    NONE = "none"  # nothing: a re-send after an unknown outcome can duplicate
+
+
+class Rejection(StrEnum):
+    PER_ROW = "per_row"  # bad rows are refused one by one, the rest go through
+    WHOLE_BATCH = "whole_batch"  # one bad row fails the whole request
+
+
+class OutcomeTiming(StrEnum):
+    SYNC = "sync"  # per-recipient result (and usually a message id) in the response
+    ASYNC = "async"  # a job/batch reference now, per-recipient status from a later lookup
+
+
+class Content(StrEnum):
+    BODY = "body"  # we send the text
+    TEMPLATE = "template"  # the provider renders a template it holds
+    EITHER = "either"
+
+
+class Wire(StrEnum):
+    JSON = "json"
+    MULTIPART_CSV = "multipart_csv"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """A provider's limits and behaviour, declared as data (dlt-style) and read by validate, plan and send."""
+
+    name: str
+    max_rows: int
+    min_rows: int = 1
+    max_body_chars: int | None = None  # characters, as the provider counts them
+    max_segments: int | None = None
+    max_request_bytes: int | None = None
+    rate_per_second: float = 10.0  # documented request rate
+    burst: int = 1
+    concurrency: int = 4
+    idempotency: Idempotency = Idempotency.NONE
+    rejection: Rejection = Rejection.PER_ROW
+    outcome: OutcomeTiming = OutcomeTiming.SYNC
+    content: Content = Content.BODY
+    wire: Wire = Wire.JSON
+    unique_phones_per_batch: bool = False
+    sender_required: bool = False
+    sender_pattern: str | None = None  # full-match regex for the sender id
+    languages: tuple[str, ...] = ()
+    request_timeout: float = 30.0
+    default_base_url: str | None = None
+    notes: str = ""
+
+    @property
+    def resend_safe(self) -> bool:
+        """Whether re-sending a batch whose outcome is unknown cannot create a second message."""
+        return self.idempotency is not Idempotency.NONE
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One provider request's worth of rows. `rows` has at least row_index, recipient_id, phone, body,
+    idempotency_key, plus the template variables and the optional language, media_url and send_at."""
+
+    campaign_id: str
+    batch_id: str
+    batch_key: str  # idempotency key for the request as a whole
+    rows: pl.DataFrame
+    spec: CampaignSpec
+
+    def __len__(self) -> int:
+        return self.rows.height
+
+    def subset(self, positions: Sequence[int], suffix: str) -> Batch:
+        """A part of this batch (bisection). Its key is derived so the provider never confuses the two."""
+        return Batch(
+            campaign_id=self.campaign_id,
+            batch_id=f"{self.batch_id}.{suffix}",
+            batch_key=f"{self.batch_key}.{suffix}",
+            rows=self.rows[list(positions)],
+            spec=self.spec,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    status: Status
+    error_code: str | None = None
+    error_message: str | None = None
+    provider_message_id: str | None = None
+    provider_batch_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """A provider rule checked before sending, vectorised: `valid` is a Polars expression that is true for
+    rows that pass. Columns available: phone, body, chars, encoding, segments, language, media_url, send_at
+    and the template variables."""
+
+    code: str
+    message: str
+    valid: pl.Expr
+    columns: tuple[str, ...] = ()  # input columns the rule needs; the rule is skipped if one is absent
+
+
+@dataclass(frozen=True, slots=True)
+class StatusLookup:
+    """A per-recipient status from an async provider's lookup endpoint, for the reconcile step."""
+
+    phone: str
+    status: Status
+    provider_status: str
+    provider_message_id: str | None = None
+    error_code: str | None = None
+
+
+class Provider:
+    """Base class. Subclasses set `caps` and `STATUS_MAP` and implement `build_request` and `parse_response`."""
+
+    caps: ClassVar[Capabilities]
+    # Provider code -> our status. Codes not in the table become UNKNOWN (see `status_for`).
+    STATUS_MAP: ClassVar[Mapping[str, Status]] = {}
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.settings = settings
+
+    # ---- the pipeline every provider fills in -------------------------------------------------------
+
+    def build_request(self, batch: Batch) -> httpx.Request:
+        raise NotImplementedError
+
+    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
+        """Outcomes in the order of `batch.rows`. Raise a SendError subclass for whole-batch failures."""
+        raise NotImplementedError
+
+    # ---- optional hooks -------------------------------------------------------------------------------
+
+    def row_rules(self, spec: CampaignSpec) -> list[RowRule]:
+        """Provider rules checked at validation, so that whole-batch rejections are rare."""
+        return []
+
+    def check_spec(self, spec: CampaignSpec) -> None:
+        """Campaign-level rules (sender format, template required…): raise ConfigError before anything runs."""
+
+    def batch_group_keys(self, spec: CampaignSpec) -> list[pl.Expr]:
+        """Expressions whose values must be equal within one batch (e.g. sent.dm's batch-level template
+        parameters, textingline's no SMS/MMS mix). Plan batches each group separately."""
+        return []
+
+    async def lookup_status(self, client: httpx.AsyncClient, batch_ref: str) -> list[StatusLookup]:
+        """Per-recipient status of an async batch (reconcile). Sync providers have nothing to look up."""
+        raise NotImplementedError(f"{self.caps.name} reports outcomes synchronously")
+
+    # ---- shared helpers ----------------------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        return f"{self.settings.base_url}/{path.lstrip('/')}"
+
+    def api_key(self) -> str:
+        if self.settings.api_key is None:
+            raise AuthError(f"{self.caps.name}: no API key configured", code="no_credentials")
+        return self.settings.api_key.reveal()
+
+    @classmethod
+    def status_for(cls, code: str | None) -> Status:
+        if code is None:
+            return Status.UNKNOWN
+        return cls.STATUS_MAP.get(code, Status.UNKNOWN)
+
+    def raise_for_transport_status(self, response: httpx.Response) -> None:
+        """The HTTP statuses every provider shares: 401/403, 429, 5xx. Provider-specific 4xx are the
+        module's own business (after this returns)."""
+        code = response.status_code
+        if code in (401, 403):
+            raise AuthError(f"{self.caps.name}: HTTP {code}, credentials refused", code=f"http_{code}")
+        if code == 429:
+            raise RateLimitedError(
+                f"{self.caps.name}: HTTP 429 rate limited", code="http_429", retry_after=retry_after(response)
+            )
+        if code >= 500:
+            raise ServerError(f"{self.caps.name}: HTTP {code}", code=f"http_{code}")
+
+    def reject_batch(self, response: httpx.Response, code: str, message: str, *, split: bool) -> BatchRejectedError:
+        return BatchRejectedError(
+            f"{self.caps.name}: batch refused (HTTP {response.status_code}, {code}): {message}",
+            code=code,
+            retryable_split=split,
+        )
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Retry-After as seconds, from either delta-seconds or an HTTP date; None when absent or unreadable."""
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The response's JSON, or None when it is not JSON (a proxy's HTML error page, an empty body)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+@dataclass
+class RequestLog:
+    """What the engine observed, for tests and the benchmark: requests sent per outcome class."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n

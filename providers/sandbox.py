@@ -1,0 +1,86 @@
+"""smscast's own sandbox provider: a JSON batch API served by `smscast sandbox` (sandbox/emulators/generic.py).
+
+Wire format (both sides of it live in this repository, so this module is its specification):
+
+    POST /sandbox/v1/messages/batch
+    Authorization: Bearer <key>          Idempotency-Key: <batch key>
+    {"sender": "ACME", "messages": [{"to": "+447700900123", "body": "Hi", "ref": "<row idempotency key>"}, ...]}
+
+    200 {"batch": "<server batch id>",
+         "results": [{"index": 0, "status": "accepted", "message_id": "sbx_…"},
+                     {"index": 1, "status": "rejected", "code": "invalid_number", "message": "…"}]}
+    400 {"error": {"code": "…", "message": "…"}}   whole request refused (too many rows, bad JSON)
+
+A repeated `ref` returns the first message's id and creates nothing new: re-sending is always safe.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from providers.base import Batch, Capabilities, Idempotency, Provider, RowOutcome, json_body
+from smscast.errors import AmbiguousError
+from smscast.status import Status
+
+
+class SandboxProvider(Provider):
+    caps = Capabilities(
+        name="sandbox",
+        max_rows=1000,
+        max_body_chars=1600,
+        max_segments=10,
+        rate_per_second=200.0,
+        burst=20,
+        concurrency=8,
+        idempotency=Idempotency.ROW,
+        sender_pattern=r"[A-Za-z0-9 ]{1,11}|\+?[0-9]{3,15}",
+        request_timeout=30.0,
+        notes="Emulator of our own design; per-row idempotency and per-row rejection.",
+    )
+
+    STATUS_MAP = {
+        "accepted": Status.ACCEPTED,
+        "invalid_number": Status.REJECTED,
+        "blocked_number": Status.REJECTED,
+        "body_too_long": Status.REJECTED,
+        "carrier_unavailable": Status.FAILED,  # the emulator's transient per-row failure
+    }
+
+    def build_request(self, batch: Batch) -> httpx.Request:
+        rows = batch.rows.select("phone", "body", "idempotency_key")
+        messages = [{"to": to, "body": body, "ref": ref} for to, body, ref in rows.iter_rows()]
+        return httpx.Request(
+            "POST",
+            self.url("/sandbox/v1/messages/batch"),
+            headers={"Authorization": f"Bearer {self.api_key()}", "Idempotency-Key": batch.batch_key},
+            json={"sender": batch.spec.sender, "messages": messages},
+        )
+
+    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
+        self.raise_for_transport_status(response)
+        payload = json_body(response)
+        if response.status_code >= 400:
+            err = (payload or {}).get("error") or {}
+            raise self.reject_batch(response, str(err.get("code", f"http_{response.status_code}")),
+                                    str(err.get("message", "")), split=False)
+        if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
+            # A 200 we cannot read: the batch may well have been accepted.
+            raise AmbiguousError("sandbox: unreadable 200 response", code="unreadable_response")
+        ref = payload.get("batch")
+        outcomes: list[RowOutcome | None] = [None] * len(batch)
+        for item in payload["results"]:
+            i = item.get("index")
+            if not isinstance(i, int) or not 0 <= i < len(batch):
+                continue
+            code = str(item.get("status") if item.get("status") == "accepted" else item.get("code"))
+            status = self.status_for(code)
+            outcomes[i] = RowOutcome(
+                status=status,
+                error_code=None if status is Status.ACCEPTED else code,
+                error_message=item.get("message"),
+                provider_message_id=item.get("message_id"),
+                provider_batch_ref=ref,
+            )
+        # A row the response does not mention was sent, with no word on it: unknown, not lost.
+        return [o or RowOutcome(Status.UNKNOWN, "missing_in_response", "row absent from the response")
+                for o in outcomes]

@@ -1,0 +1,340 @@
+"""What every emulator module builds on: configuration and shared state, auth helpers, the request pipeline
+(auth, fault knobs, rate limiter, latency, processing, dropped connections, held responses), an idempotency
+store for request-level keys, and fast JSON.
+
+An emulator module under `sandbox/emulators/` defines one `Emulator` subclass and exposes it as `EMULATOR`:
+
+    class RobaseEmulator(Emulator):
+        name = "robase"                       # the provider name used by the ledger, stats, faults and keys
+        auth = BearerAuth()                   # or HeaderKeyAuth("x-api-key"), BasicAuth()
+        sends_retry_after = True              # whether the vendor's 429 carries Retry-After
+
+        def message_id(self, seq: int) -> str: ...   # the vendor's id spelling, from the ledger's sequence
+        def error(self, status, code, message, headers=None) -> Response: ...  # the vendor's error body
+        def rate_scope(self, request) -> str: ...    # e.g. Postman limits per campaign
+        def routes(self): return [self.endpoint("/v1/sms/batch", self.send_batch)]
+
+        async def send_batch(self, request: Request) -> Response:
+            payload = await read_json(request)        # RequestRefused(400, "invalid_json") on bad JSON
+            ...                                       # validate rows; self.ledger.index/open_batch/add
+            return json_response({...})
+
+`endpoint()` wraps the handler in the pipeline, so a module only knows its own wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from sandbox.emulators import canonical_provider
+from sandbox.faults import Faults, Verdict
+from sandbox.ledger import Ledger
+
+DEFAULT_API_KEY = "sandbox-key"
+
+# Scope extension set by `SandboxApp` (sandbox/app.py): (asyncio transport, uvicorn request cycle).
+CONNECTION_EXTENSION = "sandbox.connection"
+
+
+# ---- configuration and state ------------------------------------------------------------------------------
+
+
+@dataclass
+class SandboxConfig:
+    """How a sandbox process starts. Provider names may be given by alias (`sandbox` for `generic`)."""
+
+    api_keys: dict[str, str] = field(default_factory=dict)  # provider -> the one key it accepts
+    default_key: str = DEFAULT_API_KEY
+    knobs: dict[str, Any] = field(default_factory=dict)  # global fault knobs at start
+    provider_knobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-provider overrides
+    emulators: tuple[str, ...] | None = None  # registry names to mount; None mounts all
+
+    def __post_init__(self) -> None:
+        self.api_keys = {canonical_provider(p): k for p, k in self.api_keys.items()}
+        self.provider_knobs = {canonical_provider(p): dict(k) for p, k in self.provider_knobs.items()}
+        if self.emulators is not None:
+            self.emulators = tuple(canonical_provider(p) for p in self.emulators)
+
+    def key_for(self, provider: str) -> str:
+        return self.api_keys.get(provider, self.default_key)
+
+
+class IdempotencyStore:
+    """Request-level idempotency (a key per request, e.g. sent.dm's `Idempotency-Key` header): the first
+    response is stored with a fingerprint of the request; a repeat replays it. What a repeat with a different
+    request means (replay, 409, 422) is the emulator's choice, so `get` returns the stored fingerprint too."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple[str, str, str], StoredResponse] = {}
+
+    def get(self, provider: str, key: str, scope: str = "") -> StoredResponse | None:
+        return self._store.get((provider, scope, key))
+
+    def put(self, provider: str, key: str, fingerprint: str, response: Response, scope: str = "") -> None:
+        self._store[(provider, scope, key)] = StoredResponse(
+            fingerprint=fingerprint,
+            status=response.status_code,
+            body=bytes(response.body),
+            media_type=response.media_type or "application/json",
+        )
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    fingerprint: str
+    status: int
+    body: bytes
+    media_type: str
+
+    def replay(self, headers: Mapping[str, str] | None = None) -> Response:
+        return Response(self.body, status_code=self.status, media_type=self.media_type, headers=headers)
+
+
+def fingerprint(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+class SandboxState:
+    """Everything one sandbox process shares between its emulators and the admin endpoints."""
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self.ledger = Ledger()
+        self.faults = Faults(self.config.knobs, self.config.provider_knobs)
+        self.idempotency = IdempotencyStore()
+        self.emulators: dict[str, Emulator] = {}
+
+    def reset(self, *, faults: bool = True) -> None:
+        """Forget the ledger, counters and stored responses (and, by default, restore the start knobs)."""
+        self.ledger.reset()
+        self.idempotency.clear()
+        if faults:
+            self.faults.reset()
+        for emulator in self.emulators.values():
+            emulator.reset()
+
+
+# ---- auth helpers -----------------------------------------------------------------------------------------
+
+
+class Auth(Protocol):
+    def check(self, request: Request, expected: str) -> bool: ...
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+class BearerAuth:
+    """`Authorization: Bearer <key>`."""
+
+    def check(self, request: Request, expected: str) -> bool:
+        raw = request.headers.get("authorization", "")
+        scheme, _, token = raw.partition(" ")
+        return scheme.lower() == "bearer" and _same(token.strip(), expected)
+
+
+class HeaderKeyAuth:
+    """The key in a header of its own, e.g. `x-api-key: <key>`."""
+
+    def __init__(self, header: str = "x-api-key") -> None:
+        self.header = header.lower()
+
+    def check(self, request: Request, expected: str) -> bool:
+        return _same(request.headers.get(self.header, ""), expected)
+
+
+class BasicAuth:
+    """HTTP basic auth; the configured key is `user:password` (e.g. textingline's `key_id:secret`)."""
+
+    def check(self, request: Request, expected: str) -> bool:
+        raw = request.headers.get("authorization", "")
+        scheme, _, token = raw.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(token.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return _same(given, expected)
+
+
+# ---- responses --------------------------------------------------------------------------------------------
+
+
+def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+class RequestRefused(Exception):
+    """Raised inside a handler to refuse the whole request; the pipeline renders it with `Emulator.error`."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestRefused(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+
+
+class DropResponse(Response):
+    """Close the connection without sending a byte of response.
+
+    uvicorn answers 500 when an app raises before starting a response, so raising is no way to drop. Instead
+    the app (`SandboxApp`) puts the connection's asyncio transport in the scope; this aborts it, then yields to
+    the event loop until uvicorn's `connection_lost` has marked the request cycle disconnected, so that uvicorn
+    neither logs an error nor tries to write a 500. The request body has been read in full by then (the
+    pipeline reads it first), so the kernel closes with a FIN rather than a RST, and the client sees the
+    connection end with no response: httpx raises `RemoteProtocolError` ("Server disconnected without sending
+    a response").
+    """
+
+    def __init__(self) -> None:
+        super().__init__(b"", status_code=599)  # never sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conn = (scope.get("extensions") or {}).get(CONNECTION_EXTENSION)
+        if conn is None:
+            raise RuntimeError("cannot drop the connection: not served by uvicorn through SandboxApp")
+        transport, cycle = conn
+        transport.abort()
+        for _ in range(1000):
+            if getattr(cycle, "disconnected", True):
+                break
+            await asyncio.sleep(0)
+
+
+async def hold_until_disconnect(request: Request, seconds: float) -> None:
+    """Wait `seconds`, or less if the client hangs up first (its read timeout fired)."""
+    try:
+        async with asyncio.timeout(seconds):
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+    except TimeoutError:
+        pass
+
+
+# ---- the emulator base class ------------------------------------------------------------------------------
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Emulator:
+    """Base class of the emulator modules. See the module docstring."""
+
+    name: ClassVar[str]
+    auth: ClassVar[Auth] = BearerAuth()
+    sends_retry_after: ClassVar[bool] = True
+    mount_at_root: ClassVar[bool] = True  # also mounted under /<name>/ in any case
+
+    def __init__(self, state: SandboxState) -> None:
+        self.state = state
+        self.ledger = state.ledger
+        self.faults = state.faults
+        self.idempotency = state.idempotency
+        self.api_key = state.config.key_for(self.name)
+        self.ledger.register(self.name, self.message_id)
+
+    # ---- what a module fills in -----------------------------------------------------------------------
+
+    def routes(self) -> Sequence[BaseRoute]:
+        raise NotImplementedError
+
+    def message_id(self, seq: int) -> str:
+        return f"{self.name}_{seq}"
+
+    def error(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
+        """The vendor's whole-request error body; the default is `{"error": {"code", "message"}}`."""
+        return json_response({"error": {"code": code, "message": message}}, status, headers)
+
+    def rate_scope(self, request: Request) -> str:
+        """What the vendor's rate limit counts per (an account, a campaign…); one bucket per provider by
+        default."""
+        return ""
+
+    def reset(self) -> None:
+        """Forget module-specific state (async job tables…) on `POST /_sandbox/reset`."""
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+
+    def endpoint(self, path: str, handler: Handler, methods: Sequence[str] = ("POST",)) -> Route:
+        """A route whose handler runs inside the pipeline (auth, knobs, counters)."""
+
+        async def run(request: Request) -> Response:
+            return await self.pipeline(request, handler)
+
+        return Route(path, run, methods=list(methods), name=f"{self.name}:{path}")
+
+    def row_suffixes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.faults.row_suffixes(self.name)
+
+    async def pipeline(self, request: Request, handler: Handler) -> Response:
+        name = self.name
+        faults = self.faults
+        counters = self.ledger.counters(name)
+        await request.body()  # read in full first: a dropped connection then closes cleanly (FIN)
+        if not self.auth.check(request, self.api_key):
+            counters.request(401)
+            return self.error(401, "unauthorized", "missing or invalid API key")
+
+        verdict, retry_after = faults.admit(name, self.rate_scope(request))
+        if verdict is not Verdict.PASS:
+            if verdict is Verdict.DROP_BEFORE:
+                counters.request("drop_before")
+                return DropResponse()
+            if verdict is Verdict.ERROR_5XX:
+                status = faults.knobs(name).status_5xx
+                counters.request(status)
+                return self.error(status, "service_unavailable", "injected server error, nothing was processed")
+            counters.request(429)
+            headers = {"Retry-After": str(retry_after)} if self.sends_retry_after else None
+            return self.error(429, "rate_limited", "too many requests", headers)
+
+        delay = faults.latency(name)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        try:
+            response = await handler(request)
+        except RequestRefused as refused:
+            response = self.error(refused.status, refused.code, refused.message, refused.headers)
+        except Exception:
+            counters.request(500)
+            raise
+
+        after = faults.after(name)
+        if after is Verdict.DROP_AFTER:
+            counters.request("drop_after")
+            return DropResponse()
+        if after is Verdict.TIMEOUT:
+            counters.request("timeout")
+            await hold_until_disconnect(request, faults.knobs(name).timeout_delay_s)
+            return response  # to a client that has usually gone by now
+        counters.request(response.status_code)
+        return response

@@ -1,0 +1,131 @@
+"""`smscast` — the command line (contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+# Before Prefect is imported: there is no network here, and telemetry would only log errors.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
+
+import typer  # noqa: E402
+
+from smscast.campaign import PROVIDER_NAMES, CampaignSpec  # noqa: E402
+from smscast.errors import SmscastError  # noqa: E402
+
+app = typer.Typer(
+    help="Bulk SMS campaigns as Prefect flows: load → validate → plan → send → persist.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ProviderOpt = Annotated[str, typer.Option("--provider", "-p", help=f"One of: {', '.join(PROVIDER_NAMES)}.")]
+CampaignOpt = Annotated[str, typer.Option("--campaign-id", "-c", help="Campaign id; re-running it resumes, never re-sends.")]
+ResultsOpt = Annotated[str, typer.Option("--results", "-r", help="Results location: a directory or s3://bucket/prefix.")]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option("--base-url", help="Provider endpoint (else SMSCAST_<PROVIDER>_BASE_URL).")
+]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def _columns(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        ours, sep, theirs = pair.partition("=")
+        if not sep or not ours or not theirs:
+            _fail(f"--column takes ours=theirs, e.g. --column phone=msisdn (got {pair!r})")
+        out[ours.strip()] = theirs.strip()
+    return out
+
+
+def run_campaign(spec: CampaignSpec) -> dict[str, Any]:
+    from flows.campaign import send_campaign
+
+    result: dict[str, Any] = send_campaign(spec)
+    return result
+
+
+@app.command()
+def send(
+    source: Annotated[str, typer.Argument(help="Recipients: path (CSV/Parquet/NDJSON), s3://…, postgresql://…, duckdb:///….")],
+    provider: ProviderOpt,
+    campaign_id: CampaignOpt,
+    results: ResultsOpt,
+    sender: Annotated[str | None, typer.Option(help="Sender id or number.")] = None,
+    body: Annotated[str | None, typer.Option(help="Message text; {{column}} placeholders are filled per row.")] = None,
+    template: Annotated[str | None, typer.Option(help="Provider-side template (sent.dm id, robase name, Postman campaign).")] = None,
+    template_var: Annotated[list[str], typer.Option("--template-var", help="A column the provider template needs (repeat).")] = [],  # noqa: B006
+    base_url: BaseUrlOpt = None,
+    query: Annotated[str | None, typer.Option(help="SQL for postgresql:// and duckdb:// sources.")] = None,
+    column: Annotated[list[str], typer.Option("--column", help="Map a column: ours=theirs, e.g. phone=msisdn (repeat).")] = [],  # noqa: B006
+    default_country: Annotated[str | None, typer.Option(help="ISO region for national numbers, e.g. GB.")] = None,
+    language: Annotated[str | None, typer.Option(help="Default language (Postman).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Rows per request (≤ the provider's maximum).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Requests per second (default: the provider's).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight (default: the provider's).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, plan and count segments; send nothing.")] = False,
+) -> None:
+    """Send a campaign. Every input row ends up in the results with a status and, if not accepted, a reason."""
+    try:
+        spec = CampaignSpec(
+            campaign_id=campaign_id, provider=provider, source=source, results=results, query=query,  # type: ignore[arg-type]
+            sender=sender, body=body, template=template, template_vars=tuple(template_var),
+            default_country=default_country, columns=_columns(column), language=language, base_url=base_url,
+            dry_run=dry_run, batch_size=batch_size, rate=rate, concurrency=concurrency,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    try:
+        summary = run_campaign(spec)
+    except SmscastError as exc:
+        _fail(str(exc))
+        return
+    if summary.get("by_status", {}).get("failed", 0):
+        typer.echo("Some rows failed transiently; `smscast retry` re-sends them.")
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
+    host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
+) -> None:
+    """Serve the provider emulator (every documented provider, plus smscast's own) on loopback."""
+    from sandbox.server import serve
+
+    serve(host=host, port=port)
+
+
+@app.command()
+def demo(
+    results: Annotated[str, typer.Option(help="Where to write the demo's results.")] = "demo-results",
+    source: Annotated[str | None, typer.Option(help="Recipients file (default: the example shipped in examples/).")] = None,
+) -> None:
+    """Run a demo campaign end to end: starts the sandbox, sends the example recipients, writes results."""
+    from sandbox.server import SandboxServer
+
+    example = Path(source) if source else Path(__file__).resolve().parent.parent / "examples" / "recipients.csv"
+    if not example.exists():
+        _fail(f"example recipients not found at {example}")
+    with SandboxServer() as server:
+        os.environ["SMSCAST_SANDBOX_API_KEY"] = server.api_key
+        spec = CampaignSpec(
+            campaign_id=f"demo-{time.strftime('%Y%m%d-%H%M%S')}", provider="sandbox", source=str(example), results=results, base_url=server.base_url,
+            sender="SMSCAST", body="Hi {{name}}, your order {{order}} ships today.", default_country="GB",
+        )
+        try:
+            run_campaign(spec)
+        except SmscastError as exc:
+            _fail(str(exc))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,76 @@
+"""Phone numbers to E.164, vectorised.
+
+People type numbers with spaces, dashes, dots, parentheses, a `00` international prefix, a `(0)` after the
+country code, or as national numbers. Everything here is Polars expressions: `phonenumbers` costs ~50 µs per
+number in Python (DESIGN.md), so it is used only to look up a region's calling code and trunk prefix once.
+The check is structural (E.164: `+`, a non-zero country digit, 7–15 digits in all), not per-country
+numbering-plan validity; the provider is the final judge and its per-row refusals come back as `rejected`.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import polars as pl
+
+from smscast.errors import ConfigError
+
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+
+
+@cache
+def region_prefixes(region: str) -> tuple[str, str | None, tuple[int, ...]]:
+    """(calling code, national trunk prefix, possible national lengths) for an ISO region,
+    e.g. GB -> ("44", "0", (7, 9, 10))."""
+    from phonenumbers import PhoneMetadata
+
+    meta = PhoneMetadata.metadata_for_region(region.upper())
+    if meta is None:
+        raise ConfigError(f"unknown country {region!r} for --default-country (use an ISO code such as GB, SG, US)")
+    lengths = tuple(meta.general_desc.possible_length or ()) if meta.general_desc else ()
+    return str(meta.country_code), meta.national_prefix, lengths
+
+
+def normalise(raw: pl.Expr, default_country: str | None = None) -> pl.Expr:
+    """The E.164 candidate for each raw phone; null where the input is null or blank.
+
+    The result is not guaranteed valid: check it with `is_e164`. Keeping the candidate (rather than
+    nulling it) lets the results show what we tried, and lets the reason tell "no country code" apart.
+    """
+    s = raw.cast(pl.String).str.strip_chars()
+    # "+44 (0)7700 900123": the (0) is a trunk prefix written for national callers; drop it before the
+    # general separator removal turns it into a real digit.
+    s = s.str.replace(r"^(\+|00)([1-9][0-9]{0,2})\s*\(0\)", "${1}${2}")
+    s = s.str.replace_all(r"[\s\-.()/\u00a0\u2010-\u2015]", "")
+    s = s.str.replace(r"^tel:", "").str.replace(r"^00", "+")
+    s = pl.when(s.str.len_chars() > 0).then(s).otherwise(None)
+    if default_country:
+        code, trunk, lengths = region_prefixes(default_country)
+        national = s.str.strip_prefix(trunk) if trunk else s
+        # "447700900123" with GB: the country code typed without its +. Recognised when the digits start
+        # with the code, are too long for a national number, and the rest has a national length.
+        n = s.str.len_chars()
+        typed_code = s.str.starts_with(code) & ~n.is_in(lengths) & (n - len(code)).is_in(lengths)
+        s = (
+            pl.when(s.str.starts_with("+")).then(s)
+            .when(typed_code).then(pl.lit("+") + s)
+            # A national number of a length the region never uses stays as typed, so it fails the E.164
+            # check instead of becoming a plausible-looking wrong number.
+            .when(national.str.len_chars().is_in(lengths) | (len(lengths) == 0))
+            .then(pl.lit("+" + code) + national)
+            .otherwise(s)
+        )
+    return s
+
+
+def is_e164(phone: pl.Expr) -> pl.Expr:
+    return phone.str.contains(E164_PATTERN).fill_null(False)
+
+
+def mask(phone: str | None) -> str:
+    """For logs: keep the country code and last two digits, e.g. +44*******23."""
+    if not phone:
+        return "<none>"
+    if len(phone) <= 6:
+        return "*" * len(phone)
+    return phone[:3] + "*" * (len(phone) - 5) + phone[-2:]

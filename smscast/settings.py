@@ -1,0 +1,83 @@
+"""Provider endpoint and credentials, from options, the environment or a Prefect Secret block.
+
+`SMSCAST_<PROVIDER>_BASE_URL` and `SMSCAST_<PROVIDER>_API_KEY` (provider upper-cased, dashes as underscores);
+as a deployment, a Secret block named `smscast-<provider>-api-key` is used when the variable is unset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from smscast.errors import ConfigError
+
+
+class Secret:
+    """A credential that cannot leak by accident: repr/str/format show a mask; `reveal()` is explicit."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickling (Prefect task parameters, multiprocessing) would copy the secret into storage.
+        raise TypeError("Secret values are not picklable; pass the provider name and resolve inside the task")
+
+
+def env_prefix(provider: str) -> str:
+    return "SMSCAST_" + re.sub(r"[^A-Z0-9]", "_", provider.upper())
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    base_url: str
+    api_key: Secret | None
+
+
+def _secret_block(provider: str) -> str | None:
+    """Look up a Prefect Secret block; quietly absent when there is no API or no block."""
+    try:
+        from prefect.blocks.system import Secret as SecretBlock
+
+        block = SecretBlock.load(f"smscast-{provider}-api-key", _sync=True)  # type: ignore[call-arg]
+        value = block.get()
+        return str(value) if value else None
+    except Exception:
+        return None
+
+
+def resolve_settings(
+    provider: str, *, base_url: str | None = None, default_base_url: str | None = None, require_key: bool = True
+) -> ProviderSettings:
+    prefix = env_prefix(provider)
+    url = base_url or os.environ.get(f"{prefix}_BASE_URL") or default_base_url
+    if not url:
+        raise ConfigError(
+            f"no endpoint for provider {provider!r}: pass --base-url or set {prefix}_BASE_URL"
+        )
+    key = os.environ.get(f"{prefix}_API_KEY") or _secret_block(provider)
+    if require_key and not key:
+        raise ConfigError(
+            f"no credentials for provider {provider!r}: set {prefix}_API_KEY or create the Prefect Secret "
+            f"block 'smscast-{provider}-api-key'"
+        )
+    return ProviderSettings(base_url=url.rstrip("/"), api_key=Secret(key) if key else None)

@@ -1,0 +1,98 @@
+"""Report: the end-of-campaign summary — counts by status and reason, segments — on the terminal and as a
+Prefect table artifact. The same summary is the flow's return value (and, as a deployment, its event)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import polars as pl
+
+from smscast.status import STATUSES
+
+
+@dataclass
+class CampaignSummary:
+    campaign_id: str
+    attempt: int
+    provider: str
+    rows: int
+    by_status: dict[str, int]
+    by_reason: list[dict[str, Any]]  # {status, error_code, rows}
+    segments_accepted: int
+    segments_planned: int
+    results_uri: str | None
+    dry_run: bool = False
+    requests: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def needs_retry(self) -> bool:
+        return self.by_status.get("failed", 0) > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarise(
+    results: pl.DataFrame, *, campaign_id: str, attempt: int, provider: str, results_uri: str | None, dry_run: bool = False
+) -> CampaignSummary:
+    by_status = {s: 0 for s in STATUSES}
+    for status, n in results.group_by("status").len().iter_rows():
+        by_status[str(status)] = int(n)
+    reasons = (
+        results.filter(pl.col("error_code").is_not_null())
+        .group_by("status", "error_code")
+        .agg(rows=pl.len())
+        .sort("rows", "status", "error_code", descending=[True, False, False])
+    )
+    valid = results.filter(pl.col("status") != "invalid") if not dry_run else results.filter(pl.col("status").is_null())
+    accepted = results.filter(pl.col("status") == "accepted")
+    return CampaignSummary(
+        campaign_id=campaign_id,
+        attempt=attempt,
+        provider=provider,
+        rows=results.height,
+        by_status=by_status,
+        by_reason=reasons.to_dicts(),
+        segments_accepted=int(accepted.get_column("segments").fill_null(0).sum()),
+        segments_planned=int(valid.get_column("segments").fill_null(0).sum()),
+        results_uri=results_uri,
+        dry_run=dry_run,
+    )
+
+
+def render(summary: CampaignSummary) -> str:
+    head = "DRY RUN — nothing was sent. " if summary.dry_run else ""
+    lines = [
+        f"{head}Campaign {summary.campaign_id} · attempt {summary.attempt} · provider {summary.provider} · "
+        f"{summary.rows:,} rows",
+        "  " + "  ".join(f"{k}: {v:,}" for k, v in summary.by_status.items() if v or k != "unknown"),
+        f"  segments: {summary.segments_accepted:,} accepted"
+        + (f", {summary.segments_planned:,} planned" if summary.dry_run or summary.segments_planned else ""),
+    ]
+    if summary.by_reason:
+        lines.append("  reasons:")
+        lines += [f"    {r['status']:<9} {r['error_code']:<32} {r['rows']:>10,}" for r in summary.by_reason[:20]]
+        if len(summary.by_reason) > 20:
+            lines.append(f"    … {len(summary.by_reason) - 20} more reasons in the results dataset")
+    if summary.results_uri:
+        lines.append(f"  results: {summary.results_uri}")
+    return "\n".join(lines)
+
+
+def publish(summary: CampaignSummary, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+    logger.info("%s", render(summary))
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        table = [{"status": k, "error_code": "", "rows": v} for k, v in summary.by_status.items()]
+        table += [{"status": r["status"], "error_code": r["error_code"], "rows": r["rows"]} for r in summary.by_reason]
+        table.append({"status": "segments (accepted)", "error_code": "", "rows": summary.segments_accepted})
+        create_table_artifact(
+            table=table,
+            key=f"campaign-{summary.campaign_id.lower().replace('_', '-').replace('.', '-')}-summary",
+            description=f"Campaign {summary.campaign_id}, attempt {summary.attempt}, via {summary.provider}",
+        )
+    except Exception:
+        logger.debug("summary artifact not created", exc_info=True)

@@ -1,0 +1,118 @@
+"""Send: one mapped Prefect task run per shard. Inside it, async httpx sends the shard's batches under the
+provider's concurrency and the process-wide rate limit (tasks/send_engine.py does the work)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+import httpx
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from providers.base import Batch, Provider
+from providers.registry import make_provider
+from smscast import progress, storage
+from smscast.campaign import CampaignSpec
+from smscast.ratelimit import shared_bucket
+from smscast.status import Status
+from tasks.plan import ShardRef
+from tasks.send_engine import RetryPolicy, ShardSender, outcomes_frame
+from tasks.work import WorkDir
+
+SHARD_WORKERS = 4  # shard task runs in flight at once (the flow's thread pool)
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    shard: int
+    rows: int
+    counts: dict[str, int]
+    requests: dict[str, int]
+    resumed: bool = False
+
+
+def batches_of(rows: pl.DataFrame, spec: CampaignSpec) -> list[Batch]:
+    return [
+        Batch(
+            campaign_id=spec.campaign_id,
+            batch_id=str(part.item(0, "batch_id")),
+            batch_key=str(part.item(0, "batch_key")),
+            rows=part,
+            spec=spec,
+        )
+        for part in rows.sort("batch_seq", "row_index").partition_by("batch_seq", maintain_order=True)
+    ]
+
+
+def http_client(provider: Provider, concurrency: int) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(provider.caps.request_timeout, connect=10.0)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(timeout=timeout, limits=limits)
+
+
+def per_shard_concurrency(spec: CampaignSpec, provider: Provider) -> int:
+    # The provider's concurrency is for the whole campaign; SHARD_WORKERS shards run side by side.
+    total = spec.concurrency or provider.caps.concurrency
+    return max(1, math.ceil(total / SHARD_WORKERS))
+
+
+async def send_rows(
+    provider: Provider,
+    rows: pl.DataFrame,
+    spec: CampaignSpec,
+    *,
+    runtime: progress.Runtime | None = None,
+    policy: RetryPolicy | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Send planned rows (with batch_seq/batch_id/batch_key) and return their outcomes. Usable without
+    Prefect, which is how the unit tests drive it with httpx.MockTransport."""
+    caps = provider.caps
+    concurrency = per_shard_concurrency(spec, provider)
+    bucket = shared_bucket(caps.name, provider.settings.base_url, spec.rate or caps.rate_per_second, caps.burst)
+    own_client = client is None
+    http = client or http_client(provider, concurrency)
+    try:
+        sender = ShardSender(
+            provider,
+            http,
+            bucket,
+            concurrency=concurrency,
+            policy=policy,
+            abort=runtime.abort if runtime else None,
+            on_progress=runtime.progress.update if runtime else None,
+        )
+        sent = await sender.run(batches_of(rows, spec))
+    finally:
+        if own_client:
+            await http.aclose()
+    return outcomes_frame(sent), sender.requests
+
+
+@task(name="send-shard", cache_policy=NONE, task_run_name="send-shard-{shard.shard}")
+def send_shard(spec: CampaignSpec, work_root: str, shard: ShardRef, runtime_key: str) -> ShardReport:
+    work = WorkDir(work_root)
+    logger = get_run_logger()
+    done_uri = work.outcomes(shard.shard)
+    if storage.exists(done_uri):
+        # A resumed run: this shard finished before the interruption. Its record stands; never re-send.
+        done = storage.read_parquet(done_uri)
+        logger.info("shard %d already sent (%d rows); skipping", shard.shard, done.height)
+        return ShardReport(shard.shard, done.height, _counts(done), {}, resumed=True)
+    rows = storage.read_parquet(work.plan_shard(shard.shard))
+    provider = make_provider(spec.provider, base_url=spec.base_url)
+    runtime = progress.lookup(runtime_key)
+    outcomes, requests = asyncio.run(send_rows(provider, rows, spec, runtime=runtime))
+    storage.write_parquet(outcomes, done_uri)
+    counts = _counts(outcomes)
+    logger.info("shard %d: %d rows in %d batches · %s", shard.shard, outcomes.height, shard.batches,
+                " ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return ShardReport(shard.shard, outcomes.height, counts, requests)
+
+
+def _counts(outcomes: pl.DataFrame) -> dict[str, int]:
+    counted = outcomes.group_by("status").len()
+    return {str(s): int(n) for s, n in counted.iter_rows() if s in {x.value for x in Status}}

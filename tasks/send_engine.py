@@ -1,0 +1,193 @@
+"""Send a shard's batches with asyncio and one shared httpx connection pool.
+
+The rules, which depend only on the exception tree (smscast/errors.py) and the provider's capabilities:
+
+* 429          -> wait Retry-After (the shared bucket pauses everyone and halves its rate), then again.
+* never sent   -> (connect errors) retry with exponential backoff and full jitter.
+* 5xx          -> the provider says it failed: retry likewise.
+* maybe sent   -> (read timeout, dropped connection) retry with the same keys only if the provider's
+                  idempotency makes that harmless; otherwise record `unknown` for reconciliation.
+* whole batch refused for a bad row -> bisect to isolate the bad rows, send the rest.
+* credentials refused -> stop the campaign: every batch not yet sent is `failed` (never sent, retriable).
+
+Out of retries, a batch is `failed` if no attempt could have been accepted, `unknown` if one could.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import polars as pl
+
+from providers.base import Batch, Provider, RowOutcome
+from smscast import transport
+from smscast.errors import (
+    AmbiguousError,
+    AuthError,
+    BatchRejectedError,
+    RateLimitedError,
+    SendError,
+    TransientError,
+)
+from smscast.ratelimit import TokenBucket
+from smscast.results import OUTCOME_SCHEMA
+from smscast.status import Status
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5  # per batch, for transient failures other than 429
+    max_throttled: int = 50  # 429s tolerated for one batch before it is recorded as failed
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+
+    def backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+
+
+@dataclass(frozen=True, slots=True)
+class SentRow:
+    row_index: int
+    batch_id: str
+    outcome: RowOutcome
+    submitted_at: datetime
+
+
+ProgressFn = Callable[[int, dict[str, int]], None]
+
+
+class ShardSender:
+    def __init__(
+        self,
+        provider: Provider,
+        client: httpx.AsyncClient,
+        bucket: TokenBucket,
+        *,
+        concurrency: int,
+        policy: RetryPolicy | None = None,
+        abort: threading.Event | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> None:
+        self.provider = provider
+        self.caps = provider.caps
+        self.client = client
+        self.bucket = bucket
+        self.sem = asyncio.Semaphore(max(1, concurrency))
+        self.policy = policy or RetryPolicy()
+        self.abort = abort or threading.Event()
+        self.on_progress = on_progress
+        self.requests: dict[str, int] = {}  # what happened to each HTTP request, for the summary
+
+    async def run(self, batches: list[Batch]) -> list[SentRow]:
+        async def one(batch: Batch) -> list[SentRow]:
+            rows = await self.send_batch(batch)
+            if self.on_progress is not None:
+                counts: dict[str, int] = {}
+                for r in rows:
+                    counts[r.outcome.status.value] = counts.get(r.outcome.status.value, 0) + 1
+                self.on_progress(len(rows), counts)
+            return rows
+
+        done = await asyncio.gather(*(one(b) for b in batches))
+        return [row for rows in done for row in rows]
+
+    def _count(self, key: str) -> None:
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    async def send_batch(self, batch: Batch) -> list[SentRow]:
+        attempt = throttled = 0
+        maybe_accepted = False
+        while True:
+            submitted = datetime.now(UTC)
+            try:
+                request = self.provider.build_request(batch)
+                await self.bucket.acquire()
+                async with self.sem:
+                    # Checked inside the slot: batches queued behind a credentials failure must not go out.
+                    if self.abort.is_set():
+                        return self._all(batch, Status.FAILED, "aborted", "campaign stopped: provider refused credentials")
+                    response = await transport.send(self.client, request, self.caps.name)
+                outcomes = self.provider.parse_response(batch, response)
+            except RateLimitedError as exc:
+                self._count("429")
+                throttled += 1
+                self.bucket.penalise(exc.retry_after)
+                if throttled > self.policy.max_throttled:
+                    return self._give_up(batch, exc, maybe_accepted)
+                continue
+            except AuthError as exc:
+                self._count(exc.code)
+                self.abort.set()
+                return self._all(batch, Status.FAILED, exc.code, str(exc))
+            except BatchRejectedError as exc:
+                self._count("batch_rejected")
+                if exc.retryable_split and self._splittable(batch):
+                    return await self._bisect(batch)
+                message = str(exc)
+                if exc.retryable_split and len(batch) > 1:
+                    message += f" (the refused rows could not be isolated: {self.caps.name} needs {self.caps.min_rows}+ per request)"
+                return self._all(batch, Status.REJECTED, exc.code, message)
+            except AmbiguousError as exc:
+                self._count(exc.code)
+                maybe_accepted = True
+                if not self.caps.resend_safe:
+                    return self._all(batch, Status.UNKNOWN, exc.code, f"{exc}; reconcile before re-sending")
+                attempt += 1
+                if attempt >= self.policy.max_attempts:
+                    return self._give_up(batch, exc, maybe_accepted)
+                await asyncio.sleep(self.policy.backoff(attempt))
+            except TransientError as exc:
+                self._count(exc.code)
+                attempt += 1
+                if attempt >= self.policy.max_attempts:
+                    return self._give_up(batch, exc, maybe_accepted)
+                await asyncio.sleep(self.policy.backoff(attempt))
+            else:
+                self._count(str(response.status_code))
+                self.bucket.reward()
+                idx = batch.rows.get_column("row_index").to_list()
+                return [SentRow(i, batch.batch_id, o, submitted) for i, o in zip(idx, outcomes, strict=True)]
+
+    def _splittable(self, batch: Batch) -> bool:
+        return len(batch) >= max(2, 2 * self.caps.min_rows)
+
+    async def _bisect(self, batch: Batch) -> list[SentRow]:
+        """A whole-batch refusal caused by some row: send each half on its own, recursively, until the
+        refused rows stand alone (or the provider's minimum batch size stops the split)."""
+        mid = len(batch) // 2
+        left = batch.subset(range(mid), "L")
+        right = batch.subset(range(mid, len(batch)), "R")
+        return [*await self.send_batch(left), *await self.send_batch(right)]
+
+    def _give_up(self, batch: Batch, exc: SendError, maybe_accepted: bool) -> list[SentRow]:
+        if maybe_accepted:
+            return self._all(batch, Status.UNKNOWN, exc.code, f"{exc}; an earlier attempt may have been accepted")
+        return self._all(batch, Status.FAILED, exc.code, f"{exc}; gave up after retries")
+
+    def _all(self, batch: Batch, status: Status, code: str, message: str) -> list[SentRow]:
+        now = datetime.now(UTC)
+        outcome = RowOutcome(status=status, error_code=code, error_message=message)
+        return [SentRow(i, batch.batch_id, outcome, now) for i in batch.rows.get_column("row_index").to_list()]
+
+
+def outcomes_frame(rows: list[SentRow]) -> pl.DataFrame:
+    """Columnar outcomes (the shard's durable record), one row per sent row."""
+    return pl.DataFrame(
+        {
+            "row_index": [r.row_index for r in rows],
+            "batch_id": [r.batch_id for r in rows],
+            "status": [r.outcome.status.value for r in rows],
+            "error_code": [r.outcome.error_code for r in rows],
+            "error_message": [r.outcome.error_message for r in rows],
+            "provider_message_id": [r.outcome.provider_message_id for r in rows],
+            "provider_batch_ref": [r.outcome.provider_batch_ref for r in rows],
+            "submitted_at": [r.submitted_at for r in rows],
+        },
+        schema={**OUTCOME_SCHEMA, "batch_id": pl.String()},
+    )

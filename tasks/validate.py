@@ -1,0 +1,192 @@
+"""Validate: normalise phones, render bodies, count segments, and quarantine every bad row with its reasons.
+
+Polars computes the features (E.164 candidate, rendered body, encoding, segments, first-of-phone); a Pandera
+schema built from the provider's capabilities holds the rules, one named check per reason code. Pandera runs
+on the collected frame with lazy=True so that a row failing several checks reports all of them (on a
+LazyFrame it would only check the schema, and bad rows would pass silently: DESIGN.md). Rows are quarantined
+by `failure_cases["index"]`, never dropped: `drop_invalid_rows` would lose the reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandera.polars as pa
+import polars as pl
+from pandera.api.polars.types import PolarsData
+
+from providers.base import Capabilities, Provider
+from smscast.campaign import TEMPLATE_VAR, CampaignSpec
+from smscast.encoding import segment_frame
+from smscast.phone import is_e164, normalise
+from smscast.status import Status
+
+# Reason code -> message. Codes are the machine-readable contract (results `error_code`, `;`-joined).
+MESSAGES: dict[str, str] = {
+    "phone_missing": "no phone number",
+    "phone_invalid": "phone is not a valid international number (E.164) after normalisation",
+    "phone_needs_country": "phone has no country code: write it as +<country><number> or pass --default-country",
+    "duplicate_phone": "same phone as an earlier row of this campaign; the first is kept",
+    "duplicate_recipient_id": "same recipient_id as an earlier row; ids must be unique within a campaign",
+    "body_missing": "message body is empty",
+    "body_too_long": "body has more characters than the provider allows",
+    "too_many_segments": "body needs more SMS segments than the provider allows",
+    "template_var_missing": "a template variable is empty",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    column: str  # the column the check is attached to (Pandera reports its value as the failure case)
+    valid: pl.Expr  # true where the row passes; nulls count as failures
+    message: str
+
+
+def _check(rule: Rule) -> pa.Check:
+    expr = rule.valid.fill_null(False)
+
+    def run(data: PolarsData, e: pl.Expr = expr) -> pl.LazyFrame:
+        return data.lazyframe.select(e.alias("ok"))
+
+    return pa.Check(run, name=rule.code, ignore_na=False)
+
+
+def render_body(spec: CampaignSpec, columns: list[str]) -> pl.Expr:
+    """The body for each row: the `--body` text with {{vars}} filled in (null if a variable is null), the
+    source's `body` column, or null for provider-side templates (the provider renders those)."""
+    if spec.body is None:
+        return pl.col("body").cast(pl.String) if "body" in columns and spec.template is None else pl.lit(None, pl.String)
+    parts: list[pl.Expr] = []
+    pos = 0
+    for m in TEMPLATE_VAR.finditer(spec.body):
+        if m.start() > pos:
+            parts.append(pl.lit(spec.body[pos : m.start()]))
+        parts.append(pl.col(m.group(1)).cast(pl.String))
+        pos = m.end()
+    if pos < len(spec.body):
+        parts.append(pl.lit(spec.body[pos:]))
+    return pl.concat_str(parts) if parts else pl.lit("")  # concat_str is null if any part is null
+
+
+def features(df: pl.DataFrame, spec: CampaignSpec) -> pl.DataFrame:
+    """Add phone (E.164 candidate), body (rendered), encoding, chars, segments and recipient_id."""
+    out = df.with_columns(
+        phone=normalise(pl.col("phone_raw"), spec.default_country),
+        body=render_body(spec, df.columns),
+    )
+    seg = segment_frame(out.get_column("body"))
+    out = out.with_columns(seg.select("encoding", "chars", "segments"))
+    if "recipient_id" in out.columns:
+        rid = pl.col("recipient_id").cast(pl.String)
+    else:
+        # Stable across runs as long as the phone is: "p" + E.164 digits. Unparseable phones get their row.
+        rid = pl.when(is_e164(pl.col("phone"))).then(pl.lit("p") + pl.col("phone").str.strip_prefix("+"))
+        rid = rid.otherwise(pl.lit("row-") + pl.col("row_index").cast(pl.String))
+    return out.with_columns(recipient_id=rid)
+
+
+def rules(
+    spec: CampaignSpec, caps: Capabilities, provider: Provider | None, columns: list[str], input_columns: list[str]
+) -> list[Rule]:
+    phone, raw, body = pl.col("phone"), pl.col("phone_raw"), pl.col("body")
+    valid_phone = is_e164(phone)
+    present = phone.is_not_null()
+    # A number typed without +/00 and no --default-country is "needs country", anything else that fails
+    # E.164 is "invalid": the two call for different fixes.
+    typed_intl = raw.cast(pl.String).str.contains(r"^\s*(\+|00)").fill_null(False)
+    national_ok = typed_intl if spec.default_country is None else pl.lit(True)
+    out = [
+        Rule("phone_missing", "phone", present, MESSAGES["phone_missing"]),
+        Rule("phone_needs_country", "phone", ~present | valid_phone | national_ok, MESSAGES["phone_needs_country"]),
+        Rule("phone_invalid", "phone", ~present | valid_phone | ~national_ok, MESSAGES["phone_invalid"]),
+    ]
+    # Keep the first row of each valid phone; invalid phones are reported by their own rule, not as duplicates.
+    out.append(
+        Rule(
+            "duplicate_phone",
+            "phone",
+            ~valid_phone | pl.when(valid_phone).then(phone).otherwise(None).is_first_distinct(),
+            MESSAGES["duplicate_phone"],
+        )
+    )
+    if "recipient_id" in input_columns:  # a derived id repeats only with the phone, reported above
+        out.append(
+            Rule("duplicate_recipient_id", "recipient_id", pl.col("recipient_id").is_first_distinct(),
+                 MESSAGES["duplicate_recipient_id"])
+        )
+    missing_var = pl.lit(False)
+    for var in spec.required_vars():
+        v = pl.col(var).cast(pl.String)
+        ok = v.is_not_null() & (v.str.strip_chars().str.len_chars() > 0)
+        out.append(Rule("template_var_missing", var, ok, f"template variable {var!r} is empty"))
+        missing_var = missing_var | ~ok.fill_null(False)
+    if spec.template is None:
+        # A missing variable already explains an empty rendered body: report that, not body_missing too.
+        out.append(Rule("body_missing", "body", (body.str.len_chars() > 0) | missing_var, MESSAGES["body_missing"]))
+        if caps.max_body_chars is not None:
+            out.append(
+                Rule("body_too_long", "chars", pl.col("chars").fill_null(0) <= caps.max_body_chars,
+                     f"body has more than {caps.max_body_chars} characters ({caps.name}'s limit)")
+            )
+        if caps.max_segments is not None:
+            out.append(
+                Rule("too_many_segments", "segments", pl.col("segments").fill_null(0) <= caps.max_segments,
+                     f"body needs more than {caps.max_segments} SMS segments ({caps.name}'s limit)")
+            )
+    if provider is not None:
+        for r in provider.row_rules(spec):
+            if all(c in columns or c in ("phone", "body", "chars", "encoding", "segments") for c in r.columns):
+                out.append(Rule(r.code, r.columns[0] if r.columns else "phone", r.valid, r.message))
+    return out
+
+
+def schema_for(rule_list: list[Rule]) -> pa.DataFrameSchema:
+    by_column: dict[str, list[pa.Check]] = {}
+    for r in rule_list:
+        by_column.setdefault(r.column, []).append(_check(r))
+    return pa.DataFrameSchema(
+        {col: pa.Column(nullable=True, checks=checks) for col, checks in by_column.items()}, strict=False
+    )
+
+
+def quarantine(df: pl.DataFrame, rule_list: list[Rule]) -> pl.DataFrame:
+    """Run the Pandera schema; add status/error_code/error_message (null for valid rows)."""
+    schema = schema_for(rule_list)
+    rules_table = pl.DataFrame(
+        {
+            "column": [r.column for r in rule_list],
+            "check": [r.code for r in rule_list],
+            "message": [r.message for r in rule_list],
+            "rank": list(range(len(rule_list))),
+        }
+    ).unique(["column", "check"], keep="first")
+    try:
+        schema.validate(df, lazy=True)
+        return df.with_columns(
+            status=pl.lit(None, pl.String), error_code=pl.lit(None, pl.String), error_message=pl.lit(None, pl.String)
+        )
+    except pa.errors.SchemaErrors as exc:
+        failures = exc.failure_cases.select(
+            pl.col("index").cast(pl.Int64), pl.col("column").cast(pl.String), pl.col("check").cast(pl.String)
+        ).filter(pl.col("index").is_not_null())
+    reasons = (
+        failures.unique()
+        .join(rules_table, on=["column", "check"], how="left")
+        .sort("index", "rank")
+        .group_by("index", maintain_order=True)
+        .agg(error_code=pl.col("check").str.join(";"), error_message=pl.col("message").str.join("; "))
+    )
+    out = df.with_row_index("_pos").with_columns(pl.col("_pos").cast(pl.Int64))
+    out = out.join(reasons, left_on="_pos", right_on="index", how="left").drop("_pos")
+    return out.with_columns(
+        status=pl.when(pl.col("error_code").is_not_null()).then(pl.lit(Status.INVALID.value)).otherwise(None)
+    )
+
+
+def validate_recipients(
+    df: pl.DataFrame, spec: CampaignSpec, caps: Capabilities, provider: Provider | None = None
+) -> pl.DataFrame:
+    enriched = features(df, spec)
+    return quarantine(enriched, rules(spec, caps, provider, enriched.columns, df.columns))
+

@@ -1,0 +1,34 @@
+"""Where a campaign run keeps its intermediate files, beside its results:
+
+    <results>/_work/campaign=<id>/attempt=<n>/plan/shard=00000.parquet    rows to send, per shard
+    <results>/_work/campaign=<id>/attempt=<n>/plan/unsent.parquet         rows that will not be sent
+    <results>/_work/campaign=<id>/attempt=<n>/outcomes/shard=00000.parquet what each shard recorded
+
+Shards receive these locations, never DataFrames (DESIGN.md). An outcomes file is written once, atomically,
+when its shard finishes, so its presence means "this shard is done" to a resumed run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smscast.results import attempt_path
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    root: str
+
+    @classmethod
+    def for_run(cls, results: str, campaign_id: str, attempt: int) -> WorkDir:
+        return cls(attempt_path(f"{results.rstrip('/')}/_work", campaign_id, attempt))
+
+    def plan_shard(self, shard: int) -> str:
+        return f"{self.root}/plan/shard={shard:05d}.parquet"
+
+    @property
+    def unsent(self) -> str:
+        return f"{self.root}/plan/unsent.parquet"
+
+    def outcomes(self, shard: int) -> str:
+        return f"{self.root}/outcomes/shard={shard:05d}.parquet"

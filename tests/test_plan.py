@@ -1,0 +1,62 @@
+"""Plan: deterministic batches and keys, balanced sizes, provider minimums and shards."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import polars as pl
+
+from providers.sandbox import SandboxProvider
+from smscast.campaign import CampaignSpec
+from smscast.settings import ProviderSettings
+from tasks.plan import plan_campaign
+from tasks.validate import validate_recipients
+
+PROVIDER = SandboxProvider(ProviderSettings(base_url="http://x", api_key=None))
+
+
+def planned(n: int, provider: SandboxProvider = PROVIDER, **spec_kw: object) -> pl.DataFrame:
+    spec = CampaignSpec(campaign_id="camp", source="s", results="r", body="hi", **spec_kw)  # type: ignore[arg-type]
+    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)]})
+    checked = validate_recipients(df, spec, provider.caps, provider)
+    return plan_campaign(checked, spec, provider.caps, provider).rows
+
+
+def test_plan_is_deterministic_and_keys_are_stable_per_recipient() -> None:
+    a, b = planned(2500), planned(2500)
+    assert a.equals(b)
+    assert a["idempotency_key"].n_unique() == 2500
+    assert a["idempotency_key"].str.len_chars().max() <= 40  # Instasent's clientId limit
+    # The row key depends on (campaign, recipient) only, not on batch size or attempt.
+    c = planned(2500, batch_size=10, attempt=2)
+    assert c.sort("row_index")["idempotency_key"].equals(a.sort("row_index")["idempotency_key"])
+
+
+def test_batches_are_balanced_and_within_the_maximum() -> None:
+    rows = planned(2001)
+    sizes = rows.group_by("batch_id").len()["len"].sort().to_list()
+    assert sizes == [667, 667, 667]
+    assert rows["batch_key"].n_unique() == 3
+
+
+def test_provider_minimum_quarantines_groups_too_small_to_send() -> None:
+    class MinTen(SandboxProvider):
+        caps = dataclasses.replace(SandboxProvider.caps, min_rows=10, max_rows=20)
+
+    small = planned(7, MinTen(PROVIDER.settings))
+    assert set(small["error_code"]) == {"batch_below_minimum"}
+    ok = planned(21, MinTen(PROVIDER.settings))
+    assert sorted(ok.group_by("batch_id").len()["len"].to_list()) == [10, 11]
+
+
+def test_shards_group_many_batches() -> None:
+    rows = planned(5000, batch_size=100, shard_batches=20)
+    assert rows["shard"].n_unique() == 3
+    per_shard = rows.group_by("shard").agg(pl.col("batch_id").n_unique()).sort("shard")["batch_id"].to_list()
+    assert per_shard == [20, 20, 10]
+
+
+def test_batch_key_changes_with_composition() -> None:
+    a = planned(100, batch_size=50)
+    b = planned(100, batch_size=25)
+    assert set(a["batch_key"]).isdisjoint(set(b["batch_key"]))

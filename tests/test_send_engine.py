@@ -1,0 +1,240 @@
+"""The send engine's rules, driven through httpx.MockTransport (no network, no Prefect)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import ClassVar
+
+import httpx
+import polars as pl
+import pytest
+
+from providers.base import Batch, Idempotency, RowOutcome
+from providers.sandbox import SandboxProvider
+from smscast.campaign import CampaignSpec
+from smscast.errors import BatchRejectedError
+from smscast.ratelimit import TokenBucket
+from smscast.settings import ProviderSettings, Secret
+from tasks.plan import plan_campaign
+from tasks.send import send_rows
+from tasks.send_engine import RetryPolicy
+from tasks.validate import validate_recipients
+
+FAST = RetryPolicy(max_attempts=4, max_throttled=10, backoff_base=0.001, backoff_cap=0.01)
+SETTINGS = ProviderSettings(base_url="http://sandbox.test", api_key=Secret("k-123"))
+
+
+def planned_rows(n: int, provider: SandboxProvider, batch_size: int = 5) -> tuple[pl.DataFrame, CampaignSpec]:
+    spec = CampaignSpec(campaign_id="t1", source="x", results="r", body="hello {{name}}", batch_size=batch_size,
+                        rate=10_000)
+    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)],
+                       "name": [f"n{i}" for i in range(n)]})
+    checked = validate_recipients(df, spec, provider.caps, provider)
+    planned = plan_campaign(checked, spec, provider.caps, provider)
+    return planned.rows.filter(pl.col("shard").is_not_null()), spec
+
+
+def accept_all(request: httpx.Request) -> httpx.Response:
+    msgs = json.loads(request.content)["messages"]
+    return httpx.Response(200, json={"batch": "B", "results": [
+        {"index": i, "status": "accepted", "message_id": f"m-{m['ref']}"} for i, m in enumerate(msgs)]})
+
+
+def run(provider: SandboxProvider, rows: pl.DataFrame, spec: CampaignSpec,
+        handler: Callable[[httpx.Request], httpx.Response]) -> tuple[pl.DataFrame, dict[str, int]]:
+    import asyncio
+
+    # A fresh bucket per test: the shared one is process-wide by design.
+    from smscast import ratelimit
+
+    ratelimit._BUCKETS.clear()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return asyncio.run(send_rows(provider, rows, spec, policy=FAST, client=client))
+
+
+def test_happy_path_every_row_accepted_with_its_id() -> None:
+    provider = SandboxProvider(SETTINGS)
+    rows, spec = planned_rows(12, provider)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return accept_all(request)
+
+    out, requests = run(provider, rows, spec, handler)
+    assert out.height == 12 and set(out["status"]) == {"accepted"}
+    assert out.sort("row_index")["provider_message_id"].to_list() == [
+        f"m-{k}" for k in rows.sort("row_index")["idempotency_key"].to_list()]
+    assert len(seen) == 3 and requests == {"200": 3}
+    assert seen[0].headers["authorization"] == "Bearer k-123"
+    assert seen[0].headers["idempotency-key"].startswith("scb-")
+
+
+def test_429_honours_retry_after_then_succeeds() -> None:
+    provider = SandboxProvider(SETTINGS)
+    rows, spec = planned_rows(5, provider)
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            return httpx.Response(429, headers={"Retry-After": "0"}, json={"error": {"code": "rate_limited"}})
+        return accept_all(request)
+
+    out, requests = run(provider, rows, spec, handler)
+    assert set(out["status"]) == {"accepted"}
+    assert requests["429"] == 2 and calls["n"] == 3
+
+
+def test_5xx_is_retried_and_exhaustion_is_failed_not_unknown() -> None:
+    provider = SandboxProvider(SETTINGS)
+    rows, spec = planned_rows(5, provider)
+    out, requests = run(provider, rows, spec, lambda r: httpx.Response(503))
+    assert set(out["status"]) == {"failed"} and set(out["error_code"]) == {"http_503"}
+    assert requests["http_503"] == FAST.max_attempts
+
+
+def test_connect_error_means_never_sent_and_is_retried() -> None:
+    provider = SandboxProvider(SETTINGS)
+    rows, spec = planned_rows(5, provider)
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return accept_all(request)
+
+    out, _ = run(provider, rows, spec, handler)
+    assert set(out["status"]) == {"accepted"} and calls["n"] == 2
+
+
+def test_read_timeout_resends_same_keys_when_provider_is_idempotent() -> None:
+    provider = SandboxProvider(SETTINGS)
+    rows, spec = planned_rows(5, provider)
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        if len(bodies) == 1:
+            raise httpx.ReadTimeout("slow", request=request)
+        return accept_all(request)
+
+    out, _ = run(provider, rows, spec, handler)
+    assert set(out["status"]) == {"accepted"}
+    assert len(bodies) == 2 and bodies[0] == bodies[1]  # same refs: the provider can de-duplicate
+
+
+class NoIdempotency(SandboxProvider):
+    caps = dataclasses.replace(SandboxProvider.caps, idempotency=Idempotency.NONE)
+
+
+def test_read_timeout_is_unknown_when_a_resend_could_duplicate() -> None:
+    provider = NoIdempotency(SETTINGS)
+    rows, spec = planned_rows(5, provider)
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        raise httpx.ReadTimeout("slow", request=request)
+
+    out, _ = run(provider, rows, spec, handler)
+    assert set(out["status"]) == {"unknown"} and set(out["error_code"]) == {"read_timeout"}
+    assert calls["n"] == 1  # never blindly re-sent
+
+
+def test_ambiguous_then_failures_ends_unknown() -> None:
+    provider = SandboxProvider(SETTINGS)
+    rows, spec = planned_rows(5, provider)
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.RemoteProtocolError("dropped", request=request)
+        return httpx.Response(502)
+
+    out, _ = run(provider, rows, spec, handler)
+    assert set(out["status"]) == {"unknown"}  # the first attempt may have been accepted
+
+
+class WholeBatch(SandboxProvider):
+    """Refuses the whole request if any row's body contains BAD, like textingline's 33019."""
+
+    BAD: ClassVar[str] = "BAD"
+
+    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
+        if response.status_code == 400:
+            raise BatchRejectedError("refused", code="33019", retryable_split=True)
+        return super().parse_response(batch, response)
+
+
+def test_whole_batch_rejection_is_bisected_to_the_bad_rows() -> None:
+    provider = WholeBatch(SETTINGS)
+    rows, spec = planned_rows(16, provider, batch_size=8)
+    rows = rows.with_columns(
+        body=pl.when(pl.col("row_index").is_in([3, 12])).then(pl.lit("BAD")).otherwise(pl.col("body")))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        msgs = json.loads(request.content)["messages"]
+        if any("BAD" in m["body"] for m in msgs):
+            return httpx.Response(400, json={"error": {"code": "33019"}})
+        return accept_all(request)
+
+    out = run(provider, rows, spec, handler)[0].sort("row_index")
+    assert out.filter(pl.col("status") == "rejected")["row_index"].to_list() == [3, 12]
+    assert out.filter(pl.col("status") == "accepted").height == 14
+    assert out.filter(pl.col("row_index") == 3)["batch_id"].item().count(".") == 3  # 8 -> 4 -> 2 -> 1
+
+
+def test_auth_failure_stops_the_campaign_and_records_every_row() -> None:
+    provider = SandboxProvider(SETTINGS)
+    rows, spec = planned_rows(20, provider)
+    spec = spec.model_copy(update={"concurrency": 1})
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        return httpx.Response(401, json={"error": {"code": "unauthorized"}})
+
+    out, _ = run(provider, rows, spec, handler)
+    assert out.height == 20 and set(out["status"]) == {"failed"}
+    assert calls["n"] == 1  # the batches queued behind the refusal never went out
+    assert out["error_code"].value_counts().sort("error_code").rows() == [("aborted", 15), ("http_401", 5)]
+
+
+def test_rows_missing_from_a_response_are_unknown_not_lost() -> None:
+    provider = SandboxProvider(SETTINGS)
+    rows, spec = planned_rows(5, provider)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"batch": "B", "results": [{"index": 0, "status": "accepted", "message_id": "x"}]})
+
+    out, _ = run(provider, rows, spec, handler)
+    assert out.sort("row_index")["status"].to_list() == ["accepted"] + ["unknown"] * 4
+
+
+@pytest.mark.parametrize("retry_after", [None, 0.0])
+def test_bucket_penalty_halves_rate_and_reward_restores(retry_after: float | None) -> None:
+    now = [0.0]
+    bucket = TokenBucket(10.0, burst=2, clock=lambda: now[0])
+    assert bucket._reserve() == 0 and bucket._reserve() == 0
+    assert bucket._reserve() == pytest.approx(0.1)
+    bucket.penalise(retry_after)
+    assert bucket.rate == 5.0 and bucket.throttled == 1
+    for _ in range(10):
+        bucket.reward()
+    assert bucket.rate == 10.0
+
+
+def test_bucket_pause_blocks_until_retry_after() -> None:
+    now = [100.0]
+    bucket = TokenBucket(1000.0, burst=10, clock=lambda: now[0])
+    bucket.penalise(2.5)
+    assert bucket._reserve() == pytest.approx(2.5)
+    now[0] += 2.5
+    assert bucket._reserve() > 0  # tokens were emptied by the penalty; one refills at the halved rate
+    now[0] += 0.01
+    assert bucket._reserve() == 0

@@ -1,0 +1,100 @@
+"""Validation: phones to E.164, rendered bodies, segments, duplicates, and every reason reported."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from providers.sandbox import SandboxProvider
+from smscast.campaign import CampaignSpec
+from smscast.phone import is_e164, mask, normalise
+from tasks.validate import validate_recipients
+
+CAPS = SandboxProvider.caps
+
+
+def frame(phones: list[str | None], **cols: list[str | None]) -> pl.DataFrame:
+    return pl.DataFrame({"row_index": list(range(len(phones))), "phone_raw": phones, **cols},
+                        schema_overrides={"phone_raw": pl.String, **{k: pl.String for k in cols}})
+
+
+@pytest.mark.parametrize(
+    ("raw", "country", "expected"),
+    [
+        ("+44 7700 900123", None, "+447700900123"),
+        ("+44 (0)7700-900123", None, "+447700900123"),
+        ("0044 7700 900123", None, "+447700900123"),
+        ("+1 (415) 555-0100", None, "+14155550100"),
+        ("07700 900123", "GB", "+447700900123"),
+        ("447700900123", "GB", "+447700900123"),
+        ("(020) 7946 0018", "GB", "+442079460018"),
+        ("9123 4567", "SG", "+6591234567"),
+        ("+44.7700.900.123", None, "+447700900123"),
+    ],
+)
+def test_normalise_accepts_what_people_type(raw: str, country: str | None, expected: str) -> None:
+    out = pl.select(normalise(pl.lit(raw), country).alias("p")).item()
+    assert out == expected
+    assert pl.select(is_e164(pl.lit(out))).item()
+
+
+@pytest.mark.parametrize("raw", ["12345", "+0447700900123", "+44 7700 900123 ext 5", "abc"])
+def test_structurally_bad_numbers_fail(raw: str) -> None:
+    assert not pl.select(is_e164(normalise(pl.lit(raw), "GB"))).item()
+
+
+def test_mask_hides_the_middle() -> None:
+    assert mask("+447700900123") == "+44********23"
+    assert "7700900" not in mask("+447700900123")
+
+
+def test_reasons_are_specific_and_all_reported() -> None:
+    spec = CampaignSpec(campaign_id="c", source="s", results="r", body="Hi {{name}}")
+    df = frame(["+447700900001", "07700900002", None, "+447700900001", "+1 555", "+447700900005"],
+               name=["Ann", "Bob", "Cy", "Di", None, "Ed"])
+    out = validate_recipients(df, spec, CAPS).sort("row_index")
+    assert out["status"].to_list() == [None, "invalid", "invalid", "invalid", "invalid", None]
+    assert out["error_code"].to_list() == [
+        None, "phone_needs_country", "phone_missing", "duplicate_phone", "phone_invalid;template_var_missing", None,
+    ]
+    assert "'name'" in out["error_message"][4]
+    assert out["body"][0] == "Hi Ann"
+
+
+def test_default_country_turns_national_numbers_valid() -> None:
+    spec = CampaignSpec(campaign_id="c", source="s", results="r", body="x", default_country="GB")
+    out = validate_recipients(frame(["07700900002"]), spec, CAPS)
+    assert out["status"].to_list() == [None] and out["phone"].to_list() == ["+447700900002"]
+
+
+def test_duplicate_keeps_first_even_when_typed_differently() -> None:
+    spec = CampaignSpec(campaign_id="c", source="s", results="r", body="x")
+    out = validate_recipients(frame(["+44 7700 900001", "+447700900001", "0044-7700-900001"]), spec, CAPS)
+    assert out.sort("row_index")["error_code"].to_list() == [None, "duplicate_phone", "duplicate_phone"]
+
+
+def test_body_limits_come_from_the_provider() -> None:
+    # The sandbox allows 1600 characters and 10 segments: 10 GSM-7 parts hold 10 * 153 = 1530 septets.
+    spec = CampaignSpec(campaign_id="c", source="s", results="r")
+    bodies = ["a" * 1530, "a" * 1531, "a" * 1601, "😀" * 335, "😀" * 336, "", None]
+    out = validate_recipients(frame([f"+44770090000{i}" for i in range(7)], body=bodies), spec, CAPS)
+    out = out.sort("row_index")
+    assert out["segments"].to_list()[:5] == [10, 11, 11, 10, 11]
+    assert out["encoding"].to_list()[:5] == ["GSM-7", "GSM-7", "GSM-7", "UCS-2", "UCS-2"]
+    assert out["error_code"].to_list() == [
+        None, "too_many_segments", "body_too_long;too_many_segments", None, "too_many_segments",
+        "body_missing", "body_missing",
+    ]
+
+
+def test_supplied_recipient_ids_must_be_unique() -> None:
+    spec = CampaignSpec(campaign_id="c", source="s", results="r", body="x")
+    out = validate_recipients(frame(["+447700900001", "+447700900002"], recipient_id=["u1", "u1"]), spec, CAPS)
+    assert out.sort("row_index")["error_code"].to_list() == [None, "duplicate_recipient_id"]
+
+
+def test_derived_recipient_id_is_stable_from_the_phone() -> None:
+    spec = CampaignSpec(campaign_id="c", source="s", results="r", body="x")
+    a = validate_recipients(frame(["+44 7700 900001"]), spec, CAPS)
+    b = validate_recipients(frame(["0044 7700 900001"]), spec, CAPS)
+    assert a["recipient_id"].to_list() == b["recipient_id"].to_list() == ["p447700900001"]
