@@ -1,14 +1,15 @@
 """Fault knobs: latency, rate limits, injected errors, timeouts, dropped connections, per-row refusals.
 
-Knobs are set at start (`SandboxConfig.knobs`, CLI options) and at run time (`POST /_sandbox/faults`, a partial
-update). Every knob has a global value; a provider may override any of them (`provider=` in the admin call).
+Knobs are set at start (`SandboxConfig.knobs`, CLI options) and at run time (`POST /_sandbox/faults`, a
+partial update). Every knob has a global value; a provider may override any of them (`provider=` in the admin
+call).
 
 Knobs (defaults in `Knobs`):
 
     latency_ms, latency_jitter_ms   added before processing (uniform jitter in [0, jitter])
-    rate_limit_rps, rate_limit_burst  token bucket per provider and rate scope; 0 rps = off; burst 0 = ceil(rps).
-                                    Past it: 429, with `Retry-After` in whole seconds rounded up where the
-                                    vendor sends one
+    rate_limit_rps, rate_limit_burst  token bucket per provider and rate scope; 0 rps = off;
+                                    burst 0 = ceil(rps). Past it: 429, with `Retry-After` in whole
+                                    seconds rounded up where the vendor sends one
     next_429                        the next N requests get 429 (Retry-After: retry_after_s)
     next_5xx                        the next N requests get `status_5xx` (503) without being processed
     next_timeout                    the next N requests are processed and ACCEPTED, then the response is held
@@ -16,12 +17,13 @@ Knobs (defaults in `Knobs`):
                                     timeout fires although the messages are in the ledger
     next_drop_before                the next N requests: connection closed with no response, nothing processed
     next_drop_after                 the next N requests: processed and accepted, then the connection is closed
-                                    with no response. `next_drop` is an alias of next_drop_after: the dangerous,
-                                    ambiguous case
+                                    with no response. `next_drop` is an alias of next_drop_after:
+                                    the dangerous, ambiguous case
     rate_429, rate_5xx, rate_timeout, rate_drop_before, rate_drop_after
-                                    probability per request of the same faults, drawn from a RNG seeded by `seed`
-    reject_suffixes                 phones ending in one of these digit strings are refused per row (permanent;
-                                    `invalid_number` in the generic API)
+                                    probability per request of the same faults, drawn from a RNG
+                                    seeded by `seed`
+    reject_suffixes                 phones ending in one of these digit strings are refused per row
+                                    (permanent; `invalid_number` in the generic API)
     transient_suffixes              same, transient (`carrier_unavailable` in the generic API)
 
 One-shot counters set for a provider are used before the global ones. The order of checks per request is:

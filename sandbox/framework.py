@@ -122,6 +122,7 @@ class SandboxState:
         self.faults = Faults(self.config.knobs, self.config.provider_knobs)
         self.idempotency = IdempotencyStore()
         self.emulators: dict[str, Emulator] = {}
+        self.held_responses = 0  # responses held back by the timeout knob right now
 
     def reset(self, *, faults: bool = True) -> None:
         """Forget the ledger, counters and stored responses (and, by default, restore the start knobs)."""
@@ -188,7 +189,9 @@ def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | 
 class RequestRefused(Exception):
     """Raised inside a handler to refuse the whole request; the pipeline renders it with `Emulator.error`."""
 
-    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
@@ -207,13 +210,13 @@ async def read_json(request: Request) -> Any:
 class DropResponse(Response):
     """Close the connection without sending a byte of response.
 
-    uvicorn answers 500 when an app raises before starting a response, so raising is no way to drop. Instead
-    the app (`SandboxApp`) puts the connection's asyncio transport in the scope; this aborts it, then yields to
-    the event loop until uvicorn's `connection_lost` has marked the request cycle disconnected, so that uvicorn
-    neither logs an error nor tries to write a 500. The request body has been read in full by then (the
-    pipeline reads it first), so the kernel closes with a FIN rather than a RST, and the client sees the
-    connection end with no response: httpx raises `RemoteProtocolError` ("Server disconnected without sending
-    a response").
+    uvicorn answers 500 when an app raises before starting a response, so raising is no way to drop.
+    Instead the app (`SandboxApp`) puts the connection's asyncio transport in the scope; this aborts it, then
+    yields to the event loop until uvicorn's `connection_lost` has marked the request cycle disconnected, so
+    that uvicorn neither logs an error nor tries to write a 500. The request body has been read in full by
+    then (the pipeline reads it first), so the kernel closes with a FIN rather than a RST, and the client
+    sees the connection end with no response: httpx raises `RemoteProtocolError` ("Server disconnected
+    without sending a response").
     """
 
     def __init__(self) -> None:
@@ -270,7 +273,9 @@ class Emulator:
     def message_id(self, seq: int) -> str:
         return f"{self.name}_{seq}"
 
-    def error(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    def error(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> Response:
         """The vendor's whole-request error body; the default is `{"error": {"code", "message"}}`."""
         return json_response({"error": {"code": code, "message": message}}, status, headers)
 
@@ -312,7 +317,9 @@ class Emulator:
             if verdict is Verdict.ERROR_5XX:
                 status = faults.knobs(name).status_5xx
                 counters.request(status)
-                return self.error(status, "service_unavailable", "injected server error, nothing was processed")
+                return self.error(
+                    status, "service_unavailable", "injected server error, nothing was processed"
+                )
             counters.request(429)
             headers = {"Retry-After": str(retry_after)} if self.sends_retry_after else None
             return self.error(429, "rate_limited", "too many requests", headers)
@@ -334,7 +341,11 @@ class Emulator:
             return DropResponse()
         if after is Verdict.TIMEOUT:
             counters.request("timeout")
-            await hold_until_disconnect(request, faults.knobs(name).timeout_delay_s)
+            self.state.held_responses += 1
+            try:
+                await hold_until_disconnect(request, faults.knobs(name).timeout_delay_s)
+            finally:
+                self.state.held_responses -= 1
             return response  # to a client that has usually gone by now
         counters.request(response.status_code)
         return response

@@ -3,13 +3,13 @@
 Tests and the benchmark use it to prove that nothing was sent twice and nothing was lost, so it has to hold a
 million entries in one process cheaply. It is columnar, with no object per entry:
 
-* the batch-level fields (provider, batch id, batch key, accepted_at) live once per batch, and each entry keeps
-  a 4-byte batch number (``array('I')``);
+* the batch-level fields (provider, batch id, batch key, accepted_at) live once per batch, and each entry
+  keeps a 4-byte batch number (``array('I')``);
 * ``to`` is stored as a 64-bit integer when it is ``+`` followed by digits (always so for an E.164 number,
   which has no leading zero), otherwise in a small side list;
-* ``key`` and ``body`` are references to the strings the request carried; the key string is shared with the
-  idempotency index, and repeated bodies (a campaign without personalisation) are shared through a bounded
-  intern table;
+* ``key`` is a reference to the string the request carried, shared with the idempotency index;
+* bodies are UTF-8 bytes appended to one ``bytearray``, each entry keeping one 64-bit (offset, length) word;
+  a repeated body (a campaign without personalisation) is stored once, through a small intern table;
 * ``message_id`` is not stored at all: it is derived from the entry's sequence number by the provider's
   formatter (``register``), e.g. ``sbx_<seq>``. Sequence numbers keep growing across ``reset`` so that message
   ids stay unique for the life of the process.
@@ -29,8 +29,13 @@ from typing import Any, TypedDict
 
 MessageIdFormat = Callable[[int], str]
 
-# A few thousand distinct bodies cover every non-personalised campaign; past that, bodies are stored as given.
-BODY_INTERN_LIMIT = 65_536
+# A few thousand distinct bodies cover every non-personalised campaign; past that, each body is stored anew.
+BODY_INTERN_LIMIT = 4096
+_LEN_BITS = 24  # body (offset, length) packed as offset << 24 | length; bodies are far below 16 MB
+_LEN_MASK = (1 << _LEN_BITS) - 1
+_NO_BODY = _LEN_MASK
+
+Adder = Callable[[str, "str | None", "str | None"], int]
 
 
 class LedgerEntry(TypedDict):
@@ -47,8 +52,9 @@ class LedgerEntry(TypedDict):
 
 @dataclass
 class Counters:
-    """Per-provider counters (messages accepted are the ledger's own count). `requests` is keyed by HTTP status as a string, plus the pseudo statuses
-    ``drop_before``, ``drop_after`` (connection closed with no response) and ``timeout`` (response held back)."""
+    """Per-provider counters (messages accepted are the ledger's own count). `requests` is keyed by HTTP
+    status as a string, plus the pseudo statuses ``drop_before``, ``drop_after`` (connection closed with no
+    response) and ``timeout`` (response held back)."""
 
     requests: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0  # rows answered from the idempotency index, no new entry
@@ -101,8 +107,9 @@ class Ledger:
         self._e_to = array("q")
         self._to_other: list[str] = []
         self._e_key: list[str | None] = []
-        self._e_body: list[str | None] = []
-        self._bodies: dict[str, str] = {}
+        self._e_body = array("Q")  # offset << 24 | length into _blob; _NO_BODY for None
+        self._blob = bytearray()
+        self._bodies: dict[str, int] = {}  # intern table: body -> packed (offset, length)
         # idempotency index: (provider, scope) -> key -> position
         self._index: dict[tuple[str, str], dict[str, int]] = {}
         self._counters: dict[str, Counters] = {p: Counters() for p in self._formats}
@@ -157,29 +164,67 @@ class Ledger:
         self._b_lookup[(provider, batch)] = n
         return n
 
+    def adder(self, batch_no: int, index: dict[str, int] | None = None) -> Adder:
+        """A fast `add(to, body, key) -> position` for the rows of one batch (`open_batch`), indexing keys in
+        `index` (from `index()`). Use it in an emulator's per-row loop; the caller checks the index first, and
+        must not await between `open_batch` and its last add (entries of a batch are contiguous)."""
+        e_batch, e_to, e_key, e_body = (
+            self._e_batch.append,
+            self._e_to.append,
+            self._e_key,
+            self._e_body.append,
+        )
+        key_append = e_key.append
+        to_other, blob, bodies, limit = self._to_other, self._blob, self._bodies, self._body_intern_limit
+        blob_extend, bodies_get = blob.extend, bodies.get
+
+        def add(to: str, body: str | None, key: str | None = None) -> int:
+            pos = len(e_key)
+            e_batch(batch_no)
+            digits = to[1:]
+            if (
+                to[:1] == "+"
+                and digits.isdigit()
+                and digits.isascii()
+                and digits[:1] != "0"
+                and len(digits) < 19
+            ):
+                e_to(int(digits))
+            else:
+                to_other.append(to)
+                e_to(-len(to_other))
+            if body is None:
+                e_body(_NO_BODY)
+            else:
+                packed = bodies_get(body)
+                if packed is None:
+                    data = body.encode()
+                    if len(data) >= _LEN_MASK:
+                        raise ValueError("a message body of 16 MB or more")
+                    packed = len(blob) << _LEN_BITS | len(data)
+                    blob_extend(data)
+                    if len(bodies) < limit:
+                        bodies[body] = packed
+                e_body(packed)
+            key_append(key)
+            if key is not None and index is not None:
+                index[key] = pos
+            return pos
+
+        return add
+
     def add(
-        self, batch_no: int, to: str, body: str | None, key: str | None = None, index: dict[str, int] | None = None
+        self,
+        batch_no: int,
+        to: str,
+        body: str | None,
+        key: str | None = None,
+        index: dict[str, int] | None = None,
     ) -> int:
         """Record one accepted message; return its position. With `key` and `index`, the key is indexed so
-        that a repeat finds this entry. The caller checks the index first (see `index`)."""
-        pos = len(self._e_key)
-        self._e_batch.append(batch_no)
-        if len(to) > 1 and to[0] == "+" and to[1] != "0" and len(to) <= 19 and to.isascii() and to[1:].isdigit():
-            self._e_to.append(int(to[1:]))
-        else:
-            self._to_other.append(to)
-            self._e_to.append(-len(self._to_other))
-        if body is not None:
-            shared = self._bodies.get(body)
-            if shared is not None:
-                body = shared
-            elif len(self._bodies) < self._body_intern_limit:
-                self._bodies[body] = body
-        self._e_body.append(body)
-        self._e_key.append(key)
-        if key is not None and index is not None:
-            index[key] = pos
-        return pos
+        that a repeat finds this entry. The caller checks the index first (see `index`). For many rows, use
+        `adder`."""
+        return self.adder(batch_no, index)(to, body, key)
 
     def seq(self, pos: int) -> int:
         return self._seq_base + pos + 1
@@ -223,7 +268,13 @@ class Ledger:
         return self._e_key[pos]
 
     def body(self, pos: int) -> str | None:
-        return self._e_body[pos]
+        return self._body(self._e_body[pos])
+
+    def _body(self, packed: int) -> str | None:
+        if packed == _NO_BODY:
+            return None
+        off = packed >> _LEN_BITS
+        return self._blob[off : off + (packed & _LEN_MASK)].decode()
 
     def batch_of(self, pos: int) -> tuple[str, str, str | None, float]:
         """(provider, batch, batch_key, accepted_at) of the entry at `pos`."""
@@ -239,40 +290,46 @@ class Ledger:
             "batch_key": batch_key,
             "key": self._e_key[pos],
             "to": self.to(pos),
-            "body": self._e_body[pos],
+            "body": self.body(pos),
             "message_id": self.message_id(pos),
             "accepted_at": _iso(at),
         }
 
-    def _batches(self, provider: str | None, batch: str | None) -> Iterator[int]:
-        if batch is not None:
-            if provider is not None:
-                b = self._b_lookup.get((provider, batch))
-                if b is not None:
-                    yield b
-                return
-            yield from (b for b, name in enumerate(self._b_batch) if name == batch)
-            return
-        for b, p in enumerate(self._b_provider):
-            if provider is None or p == provider:
-                yield b
+    def _snapshot(self, provider: str | None, batch: str | None) -> Iterator[tuple[int, int, int]]:
+        """(batch number, start, stop) of the matching batches that exist now. Lists are bound locally, so a
+        reader streaming the ledger while requests add to it (or reset it) sees a consistent prefix."""
+        b_provider, b_batch, b_start = self._b_provider, self._b_batch, self._b_start
+        nb, ne = len(b_batch), len(self._e_key)
+        if batch is not None and provider is not None:
+            found = self._b_lookup.get((provider, batch))
+            candidates: Iterator[int] | range = iter(() if found is None or found >= nb else (found,))
+        else:
+            candidates = range(nb)
+        for b in candidates:
+            if provider is not None and b_provider[b] != provider:
+                continue
+            if batch is not None and b_batch[b] != batch:
+                continue
+            yield b, b_start[b], b_start[b + 1] if b + 1 < nb else ne
 
     def iter_entries(
         self, provider: str | None = None, batch: str | None = None, offset: int = 0, limit: int | None = None
     ) -> Iterator[LedgerEntry]:
-        """Entries in acceptance order, optionally of one provider and/or batch; offset/limit count matches."""
+        """Entries in acceptance order, optionally of one provider and/or batch (offset/limit count
+        matches)."""
         skip = max(0, offset)
         left = limit if limit is not None else -1
-        to_other, e_to, e_key, e_body, base = self._to_other, self._e_to, self._e_key, self._e_body, self._seq_base
-        for b in self._batches(provider, batch):
-            start, stop = self._b_start[b], self._next_start(b)
+        b_provider, b_batch, b_key, b_at = self._b_provider, self._b_batch, self._b_key, self._b_at
+        to_other, e_to, e_key, e_body = self._to_other, self._e_to, self._e_key, self._e_body
+        blob, base = self._blob, self._seq_base
+        for b, start, stop in self._snapshot(provider, batch):
             size = stop - start
             if skip >= size:
                 skip -= size
                 continue
             start += skip
             skip = 0
-            prov, name, bkey, at = self._b_provider[b], self._b_batch[b], self._b_key[b], _iso(self._b_at[b])
+            prov, name, bkey, at = b_provider[b], b_batch[b], b_key[b], _iso(b_at[b])
             fmt = self._formats.get(prov, _default_message_id)
             for pos in range(start, stop):
                 if left == 0:
@@ -280,6 +337,12 @@ class Ledger:
                 left -= 1
                 v = e_to[pos]
                 seq = base + pos + 1
+                packed = e_body[pos]
+                if packed == _NO_BODY:
+                    body = None
+                else:
+                    off = packed >> _LEN_BITS
+                    body = blob[off : off + (packed & _LEN_MASK)].decode()
                 yield {
                     "seq": seq,
                     "provider": prov,
@@ -287,7 +350,7 @@ class Ledger:
                     "batch_key": bkey,
                     "key": e_key[pos],
                     "to": f"+{v}" if v >= 0 else to_other[-v - 1],
-                    "body": e_body[pos],
+                    "body": body,
                     "message_id": fmt(seq),
                     "accepted_at": at,
                 }
@@ -296,11 +359,20 @@ class Ledger:
         """The ledger as columns (for Parquet): accepted_at as epoch seconds (float)."""
         cols: dict[str, list[Any]] = {
             k: []
-            for k in ("seq", "provider", "batch", "batch_key", "key", "to", "body", "message_id", "accepted_at")
+            for k in (
+                "seq",
+                "provider",
+                "batch",
+                "batch_key",
+                "key",
+                "to",
+                "body",
+                "message_id",
+                "accepted_at",
+            )
         }
         to_other, e_to, base = self._to_other, self._e_to, self._seq_base
-        for b in self._batches(provider, batch):
-            start, stop = self._b_start[b], self._next_start(b)
+        for b, start, stop in self._snapshot(provider, batch):
             n = stop - start
             if not n:
                 continue
@@ -312,7 +384,7 @@ class Ledger:
             cols["batch_key"].extend([self._b_key[b]] * n)
             cols["accepted_at"].extend([self._b_at[b]] * n)
             cols["key"].extend(self._e_key[start:stop])
-            cols["body"].extend(self._e_body[start:stop])
+            cols["body"].extend(map(self._body, self._e_body[start:stop]))
             cols["to"].extend(f"+{v}" if v >= 0 else to_other[-v - 1] for v in e_to[start:stop])
             cols["message_id"].extend(map(fmt, seqs))
         return cols

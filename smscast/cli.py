@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
 
 # Before Prefect is imported: there is no network here, and telemetry would only log errors.
@@ -94,6 +95,26 @@ def send(
 
 
 @app.command()
+def retry(
+    campaign_id: CampaignOpt,
+    results: ResultsOpt,
+    provider: Annotated[str | None, typer.Option("--provider", "-p", help="Override the campaign's provider.")] = None,
+    base_url: BaseUrlOpt = None,
+    max_attempts: Annotated[int, typer.Option(help="Stop once this many attempts exist.")] = 5,
+    delay: Annotated[float, typer.Option(help="Seconds to wait before re-sending.")] = 0.0,
+) -> None:
+    """Re-send a campaign's failed rows (and unknown ones where the provider's idempotency makes it safe)
+    with the same idempotency keys, as the next attempt."""
+    from flows.retry import retry_failed
+
+    try:
+        retry_failed(campaign_id=campaign_id, results=results, provider=provider, base_url=base_url,
+                     max_attempts=max_attempts, delay_seconds=delay)
+    except SmscastError as exc:
+        _fail(str(exc))
+
+
+@app.command()
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
     host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
@@ -115,8 +136,9 @@ def demo(
     example = Path(source) if source else Path(__file__).resolve().parent.parent / "examples" / "recipients.csv"
     if not example.exists():
         _fail(f"example recipients not found at {example}")
-    with SandboxServer() as server:
-        os.environ["SMSCAST_SANDBOX_API_KEY"] = server.api_key
+    key = secrets.token_urlsafe(16)  # a throwaway credential: the demo needs none from the user
+    with SandboxServer(default_key=key) as server:
+        os.environ["SMSCAST_SANDBOX_API_KEY"] = key
         spec = CampaignSpec(
             campaign_id=f"demo-{time.strftime('%Y%m%d-%H%M%S')}", provider="sandbox", source=str(example), results=results, base_url=server.base_url,
             sender="SMSCAST", body="Hi {{name}}, your order {{order}} ships today.", default_country="GB",

@@ -35,8 +35,9 @@ class TokenBucket:
         """Take a token if one is free and return 0, else return how long to wait before asking again."""
         with self._lock:
             now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
+            if now > self._stamp:  # during a pause _stamp is in the future: nothing refills
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
             if now < self._paused_until:
                 return self._paused_until - now
             if self._tokens >= 1:
@@ -55,7 +56,9 @@ class TokenBucket:
             pause = retry_after if retry_after is not None else 1.0 / self.rate
             self._paused_until = max(self._paused_until, now + pause)
             self.rate = max(self.min_rate, self.rate / 2)
+            # Refill only once the pause is over, so that its end is not a burst at the provider.
             self._tokens = 0.0
+            self._stamp = max(self._stamp, self._paused_until)
             self.throttled += 1
 
     def reward(self) -> None:

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from smscast import storage
+from smscast.campaign import CampaignSpec
 from tasks.plan import PlannedCampaign, ShardRef
 
 
@@ -44,3 +45,19 @@ def read_manifest(work_root: str) -> Manifest | None:
         rows_to_send=raw["rows_to_send"],
         batch_size=raw["batch_size"],
     )
+
+
+def _spec_uri(results: str, campaign_id: str) -> str:
+    return f"{results.rstrip('/')}/_work/campaign={campaign_id}/spec.json"
+
+
+def save_spec(spec: CampaignSpec) -> None:
+    """The campaign's parameters (never credentials: the spec holds none), for the retry flow."""
+    storage.put_bytes(_spec_uri(spec.results, spec.campaign_id), spec.model_dump_json().encode())
+
+
+def load_spec(results: str, campaign_id: str) -> CampaignSpec | None:
+    uri = _spec_uri(results, campaign_id)
+    if not storage.exists(uri):
+        return None
+    return CampaignSpec.model_validate_json(storage.get_bytes(uri))

@@ -62,10 +62,16 @@ def batch_size_for(spec: CampaignSpec, caps: Capabilities) -> int:
     return max(size, caps.min_rows)
 
 
-def plan_campaign(validated: pl.DataFrame, spec: CampaignSpec, caps: Capabilities, provider: Provider) -> PlannedCampaign:
+def plan_campaign(
+    validated: pl.DataFrame,
+    spec: CampaignSpec,
+    caps: Capabilities,
+    provider: Provider,
+    extra_groups: list[pl.Expr] | None = None,
+) -> PlannedCampaign:
     size = batch_size_for(spec, caps)
     df = validated.with_columns(idempotency_key=row_keys(spec.campaign_id, validated.get_column("recipient_id")))
-    groups = provider.batch_group_keys(spec)
+    groups = [*provider.batch_group_keys(spec), *(extra_groups or [])]
     group_cols = [f"_g{i}" for i in range(len(groups))]
     df = df.with_columns([g.alias(n) for g, n in zip(groups, group_cols, strict=True)])
     valid = pl.col("status").is_null()

@@ -37,7 +37,9 @@ class CampaignSummary:
 def summarise(
     results: pl.DataFrame, *, campaign_id: str, attempt: int, provider: str, results_uri: str | None, dry_run: bool = False
 ) -> CampaignSummary:
-    by_status = {s: 0 for s in STATUSES}
+    if dry_run:  # nothing was sent: valid rows are "planned", a word the results dataset never uses
+        results = results.with_columns(pl.col("status").fill_null("planned"))
+    by_status = {s: 0 for s in (*STATUSES, *(("planned",) if dry_run else ()))}
     for status, n in results.group_by("status").len().iter_rows():
         by_status[str(status)] = int(n)
     reasons = (
@@ -46,7 +48,7 @@ def summarise(
         .agg(rows=pl.len())
         .sort("rows", "status", "error_code", descending=[True, False, False])
     )
-    valid = results.filter(pl.col("status") != "invalid") if not dry_run else results.filter(pl.col("status").is_null())
+    valid = results.filter(pl.col("status") != "invalid")
     accepted = results.filter(pl.col("status") == "accepted")
     return CampaignSummary(
         campaign_id=campaign_id,

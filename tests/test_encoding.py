@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import polars as pl
@@ -284,7 +285,6 @@ def char_mix(weights: tuple[int, int, int, int]) -> st.SearchStrategy[str]:
     return st.one_of(*[pool for pool, w in zip(pools, weights, strict=True) for _ in range(w)])
 
 
-
 def unit_count(part: str, encoding: str) -> int:
     if encoding == "GSM-7":
         return sum(2 if c in GSM7_EXTENSION else 1 for c in part)
@@ -301,9 +301,12 @@ def near_full(draw: st.DrawFn, gsm: bool) -> str:
     encoding = "GSM-7" if gsm else "UCS-2"
     one_unit = BASIC if gsm else st.one_of(BASIC, BMP_NON_GSM)
     # part - 1 puts the first pair across the first boundary, part - 3 puts the next pair across the next
-    runs = draw(st.lists(st.sampled_from([part - 1, part - 2, part - 3]) | st.integers(0, part + 2), max_size=8))
+    runs = draw(
+        st.lists(st.sampled_from([part - 1, part - 2, part - 3]) | st.integers(0, part + 2), max_size=8)
+    )
     body = "".join(
-        draw(st.text(alphabet=one_unit, min_size=r, max_size=r)) + draw(EXTENSION if gsm else ASTRAL) for r in runs
+        draw(st.text(alphabet=one_unit, min_size=r, max_size=r)) + draw(EXTENSION if gsm else ASTRAL)
+        for r in runs
     )
     parts = max(2, math.ceil(unit_count(body, encoding) / part)) + draw(st.integers(0, 1))
     missing = parts * part + draw(st.integers(-2, 1)) - unit_count(body, encoding)
@@ -360,7 +363,7 @@ def test_reference_respects_limits_and_never_splits_a_pair(text: str) -> None:
         sizes = [unit_count(p, encoding) for p in parts]
         assert all(s <= part for s in sizes)
         # greedy: a part is cut only when its next character would not fit
-        for p, nxt in zip(parts, parts[1:], strict=False):
+        for p, nxt in itertools.pairwise(parts):
             assert unit_count(p, encoding) + unit_count(nxt[0], encoding) > part
         assert len(parts) >= math.ceil(total / part)
     # parts are cut between Python code points, so no surrogate pair or escape pair is ever split;

@@ -1,0 +1,33 @@
+# The two set-up commands (README): `make demo` and `make test`. Both create .venv on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: demo test test-all lint bench install
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/smscast demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(BIN)/.installed lint
+	$(BIN)/pytest
+
+# The long soak and benchmark-sized tests, on purpose only.
+test-all: $(BIN)/.installed
+	$(BIN)/pytest -m ''
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/pipeline.py

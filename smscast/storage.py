@@ -1,0 +1,418 @@
+"""One small I/O layer for local paths and s3:// URIs.
+
+S3 settings come from the standard AWS variables, read at call time:
+
+* AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL (an S3-compatible server such as SeaweedFS; unset = AWS itself)
+* AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (optional)
+* AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1
+* AWS_ALLOW_HTTP=true, implied when the endpoint is http://
+
+Paths are "directories" for `list_files`, `read_parquet` and `exists`: `s3://b/results/campaign=a` covers
+`s3://b/results/campaign=a/...` but not `s3://b/results/campaign=ab/...`, the same as on a local disk.
+
+Local writes are atomic (a hidden temporary file in the same directory, fsync, rename); S3 writes are one
+PUT, which S3 makes visible all at once. Polars reads s3:// itself with `storage_options`; writes go through
+boto3 so that a Parquet file is a single PUT. No credential ever goes into an exception message (`redact`).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import polars as pl
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+
+__all__ = [
+    "delete",
+    "delete_tree",
+    "exists",
+    "get_bytes",
+    "get_range",
+    "is_s3",
+    "join",
+    "list_files",
+    "put_bytes",
+    "read_parquet",
+    "redact",
+    "s3_client",
+    "size",
+    "split_s3",
+    "storage_options",
+    "to_local_path",
+    "write_parquet",
+]
+
+DEFAULT_REGION = "us-east-1"
+
+
+# -- URIs ---------------------------------------------------------------------------------------------------
+
+
+def is_s3(uri: str) -> bool:
+    return uri[:5].lower() == "s3://"
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> ("bucket", "a/b"). The key may be empty."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri}")
+    return bucket, key
+
+
+def to_local_path(uri: str | os.PathLike[str]) -> Path:
+    """A local path from a plain path or a file:// URI."""
+    text = os.fspath(uri)
+    if text[:7].lower() == "file://":
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file:// URI with a remote host is not supported: {text}")
+        return Path(unquote(parts.path))
+    if is_s3(text):
+        raise ValueError(f"not a local path: {text}")
+    return Path(text)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path segments onto a local path or an s3:// URI with `/`."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def _s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+# -- settings -----------------------------------------------------------------------------------------------
+
+
+def _settings() -> tuple[str | None, str | None, str | None, str | None, str, bool]:
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    allow_http = env.get("AWS_ALLOW_HTTP", "").strip().lower() in ("1", "true", "yes", "on") or bool(
+        endpoint and endpoint.lower().startswith("http://")
+    )
+    return (
+        endpoint,
+        env.get("AWS_ACCESS_KEY_ID") or None,
+        env.get("AWS_SECRET_ACCESS_KEY") or None,
+        env.get("AWS_SESSION_TOKEN") or None,
+        region,
+        allow_http,
+    )
+
+
+def storage_options(uri: str) -> dict[str, str] | None:
+    """Polars `storage_options` for an s3:// URI from the AWS environment variables; None for a local path."""
+    if not is_s3(uri):
+        return None
+    endpoint, key_id, secret, token, region, allow_http = _settings()
+    options: dict[str, str] = {"aws_region": region}
+    if endpoint:
+        options["aws_endpoint_url"] = endpoint
+    if key_id:
+        options["aws_access_key_id"] = key_id
+    if secret:
+        options["aws_secret_access_key"] = secret
+    if token:
+        options["aws_session_token"] = token
+    if allow_http:
+        options["aws_allow_http"] = "true"
+    return options
+
+
+def redact(text: str) -> str:
+    """`text` with any configured AWS secret, session token or access key id replaced by ***."""
+    _, key_id, secret, token, _, _ = _settings()
+    for value in (secret, token, key_id):
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def s3_client() -> S3Client:
+    """A boto3 S3 client from the same environment settings (cached per distinct settings; thread-safe)."""
+    return _client_for(_settings())
+
+
+@functools.lru_cache(maxsize=8)
+def _client_for(settings: tuple[str | None, str | None, str | None, str | None, str, bool]) -> S3Client:
+    import boto3
+    from botocore.config import Config
+
+    endpoint, key_id, secret, token, region, _allow_http = settings
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
+        region_name=region,
+        config=Config(
+            s3={"addressing_style": "path"} if endpoint else {},
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"max_attempts": 5, "mode": "standard"},
+        ),
+    )
+
+
+def _error_code(exc: Exception) -> str:
+    response: Any = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return _error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
+
+
+# -- Parquet ------------------------------------------------------------------------------------------------
+
+
+def read_parquet(uri: str) -> pl.DataFrame:
+    """One Parquet file, or every `*.parquet` under a directory / prefix (parts concatenated in name order;
+    columns missing from some parts come out null). FileNotFoundError when there is nothing to read."""
+    files = _parquet_files(uri)
+    options = storage_options(uri)
+    if len(files) == 1:
+        return pl.scan_parquet(
+            files[0], storage_options=options, hive_partitioning=False, glob=False
+        ).collect()
+    frames = [pl.scan_parquet(f, storage_options=options, hive_partitioning=False, glob=False) for f in files]
+    return pl.concat(frames, how="diagonal_relaxed").collect()
+
+
+def _parquet_files(uri: str) -> list[str]:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        if key and not key.endswith("/") and _s3_head(bucket, key) is not None:
+            return [uri]
+    else:
+        path = to_local_path(uri)
+        if path.is_file():
+            return [str(path)]
+    files = list_files(uri, ".parquet")
+    if not files:
+        raise FileNotFoundError(f"no Parquet file at {uri}")
+    return files
+
+
+def write_parquet(df: pl.DataFrame, uri: str) -> None:
+    """Write `df` as one Parquet file: atomically on a local disk, with a single PUT on S3."""
+    if is_s3(uri):
+        buf = io.BytesIO()
+        df.write_parquet(buf)
+        put_bytes(uri, buf.getvalue())
+        return
+    _atomic_write(to_local_path(uri), df.write_parquet)
+
+
+# -- bytes --------------------------------------------------------------------------------------------------
+
+
+def put_bytes(uri: str, data: bytes) -> None:
+    """Write `data`: atomically on a local disk (parent directories created), with a single PUT on S3."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        if not key or key.endswith("/"):
+            raise ValueError(f"not an object key: {uri}")
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+
+    def _write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    _atomic_write(to_local_path(uri), _write)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` into a hidden temporary file next to `path`, fsync it, then rename it over `path`.
+    Readers see the old file or the new one, never half of one; list_files never lists the temporary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def get_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        client = s3_client()
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise FileNotFoundError(f"no such object: {uri}") from None
+            raise
+    return to_local_path(uri).read_bytes()
+
+
+def get_range(uri: str, length: int) -> bytes:
+    """The first `length` bytes (fewer if the file is shorter)."""
+    if length <= 0:
+        return b""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            resp = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")
+            return resp["Body"].read()[:length]
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise FileNotFoundError(f"no such object: {uri}") from None
+            if _error_code(exc) == "InvalidRange":  # an empty object
+                return b""
+            raise
+    with to_local_path(uri).open("rb") as fh:
+        return fh.read(length)
+
+
+def size(uri: str) -> int:
+    """Size in bytes of a file / object; FileNotFoundError when it does not exist."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        found = _s3_head(bucket, key) if key else None
+        if found is None:
+            raise FileNotFoundError(f"no such object: {uri}")
+        return found
+    path = to_local_path(uri)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {uri}")
+    return path.stat().st_size
+
+
+def _s3_head(bucket: str, key: str) -> int | None:
+    try:
+        return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except Exception as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+
+
+# -- listing, existence, deletion ---------------------------------------------------------------------------
+
+
+def exists(uri: str) -> bool:
+    """A file/object, or a directory/prefix with at least one object under it (or a bucket)."""
+    if not is_s3(uri):
+        return to_local_path(uri).exists()
+    bucket, key = split_s3(uri)
+    client = s3_client()
+    if not key:
+        try:
+            client.head_bucket(Bucket=bucket)
+            return True
+        except Exception as exc:
+            if _is_not_found(exc):
+                return False
+            raise
+    if not key.endswith("/") and _s3_head(bucket, key) is not None:
+        return True
+    try:
+        resp = client.list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
+    except Exception as exc:
+        if _is_not_found(exc):
+            return False
+        raise
+    return bool(resp.get("KeyCount") or resp.get("Contents"))
+
+
+def list_files(prefix_uri: str, suffix: str = "") -> list[str]:
+    """Full URIs of the files under a directory / prefix (recursively) whose names end with `suffix`, sorted.
+    A file itself lists as [file]. Hidden files (leading dot, e.g. our temporary files) are left out."""
+    if is_s3(prefix_uri):
+        return _list_s3(prefix_uri, suffix)
+    root = to_local_path(prefix_uri)
+    if root.is_file():
+        return [str(root)] if root.name.endswith(suffix) else []
+    if not root.is_dir():
+        return []
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.endswith(suffix):
+                out.append(str(Path(dirpath) / name))
+    return sorted(out)
+
+
+def _list_s3(prefix_uri: str, suffix: str) -> list[str]:
+    bucket, key = split_s3(prefix_uri)
+    client = s3_client()
+    prefix = key if (not key or key.endswith("/")) else key + "/"
+    out: list[str] = []
+    if key and not key.endswith("/") and _s3_head(bucket, key) is not None:
+        out.append(_s3_uri(bucket, key))
+    paginator = client.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                name = obj.get("Key", "")
+                base = name.rsplit("/", 1)[-1]
+                if base and not base.startswith(".") and name.endswith(suffix):
+                    out.append(_s3_uri(bucket, name))
+    except Exception as exc:
+        if _is_not_found(exc):
+            return []
+        raise
+    return sorted({f for f in out if f.endswith(suffix)})
+
+
+def delete(uri: str) -> None:
+    """Delete one file / object. Missing is fine (idempotent). A local directory raises IsADirectoryError."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        if not key:
+            raise ValueError(f"refusing to delete a whole bucket: {uri}")
+        try:
+            s3_client().delete_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if not _is_not_found(exc):
+                raise
+        return
+    path = to_local_path(uri)
+    if path.is_dir():
+        raise IsADirectoryError(f"delete() removes files, not directories: {uri}")
+    path.unlink(missing_ok=True)
+
+
+def delete_tree(uri: str) -> None:
+    """Delete everything under a directory / prefix (and the directory itself locally)."""
+    if is_s3(uri):
+        bucket, _ = split_s3(uri)
+        client = s3_client()
+        keys = [split_s3(f)[1] for f in _list_s3(uri, "")]
+        for start in range(0, len(keys), 1000):
+            chunk: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
+            client.delete_objects(Bucket=bucket, Delete={"Objects": chunk, "Quiet": True})
+        return
+    path = to_local_path(uri)
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

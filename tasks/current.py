@@ -1,0 +1,35 @@
+"""A campaign's current state: for each input row, its latest attempt's result.
+
+Attempt 1 has a row for every input row; a retry attempt n+1 has a row for each row it re-sent. So the
+current result of a row is the one with the highest attempt, and every input row has exactly one.
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+from smscast import storage
+from smscast.errors import SourceError
+
+_ATTEMPT = re.compile(r"/attempt=(\d+)/")
+
+
+def attempt_files(results: str, campaign_id: str) -> dict[int, str]:
+    prefix = f"{results.rstrip('/')}/campaign={campaign_id}/"
+    found: dict[int, str] = {}
+    for uri in storage.list_files(prefix, suffix=".parquet"):
+        m = _ATTEMPT.search(uri)
+        if m:
+            found[int(m.group(1))] = uri
+    return found
+
+
+def current_results(results: str, campaign_id: str) -> pl.DataFrame:
+    files = attempt_files(results, campaign_id)
+    if 1 not in files:
+        raise SourceError(f"no results for campaign {campaign_id!r} under {results} (attempt 1 is missing)")
+    frames = [storage.read_parquet(files[n]) for n in sorted(files)]
+    all_attempts = pl.concat(frames, how="diagonal_relaxed")
+    return all_attempts.sort("row_index", "attempt").group_by("row_index", maintain_order=True).last()

@@ -1,0 +1,55 @@
+"""Send a written plan's shards as mapped task runs, persist the results, report. Shared by the campaign
+flow and the retry flow, which differ only in how they make the plan."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from prefect import unmapped
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from smscast import progress, storage
+from smscast.campaign import CampaignSpec
+from smscast.errors import AuthError
+from tasks.manifest import Manifest
+from tasks.persist import persist_results
+from tasks.report import CampaignSummary, publish, summarise
+from tasks.send import send_shard
+
+
+def dispatch(
+    spec: CampaignSpec, work_root: str, manifest: Manifest, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+) -> CampaignSummary:
+    key = f"{spec.campaign_id}-{uuid.uuid4().hex[:8]}"
+    artifact = create_progress_artifact(0.0, description=f"Sending campaign {spec.campaign_id}, attempt {spec.attempt}")
+    runtime = progress.Runtime(
+        progress.Progress(manifest.rows_to_send, logger, publish=lambda pct: update_progress_artifact(artifact, pct))
+    )
+    progress.register(key, runtime)
+    try:
+        futures = send_shard.map(unmapped(spec), unmapped(work_root), manifest.shards, unmapped(key))
+        reports = [f.result() for f in futures]
+    finally:
+        progress.unregister(key)
+    uri = persist_results(spec, work_root, manifest.shards)
+    summary = summarise(storage.read_parquet(uri), campaign_id=spec.campaign_id, attempt=spec.attempt,
+                        provider=spec.provider, results_uri=uri)
+    for r in reports:
+        for k, v in r.requests.items():
+            summary.requests[k] = summary.requests.get(k, 0) + v
+    publish(summary, logger)
+    if runtime.abort.is_set():
+        # Results are written first, so that every row has its record; then the run fails loudly.
+        raise AuthError(f"{spec.provider} refused the credentials; unsent rows are recorded as failed",
+                        code="credentials_refused")
+    return summary
+
+
+def finished(spec: CampaignSpec, uri: str, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> CampaignSummary:
+    """An attempt whose results exist is reported, never re-sent."""
+    logger.info("campaign %s attempt %d is already complete; nothing to send", spec.campaign_id, spec.attempt)
+    summary = summarise(storage.read_parquet(uri), campaign_id=spec.campaign_id, attempt=spec.attempt,
+                        provider=spec.provider, results_uri=uri)
+    publish(summary, logger)
+    return summary

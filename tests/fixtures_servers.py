@@ -1,0 +1,56 @@
+"""Session fixtures that start real servers on loopback: SeaweedFS (S3) and PostgreSQL.
+
+Imported by tests/conftest.py. Tests that use them are marked `@pytest.mark.integration`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from servers.postgres import EmbeddedPostgres
+from servers.seaweedfs import SeaweedS3
+
+# Variables that would override the ones the `seaweed` fixture sets (or point boto3 / polars elsewhere).
+_SHADOWING_AWS_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A started SeaweedFS S3 server; the AWS_* variables point at it for the session, then are restored."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    env = pytest.MonkeyPatch()
+    try:
+        for name in _SHADOWING_AWS_VARS:
+            env.delenv(name, raising=False)
+        for name, value in server.env().items():
+            env.setenv(name, value)
+        yield server
+    finally:
+        env.undo()
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(seaweed: SeaweedS3) -> Iterator[str]:
+    """A fresh, empty bucket for one test (deleted afterwards, which frees its SeaweedFS volume)."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    seaweed.create_bucket(name)
+    try:
+        yield name
+    finally:
+        seaweed.delete_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A started PostgreSQL; `postgres.dsn` is postgresql://user:password@127.0.0.1:port/smscast."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
