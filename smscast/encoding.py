@@ -191,7 +191,7 @@ def segment_frame(body: pl.Series) -> pl.DataFrame:
     exact_rows = frame.select(pl.arg_where(pl.col("_exact"))).to_series()
     if exact_rows.len() > 0:
         exact = _greedy_segments(frame.filter(pl.col("_exact")).select("body", "_gsm", "units", "_part"))
-        frame = frame.with_columns(frame.get_column("segments").scatter(exact_rows, exact))
+        frame = frame.with_columns(frame.get_column("segments").clone().scatter(exact_rows, exact))
     return frame.select("encoding", "chars", "units", "segments")
 
 
@@ -229,14 +229,12 @@ def _classify(body: pl.Series) -> pl.DataFrame:
         .collect()
     )
     ascii_gsm = frame.get_column("_ascii_gsm")
-    return frame.select(
-        "body",
-        "chars",
-        _gsm=ascii_gsm.scatter(rows, other.get_column("_gsm")),
-        # an ASCII body that is not GSM-7 (a tab, a backtick) is UCS-2 with no 2-unit character
-        _pairs=(frame.get_column("_ascii_ext") * ascii_gsm.cast(pl.Int32)).scatter(
-            rows, other.get_column("_pairs")
-        ),
+    # an ASCII body that is not GSM-7 (a tab, a backtick) is UCS-2 with no 2-unit character
+    pairs = frame.get_column("_ascii_ext") * ascii_gsm.cast(pl.Int32)
+    # Series.scatter writes in place: scatter into copies, never into frame's own columns
+    return frame.select("body", "chars").with_columns(
+        _gsm=ascii_gsm.clone().scatter(rows, other.get_column("_gsm")),
+        _pairs=pairs.scatter(rows, other.get_column("_pairs")),
     )
 
 

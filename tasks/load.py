@@ -139,6 +139,8 @@ def _read_file(uri: str, label: str) -> pl.DataFrame:
             ) from None
         is_dataset = key == "" or key.endswith("/")
     else:
+        if not Path(uri).exists():
+            raise SourceError(f"recipients file not found: {label}; check the path")
         is_dataset = Path(uri).is_dir()
     if is_dataset:
         return _read_parquet_dataset(uri, label)

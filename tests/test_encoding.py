@@ -73,6 +73,10 @@ def test_extension_table() -> None:
         ("`", False),  # 0x60 is ¿ in GSM, not the backtick
         ("\x1b", False),  # ESC alone is not sendable
         ("\t", False),
+        ("\x00", False),
+        ("\x1f", False),
+        ("\x7f", False),
+        ("~", True),
         ("\n", True),
         ("\r", True),
         ("\x0c", True),
@@ -170,6 +174,9 @@ def test_one_non_gsm_char_turns_everything_ucs2() -> None:
     # '€' costs 2 in GSM-7 but 1 in UCS-2
     expect("a" * 60 + EURO * 9 + ACUTE_A, "UCS-2", 70, 70, 1)
     expect("a" * 60 + EURO * 9 + "ç", "UCS-2", 70, 70, 1)
+    # all-ASCII but not GSM-7 (a tab, a backtick): UCS-2, and '{' is then one unit, not an escape pair
+    expect("\t" + "{" * 69, "UCS-2", 70, 70, 1)
+    expect("`" + "{" * 133, "UCS-2", 134, 134, 2)
 
 
 def test_emoji_counts_two_units() -> None:

@@ -583,3 +583,17 @@ def test_duckdb_errors(duck_file: str, tmp_path: Path) -> None:
     assert "read-only" in message or "no result set" in message
     garbage = write(tmp_path / "garbage.db", b"not a duckdb file" * 100)
     assert "cannot open the DuckDB database" in load_error(f"duckdb://{garbage}", query="SELECT 1")
+
+
+def test_missing_path_without_extension(tmp_path: Path) -> None:
+    assert "not found" in load_error(str(tmp_path / "no-such-dir"))
+
+
+@pytest.mark.timeout(60)
+def test_s3_endpoint_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret-777")
+    message = load_error("s3://bucket/r.csv")
+    assert "cannot reach the S3 endpoint" in message
+    assert "not-a-real-secret-777" not in message

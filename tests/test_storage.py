@@ -133,7 +133,7 @@ def test_local_atomic_write_leaves_old_file_on_failure(
     def boom(src: object, dst: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(storage.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         storage.put_bytes(uri, b"new content")
     with pytest.raises(OSError, match="disk full"):

@@ -76,7 +76,8 @@ def test_duplicate_keeps_first_even_when_typed_differently() -> None:
 def test_body_limits_come_from_the_provider() -> None:
     # The sandbox allows 1600 characters and 10 segments: 10 GSM-7 parts hold 10 * 153 = 1530 septets.
     spec = CampaignSpec(campaign_id="c", source="s", results="r")
-    bodies = ["a" * 1530, "a" * 1531, "a" * 1601, "😀" * 335, "😀" * 336, "", None]
+    # 67 UCS-2 units per part hold only 33 emoji: a surrogate pair never straddles two parts.
+    bodies = ["a" * 1530, "a" * 1531, "a" * 1601, "😀" * 330, "😀" * 331, "", None]
     out = validate_recipients(frame([f"+44770090000{i}" for i in range(7)], body=bodies), spec, CAPS)
     out = out.sort("row_index")
     assert out["segments"].to_list()[:5] == [10, 11, 11, 10, 11]
