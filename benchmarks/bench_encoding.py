@@ -18,7 +18,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from smscast.encoding import segment_frame, split_reference  # noqa: E402
+from smscast.encoding import segment_frame, split_reference
 
 TEMPLATES = [
     "Hi {name}, your order {code} has shipped and will arrive on {date}. Track it at https://ex.am/t/{code}. "
@@ -71,8 +71,9 @@ def main() -> None:
     bodies = make_bodies(n)
     print(f"generated {n:,} bodies in {time.perf_counter() - started:.1f}s")
     frame = pl.DataFrame({"body": bodies})
-    lengths = frame.select(pl.col("body").str.len_chars()).to_series()
-    print(f"length chars: min {lengths.min()} median {lengths.median()} max {lengths.max()}")
+    length = pl.col("body").str.len_chars()
+    low, mid, high = frame.select(length.min(), length.median(), length.max()).row(0)
+    print(f"length in chars: min {low} median {mid} max {high}")
 
     baseline = best_of(5, lambda: frame.select(pl.col("body").str.len_chars()))
     timed = best_of(5, lambda: segment_frame(bodies))
