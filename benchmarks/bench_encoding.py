@@ -72,7 +72,9 @@ def main() -> None:
     print(f"generated {n:,} bodies in {time.perf_counter() - started:.1f}s")
     frame = pl.DataFrame({"body": bodies})
     length = pl.col("body").str.len_chars()
-    low, mid, high = frame.select(length.min(), length.median(), length.max()).row(0)
+    low, mid, high = frame.select(
+        length.min().alias("min"), length.median().alias("mid"), length.max().alias("max")
+    ).row(0)
     print(f"length in chars: min {low} median {mid} max {high}")
 
     baseline = best_of(5, lambda: frame.select(pl.col("body").str.len_chars()))

@@ -10,7 +10,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from providers.registry import make_provider
 from smscast import storage
@@ -18,42 +17,55 @@ from smscast.campaign import CampaignSpec
 from tasks.dispatch import dispatch, finished
 from tasks.load import load_recipients
 from tasks.manifest import read_manifest, save_spec, write_manifest
-from tasks.persist import results_uri, write_plan
+from tasks.persist import attempt_dir, done_marker, write_plan
 from tasks.plan import plan_campaign
-from tasks.report import publish, summarise
-from tasks.send import SHARD_WORKERS
+from tasks.report import publish, stage, summarise
+from tasks.send import shard_runner
 from tasks.validate import validate_recipients
 from tasks.work import WorkDir
 
-load = task(load_recipients, name="load", cache_policy=NONE)
-validate = task(validate_recipients, name="validate", cache_policy=NONE)
-plan = task(plan_campaign, name="plan", cache_policy=NONE)
+# No cache policy: hashing a million-row frame for a cache key would cost more than the step itself.
+load = task(name="load", cache_policy=NONE)(load_recipients)
+validate = task(name="validate", cache_policy=NONE)(validate_recipients)
+plan = task(name="plan", cache_policy=NONE)(plan_campaign)
 
 
-@flow(name="send-campaign", task_runner=ThreadPoolTaskRunner(max_workers=SHARD_WORKERS))
+@flow(name="send-campaign", task_runner=shard_runner())
 def send_campaign(spec: CampaignSpec) -> dict[str, Any]:
     logger = get_run_logger()
     provider = make_provider(spec.provider, base_url=spec.base_url, require_key=not spec.dry_run)
     provider.check_spec(spec)
     work = WorkDir.for_run(spec.results, spec.campaign_id, spec.attempt)
-    if not spec.dry_run and storage.exists(results_uri(spec)):
-        return finished(spec, results_uri(spec), logger).to_dict()
+    if not spec.dry_run and storage.exists(done_marker(spec)):
+        return finished(spec, attempt_dir(spec), logger).to_dict()
 
+    seconds: dict[str, float] = {}
     manifest = None if spec.dry_run else read_manifest(work.root)
     if manifest is None:
-        recipients = load(spec)
-        checked = validate(recipients, spec, provider.caps, provider)
-        planned = plan(checked, spec, provider.caps, provider)
+        with stage(seconds, "load"):
+            recipients = load(spec)
+        with stage(seconds, "validate"):
+            checked = validate(recipients, spec, provider.caps, provider)
+        with stage(seconds, "plan"):
+            planned = plan(checked, spec, provider.caps, provider)
         if spec.dry_run:
-            summary = summarise(planned.rows, campaign_id=spec.campaign_id, attempt=spec.attempt,
-                                provider=spec.provider, results_uri=None, dry_run=True)
+            summary = summarise(
+                planned.rows,
+                campaign_id=spec.campaign_id,
+                attempt=spec.attempt,
+                provider=spec.provider,
+                results_uri=None,
+                dry_run=True,
+            )
+            summary.seconds = seconds
             publish(summary, logger)
             return summary.to_dict()
-        if spec.attempt == 1:
-            save_spec(spec)
-        write_plan(planned, work.root)
-        manifest = write_manifest(work.root, planned)
+        with stage(seconds, "write-plan"):
+            if spec.attempt == 1:
+                save_spec(spec)
+            write_plan(planned, work.root)
+            manifest = write_manifest(work.root, planned)
     else:
         logger.info("resuming campaign %s attempt %d from its recorded plan", spec.campaign_id, spec.attempt)
 
-    return dispatch(spec, work.root, manifest, logger).to_dict()
+    return dispatch(spec, work.root, manifest, logger, seconds).to_dict()

@@ -12,7 +12,6 @@ from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from providers.registry import make_provider
 from smscast import storage
@@ -21,15 +20,15 @@ from smscast.status import Status
 from tasks.current import current_results
 from tasks.dispatch import dispatch, finished
 from tasks.manifest import load_spec, read_manifest, write_manifest
-from tasks.persist import results_uri, write_plan
+from tasks.persist import attempt_dir, done_marker, write_plan
 from tasks.plan import plan_campaign
-from tasks.send import SHARD_WORKERS
+from tasks.send import shard_runner
 from tasks.work import WorkDir
 
 PLAN_COLUMNS = ("shard", "batch_seq", "batch_id", "batch_key", "status", "error_code", "error_message")
 
 
-@flow(name="retry-failed", task_runner=ThreadPoolTaskRunner(max_workers=SHARD_WORKERS))
+@flow(name="retry-failed", task_runner=shard_runner())
 def retry_failed(
     campaign_id: str,
     results: str,
@@ -41,7 +40,9 @@ def retry_failed(
     logger = get_run_logger()
     original = load_spec(results, campaign_id)
     if original is None:
-        raise ConfigError(f"campaign {campaign_id!r} has no recorded parameters under {results}; was it sent there?")
+        raise ConfigError(
+            f"campaign {campaign_id!r} has no recorded parameters under {results}; was it sent there?"
+        )
     current = current_results(results, campaign_id)
     last = int(current.get_column("attempt").max())  # type: ignore[arg-type]
     update: dict[str, Any] = {"attempt": last + 1, "dry_run": False}
@@ -60,11 +61,16 @@ def retry_failed(
         logger.info("campaign %s: nothing to retry (%s)", campaign_id, counts)
         return {"campaign_id": campaign_id, "attempt": last, "retried": 0, "by_status": counts}
     if last >= max_attempts:
-        logger.warning("campaign %s: %d rows still retriable but attempt %d reached max_attempts=%d",
-                       campaign_id, todo.height, last, max_attempts)
+        logger.warning(
+            "campaign %s: %d rows still retriable but attempt %d reached max_attempts=%d",
+            campaign_id,
+            todo.height,
+            last,
+            max_attempts,
+        )
         return {"campaign_id": campaign_id, "attempt": last, "retried": 0, "by_status": counts}
-    if storage.exists(results_uri(spec)):
-        return finished(spec, results_uri(spec), logger).to_dict()
+    if storage.exists(done_marker(spec)):
+        return finished(spec, attempt_dir(spec), logger).to_dict()
     if delay_seconds > 0:
         logger.info("waiting %.0f s before attempt %d", delay_seconds, spec.attempt)
         time.sleep(delay_seconds)
@@ -73,18 +79,27 @@ def retry_failed(
     manifest = read_manifest(work.root)
     if manifest is None:
         content = _original_rows(results, campaign_id)
-        rows = content.join(todo.select("row_index", pl.col("status").alias("_was"), pl.col("batch_id").alias("_b")),
-                            on="row_index", how="inner")
+        rows = content.join(
+            todo.select("row_index", pl.col("status").alias("_was"), pl.col("batch_id").alias("_b")),
+            on="row_index",
+            how="inner",
+        )
         # Unknown rows keep their original batches (same composition -> same request key); failed rows were
         # never accepted and may be re-batched freely.
-        rows = rows.with_columns(_retry_group=pl.when(pl.col("_was") == "unknown").then(pl.col("_b")).otherwise(None))
+        rows = rows.with_columns(
+            _retry_group=pl.when(pl.col("_was") == "unknown").then(pl.col("_b")).otherwise(None)
+        )
         rows = rows.drop([*PLAN_COLUMNS, "_was", "_b"], strict=False).with_columns(
-            status=pl.lit(None, pl.String), error_code=pl.lit(None, pl.String), error_message=pl.lit(None, pl.String)
+            status=pl.lit(None, pl.String),
+            error_code=pl.lit(None, pl.String),
+            error_message=pl.lit(None, pl.String),
         )
         planned = plan_campaign(rows, spec, prov.caps, prov, extra_groups=[pl.col("_retry_group")])
         write_plan(planned, work.root)
         manifest = write_manifest(work.root, planned)
-    logger.info("campaign %s: re-sending %d rows as attempt %d", campaign_id, manifest.rows_to_send, spec.attempt)
+    logger.info(
+        "campaign %s: re-sending %d rows as attempt %d", campaign_id, manifest.rows_to_send, spec.attempt
+    )
     return dispatch(spec, work.root, manifest, logger).to_dict()
 
 

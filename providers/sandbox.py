@@ -16,9 +16,12 @@ A repeated `ref` returns the first message's id and creates nothing new: re-send
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import httpx
 
-from providers.base import Batch, Capabilities, Idempotency, Provider, RowOutcome, json_body
+from providers.base import Batch, Capabilities, Idempotency, Provider, RowOutcome, json_body, json_request
 from smscast.errors import AmbiguousError
 from smscast.status import Status
 
@@ -38,7 +41,7 @@ class SandboxProvider(Provider):
         notes="Emulator of our own design; per-row idempotency and per-row rejection.",
     )
 
-    STATUS_MAP = {
+    STATUS_MAP: ClassVar[Mapping[str, Status]] = {
         "accepted": Status.ACCEPTED,
         "invalid_number": Status.REJECTED,
         "blocked_number": Status.REJECTED,
@@ -47,13 +50,12 @@ class SandboxProvider(Provider):
     }
 
     def build_request(self, batch: Batch) -> httpx.Request:
-        rows = batch.rows.select("phone", "body", "idempotency_key")
-        messages = [{"to": to, "body": body, "ref": ref} for to, body, ref in rows.iter_rows()]
-        return httpx.Request(
+        messages = batch.rows.select(to="phone", body="body", ref="idempotency_key").to_dicts()
+        return json_request(
             "POST",
             self.url("/sandbox/v1/messages/batch"),
-            headers={"Authorization": f"Bearer {self.api_key()}", "Idempotency-Key": batch.batch_key},
-            json={"sender": batch.spec.sender, "messages": messages},
+            {"sender": batch.spec.sender, "messages": messages},
+            {"Authorization": f"Bearer {self.api_key()}", "Idempotency-Key": batch.batch_key},
         )
 
     def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
@@ -61,26 +63,32 @@ class SandboxProvider(Provider):
         payload = json_body(response)
         if response.status_code >= 400:
             err = (payload or {}).get("error") or {}
-            raise self.reject_batch(response, str(err.get("code", f"http_{response.status_code}")),
-                                    str(err.get("message", "")), split=False)
+            raise self.reject_batch(
+                response,
+                str(err.get("code", f"http_{response.status_code}")),
+                str(err.get("message", "")),
+                split=False,
+            )
         if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
             # A 200 we cannot read: the batch may well have been accepted.
             raise AmbiguousError("sandbox: unreadable 200 response", code="unreadable_response")
         ref = payload.get("batch")
-        outcomes: list[RowOutcome | None] = [None] * len(batch)
+        n = len(batch)
+        outcomes: list[RowOutcome | None] = [None] * n
+        accepted = Status.ACCEPTED
         for item in payload["results"]:
             i = item.get("index")
-            if not isinstance(i, int) or not 0 <= i < len(batch):
+            if not isinstance(i, int) or not 0 <= i < n:
                 continue
-            code = str(item.get("status") if item.get("status") == "accepted" else item.get("code"))
-            status = self.status_for(code)
+            if item.get("status") == "accepted":  # the common case, kept cheap: one tuple per recipient
+                outcomes[i] = RowOutcome(accepted, None, None, item.get("message_id"), ref)
+                continue
+            code = str(item.get("code"))
             outcomes[i] = RowOutcome(
-                status=status,
-                error_code=None if status is Status.ACCEPTED else code,
-                error_message=item.get("message"),
-                provider_message_id=item.get("message_id"),
-                provider_batch_ref=ref,
+                self.status_for(code), code, item.get("message"), item.get("message_id"), ref
             )
         # A row the response does not mention was sent, with no word on it: unknown, not lost.
-        return [o or RowOutcome(Status.UNKNOWN, "missing_in_response", "row absent from the response")
-                for o in outcomes]
+        return [
+            o or RowOutcome(Status.UNKNOWN, "missing_in_response", "row absent from the response")
+            for o in outcomes
+        ]

@@ -22,14 +22,18 @@ class CampaignSpec(BaseModel):
         description="Names the campaign in results and idempotency keys. Re-running the same id resumes it.",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
     )
-    provider: ProviderName = Field(default="sandbox", title="Provider", description="SMS provider to send through.")
+    provider: ProviderName = Field(
+        default="sandbox", title="Provider", description="SMS provider to send through."
+    )
     source: str = Field(
         title="Recipients source",
         description="A local path, s3://bucket/key (CSV, Parquet, NDJSON), postgresql://… or duckdb:///file.db.",
     )
     results: str = Field(title="Results location", description="Local directory or s3://bucket/prefix.")
     query: str | None = Field(default=None, title="SQL query", description="Required for SQL sources.")
-    sender: str | None = Field(default=None, title="Sender", description="Sender id or number, as the provider expects.")
+    sender: str | None = Field(
+        default=None, title="Sender", description="Sender id or number, as the provider expects."
+    )
     body: str | None = Field(
         default=None,
         title="Message body",
@@ -41,10 +45,14 @@ class CampaignSpec(BaseModel):
         description="Provider-side template: sent.dm template id, robase template name, Postman campaign id.",
     )
     template_vars: tuple[str, ...] = Field(
-        default=(), title="Template variables", description="Columns the provider template needs in every row."
+        default=(),
+        title="Template variables",
+        description="Columns the provider template needs in every row.",
     )
     default_country: str | None = Field(
-        default=None, title="Default country", description="ISO region (GB, SG, …) for numbers typed without +."
+        default=None,
+        title="Default country",
+        description="ISO region (GB, SG, …) for numbers typed without +.",
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -52,15 +60,27 @@ class CampaignSpec(BaseModel):
         description="Our column name -> the source's, e.g. {'phone': 'msisdn', 'body': 'text'}.",
     )
     language: str | None = Field(default=None, title="Language", description="Default language (Postman).")
-    base_url: str | None = Field(default=None, title="Provider base URL", description="Overrides the environment.")
-    dry_run: bool = Field(default=False, title="Dry run", description="Validate, plan and count segments; send nothing.")
-    batch_size: int | None = Field(default=None, ge=1, title="Rows per request", description="Defaults to the provider's maximum.")
+    base_url: str | None = Field(
+        default=None, title="Provider base URL", description="Overrides the environment."
+    )
+    dry_run: bool = Field(
+        default=False, title="Dry run", description="Validate, plan and count segments; send nothing."
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, title="Rows per request", description="Defaults to the provider's maximum."
+    )
     shard_batches: int | None = Field(
         default=None, ge=1, title="Batches per task run", description="Batches sent by one mapped task run."
     )
-    rate: float | None = Field(default=None, gt=0, title="Requests per second", description="Defaults to the provider's limit.")
-    concurrency: int | None = Field(default=None, ge=1, title="Concurrent requests", description="Defaults to the provider's.")
-    attempt: int = Field(default=1, ge=1, title="Attempt", description="1 for a campaign; the retry flow writes 2, 3, …")
+    rate: float | None = Field(
+        default=None, gt=0, title="Requests per second", description="Defaults to the provider's limit."
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, title="Concurrent requests", description="Defaults to the provider's."
+    )
+    attempt: int = Field(
+        default=1, ge=1, title="Attempt", description="1 for a campaign; the retry flow writes 2, 3, …"
+    )
 
     @field_validator("default_country")
     @classmethod

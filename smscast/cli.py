@@ -9,13 +9,13 @@ import time
 # Before Prefect is imported: there is no network here, and telemetry would only log errors.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from pathlib import Path  # noqa: E402
-from typing import Annotated, Any  # noqa: E402
+from pathlib import Path
+from typing import Annotated, Any
 
-import typer  # noqa: E402
+import typer
 
-from smscast.campaign import PROVIDER_NAMES, CampaignSpec  # noqa: E402
-from smscast.errors import SmscastError  # noqa: E402
+from smscast.campaign import PROVIDER_NAMES, CampaignSpec
+from smscast.errors import SmscastError
 
 app = typer.Typer(
     help="Bulk SMS campaigns as Prefect flows: load → validate → plan → send → persist.",
@@ -25,8 +25,12 @@ app = typer.Typer(
 )
 
 ProviderOpt = Annotated[str, typer.Option("--provider", "-p", help=f"One of: {', '.join(PROVIDER_NAMES)}.")]
-CampaignOpt = Annotated[str, typer.Option("--campaign-id", "-c", help="Campaign id; re-running it resumes, never re-sends.")]
-ResultsOpt = Annotated[str, typer.Option("--results", "-r", help="Results location: a directory or s3://bucket/prefix.")]
+CampaignOpt = Annotated[
+    str, typer.Option("--campaign-id", "-c", help="Campaign id; re-running it resumes, never re-sends.")
+]
+ResultsOpt = Annotated[
+    str, typer.Option("--results", "-r", help="Results location: a directory or s3://bucket/prefix.")
+]
 BaseUrlOpt = Annotated[
     str | None, typer.Option("--base-url", help="Provider endpoint (else SMSCAST_<PROVIDER>_BASE_URL).")
 ]
@@ -56,31 +60,66 @@ def run_campaign(spec: CampaignSpec) -> dict[str, Any]:
 
 @app.command()
 def send(
-    source: Annotated[str, typer.Argument(help="Recipients: path (CSV/Parquet/NDJSON), s3://…, postgresql://…, duckdb:///….")],
+    source: Annotated[
+        str,
+        typer.Argument(help="Recipients: path (CSV/Parquet/NDJSON), s3://…, postgresql://…, duckdb:///…."),
+    ],
     provider: ProviderOpt,
     campaign_id: CampaignOpt,
     results: ResultsOpt,
     sender: Annotated[str | None, typer.Option(help="Sender id or number.")] = None,
-    body: Annotated[str | None, typer.Option(help="Message text; {{column}} placeholders are filled per row.")] = None,
-    template: Annotated[str | None, typer.Option(help="Provider-side template (sent.dm id, robase name, Postman campaign).")] = None,
-    template_var: Annotated[list[str], typer.Option("--template-var", help="A column the provider template needs (repeat).")] = [],  # noqa: B006
+    body: Annotated[
+        str | None, typer.Option(help="Message text; {{column}} placeholders are filled per row.")
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Provider-side template (sent.dm id, robase name, Postman campaign).")
+    ] = None,
+    template_var: Annotated[
+        list[str], typer.Option("--template-var", help="A column the provider template needs (repeat).")
+    ] = [],  # noqa: B006
     base_url: BaseUrlOpt = None,
     query: Annotated[str | None, typer.Option(help="SQL for postgresql:// and duckdb:// sources.")] = None,
-    column: Annotated[list[str], typer.Option("--column", help="Map a column: ours=theirs, e.g. phone=msisdn (repeat).")] = [],  # noqa: B006
-    default_country: Annotated[str | None, typer.Option(help="ISO region for national numbers, e.g. GB.")] = None,
+    column: Annotated[
+        list[str], typer.Option("--column", help="Map a column: ours=theirs, e.g. phone=msisdn (repeat).")
+    ] = [],  # noqa: B006
+    default_country: Annotated[
+        str | None, typer.Option(help="ISO region for national numbers, e.g. GB.")
+    ] = None,
     language: Annotated[str | None, typer.Option(help="Default language (Postman).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Rows per request (≤ the provider's maximum).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Rows per request (≤ the provider's maximum).")
+    ] = None,
     rate: Annotated[float | None, typer.Option(help="Requests per second (default: the provider's).")] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Requests in flight (default: the provider's).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, plan and count segments; send nothing.")] = False,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Requests in flight (default: the provider's).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate, plan and count segments; send nothing.")
+    ] = False,
 ) -> None:
     """Send a campaign. Every input row ends up in the results with a status and, if not accepted, a reason."""
     try:
-        spec = CampaignSpec(
-            campaign_id=campaign_id, provider=provider, source=source, results=results, query=query,  # type: ignore[arg-type]
-            sender=sender, body=body, template=template, template_vars=tuple(template_var),
-            default_country=default_country, columns=_columns(column), language=language, base_url=base_url,
-            dry_run=dry_run, batch_size=batch_size, rate=rate, concurrency=concurrency,
+        # model_validate rather than the constructor: the provider name is checked against the choices here.
+        spec = CampaignSpec.model_validate(
+            dict(
+                campaign_id=campaign_id,
+                provider=provider,
+                source=source,
+                results=results,
+                query=query,
+                sender=sender,
+                body=body,
+                template=template,
+                template_vars=tuple(template_var),
+                default_country=default_country,
+                columns=_columns(column),
+                language=language,
+                base_url=base_url,
+                dry_run=dry_run,
+                batch_size=batch_size,
+                rate=rate,
+                concurrency=concurrency,
+            )
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -98,7 +137,9 @@ def send(
 def retry(
     campaign_id: CampaignOpt,
     results: ResultsOpt,
-    provider: Annotated[str | None, typer.Option("--provider", "-p", help="Override the campaign's provider.")] = None,
+    provider: Annotated[
+        str | None, typer.Option("--provider", "-p", help="Override the campaign's provider.")
+    ] = None,
     base_url: BaseUrlOpt = None,
     max_attempts: Annotated[int, typer.Option(help="Stop once this many attempts exist.")] = 5,
     delay: Annotated[float, typer.Option(help="Seconds to wait before re-sending.")] = 0.0,
@@ -108,8 +149,14 @@ def retry(
     from flows.retry import retry_failed
 
     try:
-        retry_failed(campaign_id=campaign_id, results=results, provider=provider, base_url=base_url,
-                     max_attempts=max_attempts, delay_seconds=delay)
+        retry_failed(
+            campaign_id=campaign_id,
+            results=results,
+            provider=provider,
+            base_url=base_url,
+            max_attempts=max_attempts,
+            delay_seconds=delay,
+        )
     except SmscastError as exc:
         _fail(str(exc))
 
@@ -128,20 +175,30 @@ def sandbox(
 @app.command()
 def demo(
     results: Annotated[str, typer.Option(help="Where to write the demo's results.")] = "demo-results",
-    source: Annotated[str | None, typer.Option(help="Recipients file (default: the example shipped in examples/).")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Recipients file (default: the example shipped in examples/).")
+    ] = None,
 ) -> None:
     """Run a demo campaign end to end: starts the sandbox, sends the example recipients, writes results."""
     from sandbox.server import SandboxServer
 
-    example = Path(source) if source else Path(__file__).resolve().parent.parent / "examples" / "recipients.csv"
+    example = (
+        Path(source) if source else Path(__file__).resolve().parent.parent / "examples" / "recipients.csv"
+    )
     if not example.exists():
         _fail(f"example recipients not found at {example}")
     key = secrets.token_urlsafe(16)  # a throwaway credential: the demo needs none from the user
     with SandboxServer(default_key=key) as server:
         os.environ["SMSCAST_SANDBOX_API_KEY"] = key
         spec = CampaignSpec(
-            campaign_id=f"demo-{time.strftime('%Y%m%d-%H%M%S')}", provider="sandbox", source=str(example), results=results, base_url=server.base_url,
-            sender="SMSCAST", body="Hi {{name}}, your order {{order}} ships today.", default_country="GB",
+            campaign_id=f"demo-{time.strftime('%Y%m%d-%H%M%S')}",
+            provider="sandbox",
+            source=str(example),
+            results=results,
+            base_url=server.base_url,
+            sender="SMSCAST",
+            body="Hi {{name}}, your order {{order}} ships today.",
+            default_country="GB",
         )
         try:
             run_campaign(spec)

@@ -26,7 +26,9 @@ def region_prefixes(region: str) -> tuple[str, str | None, tuple[int, ...]]:
 
     meta = PhoneMetadata.metadata_for_region(region.upper())
     if meta is None:
-        raise ConfigError(f"unknown country {region!r} for --default-country (use an ISO code such as GB, SG, US)")
+        raise ConfigError(
+            f"unknown country {region!r} for --default-country (use an ISO code such as GB, SG, US)"
+        )
     lengths = tuple(meta.general_desc.possible_length or ()) if meta.general_desc else ()
     return str(meta.country_code), meta.national_prefix, lengths
 
@@ -52,8 +54,10 @@ def normalise(raw: pl.Expr, default_country: str | None = None) -> pl.Expr:
         n = s.str.len_chars()
         typed_code = s.str.starts_with(code) & ~n.is_in(lengths) & (n - len(code)).is_in(lengths)
         s = (
-            pl.when(s.str.starts_with("+")).then(s)
-            .when(typed_code).then(pl.lit("+") + s)
+            pl.when(s.str.starts_with("+"))
+            .then(s)
+            .when(typed_code)
+            .then(pl.lit("+") + s)
             # A national number of a length the region never uses stays as typed, so it fails the E.164
             # check instead of becoming a plausible-looking wrong number.
             .when(national.str.len_chars().is_in(lengths) | (len(lengths) == 0))

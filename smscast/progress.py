@@ -44,7 +44,14 @@ class Progress:
         pct = 100.0 * done / self.total if self.total else 100.0
         rate = done / max(now - self._start, 1e-9)
         detail = " ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
-        self._logger.info("sent %s/%s (%.1f%%) · %s rows/s · %s", f"{done:,}", f"{self.total:,}", pct, f"{rate:,.0f}", detail)
+        self._logger.info(
+            "sent %s/%s (%.1f%%) · %s rows/s · %s",
+            f"{done:,}",
+            f"{self.total:,}",
+            pct,
+            f"{rate:,.0f}",
+            detail,
+        )
         if self._publish is not None:
             try:
                 self._publish(pct)

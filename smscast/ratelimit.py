@@ -16,7 +16,12 @@ from collections.abc import Callable
 
 class TokenBucket:
     def __init__(
-        self, rate: float, burst: int = 1, *, min_rate: float | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: int = 1,
+        *,
+        min_rate: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from smscast.errors import ConfigError
 
@@ -58,7 +59,8 @@ def _secret_block(provider: str) -> str | None:
     try:
         from prefect.blocks.system import Secret as SecretBlock
 
-        block = SecretBlock.load(f"smscast-{provider}-api-key", _sync=True)  # type: ignore[call-arg]
+        # `load` is typed as sync-or-async; `_sync=True` makes it sync.
+        block: Any = SecretBlock.load(f"smscast-{provider}-api-key", _sync=True)  # type: ignore[call-arg]
         value = block.get()
         return str(value) if value else None
     except Exception:
@@ -66,14 +68,16 @@ def _secret_block(provider: str) -> str | None:
 
 
 def resolve_settings(
-    provider: str, *, base_url: str | None = None, default_base_url: str | None = None, require_key: bool = True
+    provider: str,
+    *,
+    base_url: str | None = None,
+    default_base_url: str | None = None,
+    require_key: bool = True,
 ) -> ProviderSettings:
     prefix = env_prefix(provider)
     url = base_url or os.environ.get(f"{prefix}_BASE_URL") or default_base_url
     if not url:
-        raise ConfigError(
-            f"no endpoint for provider {provider!r}: pass --base-url or set {prefix}_BASE_URL"
-        )
+        raise ConfigError(f"no endpoint for provider {provider!r}: pass --base-url or set {prefix}_BASE_URL")
     key = os.environ.get(f"{prefix}_API_KEY") or _secret_block(provider)
     if require_key and not key:
         raise ConfigError(

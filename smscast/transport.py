@@ -13,15 +13,21 @@ async def send(client: httpx.AsyncClient, request: httpx.Request, provider: str)
         return await client.send(request)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         # No connection was made (or none was free): the provider never saw the request.
-        raise NotSentError(f"{provider}: could not connect ({type(exc).__name__})", code="connect_error") from None
+        raise NotSentError(
+            f"{provider}: could not connect ({type(exc).__name__})", code="connect_error"
+        ) from None
     except (httpx.WriteError, httpx.WriteTimeout) as exc:
         # The request body was not fully written; a server cannot act on a truncated request.
-        raise NotSentError(f"{provider}: request not fully sent ({type(exc).__name__})", code="write_error") from None
+        raise NotSentError(
+            f"{provider}: request not fully sent ({type(exc).__name__})", code="write_error"
+        ) from None
     except httpx.ReadTimeout:
         raise AmbiguousError(f"{provider}: no response within the timeout", code="read_timeout") from None
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
         # The connection dropped after the request went out: it may have been processed.
-        raise AmbiguousError(f"{provider}: connection lost awaiting the response ({type(exc).__name__})",
-                             code="connection_lost") from None
+        raise AmbiguousError(
+            f"{provider}: connection lost awaiting the response ({type(exc).__name__})",
+            code="connection_lost",
+        ) from None
     # Exception texts from httpx can echo the URL; ours name only the provider, and `from None` keeps the
     # original (with its request attached) out of tracebacks that might be logged.

@@ -16,13 +16,14 @@ from smscast.errors import SourceError
 _ATTEMPT = re.compile(r"/attempt=(\d+)/")
 
 
-def attempt_files(results: str, campaign_id: str) -> dict[int, str]:
+def attempt_files(results: str, campaign_id: str) -> dict[int, list[str]]:
+    """Result parts by attempt. An interrupted attempt's parts count: they record rows that were sent."""
     prefix = f"{results.rstrip('/')}/campaign={campaign_id}/"
-    found: dict[int, str] = {}
+    found: dict[int, list[str]] = {}
     for uri in storage.list_files(prefix, suffix=".parquet"):
         m = _ATTEMPT.search(uri)
         if m:
-            found[int(m.group(1))] = uri
+            found.setdefault(int(m.group(1)), []).append(uri)
     return found
 
 
@@ -30,6 +31,6 @@ def current_results(results: str, campaign_id: str) -> pl.DataFrame:
     files = attempt_files(results, campaign_id)
     if 1 not in files:
         raise SourceError(f"no results for campaign {campaign_id!r} under {results} (attempt 1 is missing)")
-    frames = [storage.read_parquet(files[n]) for n in sorted(files)]
+    frames = [storage.read_parquet(f) for n in sorted(files) for f in files[n]]
     all_attempts = pl.concat(frames, how="diagonal_relaxed")
     return all_attempts.sort("row_index", "attempt").group_by("row_index", maintain_order=True).last()

@@ -21,7 +21,7 @@ from providers.base import Capabilities, Provider
 from smscast.campaign import CampaignSpec
 from smscast.status import Status
 
-ROWS_PER_SHARD = 25_000
+ROWS_PER_SHARD = 100_000
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,9 @@ def plan_campaign(
     extra_groups: list[pl.Expr] | None = None,
 ) -> PlannedCampaign:
     size = batch_size_for(spec, caps)
-    df = validated.with_columns(idempotency_key=row_keys(spec.campaign_id, validated.get_column("recipient_id")))
+    df = validated.with_columns(
+        idempotency_key=row_keys(spec.campaign_id, validated.get_column("recipient_id"))
+    )
     groups = [*provider.batch_group_keys(spec), *(extra_groups or [])]
     group_cols = [f"_g{i}" for i in range(len(groups))]
     df = df.with_columns([g.alias(n) for g, n in zip(groups, group_cols, strict=True)])
@@ -92,16 +94,24 @@ def plan_campaign(
         error_code=pl.lit("batch_below_minimum"),
         error_message=pl.format(
             "{} needs at least {} recipients per request; only {} rows can share this request",
-            pl.lit(caps.name), pl.lit(caps.min_rows), pl.col("_n"),
+            pl.lit(caps.name),
+            pl.lit(caps.min_rows),
+            pl.col("_n"),
         ),
     )
     sendable = sendable.filter(~too_small)
-    sendable = sendable.with_columns(batch_seq=pl.struct([*group_cols, "_b"]).rank("dense").cast(pl.Int64) - 1)
+    sendable = sendable.with_columns(
+        batch_seq=pl.struct([*group_cols, "_b"]).rank("dense").cast(pl.Int64) - 1
+    )
     sendable = sendable.sort("batch_seq", "row_index")
     bps = spec.shard_batches or max(1, round(ROWS_PER_SHARD / size))
     sendable = sendable.with_columns(
-        batch_id=pl.format("{}-a{}-b{}", pl.lit(spec.campaign_id), pl.lit(spec.attempt),
-                           pl.col("batch_seq").cast(pl.String).str.zfill(6)),
+        batch_id=pl.format(
+            "{}-a{}-b{}",
+            pl.lit(spec.campaign_id),
+            pl.lit(spec.attempt),
+            pl.col("batch_seq").cast(pl.String).str.zfill(6),
+        ),
         shard=(pl.col("batch_seq") // bps).cast(pl.Int64),
     )
     keys = sendable.group_by("batch_seq", maintain_order=True).agg(pl.col("idempotency_key"))

@@ -4,6 +4,9 @@ Prefect table artifact. The same summary is the flow's return value (and, as a d
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,6 +28,7 @@ class CampaignSummary:
     results_uri: str | None
     dry_run: bool = False
     requests: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
 
     @property
     def needs_retry(self) -> bool:
@@ -35,7 +39,13 @@ class CampaignSummary:
 
 
 def summarise(
-    results: pl.DataFrame, *, campaign_id: str, attempt: int, provider: str, results_uri: str | None, dry_run: bool = False
+    results: pl.DataFrame,
+    *,
+    campaign_id: str,
+    attempt: int,
+    provider: str,
+    results_uri: str | None,
+    dry_run: bool = False,
 ) -> CampaignSummary:
     if dry_run:  # nothing was sent: valid rows are "planned", a word the results dataset never uses
         results = results.with_columns(pl.col("status").fill_null("planned"))
@@ -75,9 +85,13 @@ def render(summary: CampaignSummary) -> str:
     ]
     if summary.by_reason:
         lines.append("  reasons:")
-        lines += [f"    {r['status']:<9} {r['error_code']:<32} {r['rows']:>10,}" for r in summary.by_reason[:20]]
+        lines += [
+            f"    {r['status']:<9} {r['error_code']:<32} {r['rows']:>10,}" for r in summary.by_reason[:20]
+        ]
         if len(summary.by_reason) > 20:
             lines.append(f"    … {len(summary.by_reason) - 20} more reasons in the results dataset")
+    if summary.seconds:
+        lines.append("  time: " + " · ".join(f"{k} {v:.2f}s" for k, v in summary.seconds.items()))
     if summary.results_uri:
         lines.append(f"  results: {summary.results_uri}")
     return "\n".join(lines)
@@ -89,7 +103,10 @@ def publish(summary: CampaignSummary, logger: logging.Logger | logging.LoggerAda
         from prefect.artifacts import create_table_artifact
 
         table = [{"status": k, "error_code": "", "rows": v} for k, v in summary.by_status.items()]
-        table += [{"status": r["status"], "error_code": r["error_code"], "rows": r["rows"]} for r in summary.by_reason]
+        table += [
+            {"status": r["status"], "error_code": r["error_code"], "rows": r["rows"]}
+            for r in summary.by_reason
+        ]
         table.append({"status": "segments (accepted)", "error_code": "", "rows": summary.segments_accepted})
         create_table_artifact(
             table=table,
@@ -98,3 +115,13 @@ def publish(summary: CampaignSummary, logger: logging.Logger | logging.LoggerAda
         )
     except Exception:
         logger.debug("summary artifact not created", exc_info=True)
+
+
+@contextmanager
+def stage(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Time a pipeline stage into `seconds` (shown in the summary and used by the benchmark)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start

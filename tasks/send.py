@@ -6,23 +6,31 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from providers.base import Batch, Provider
 from providers.registry import make_provider
 from smscast import progress, storage
 from smscast.campaign import CampaignSpec
 from smscast.ratelimit import shared_bucket
-from smscast.status import Status
+from tasks.persist import result_rows, shard_part
 from tasks.plan import ShardRef
 from tasks.send_engine import RetryPolicy, ShardSender, outcomes_frame
 from tasks.work import WorkDir
 
-SHARD_WORKERS = 4  # shard task runs in flight at once (the flow's thread pool)
+SHARD_WORKERS = 2  # shard task runs in flight at once (the flow's thread pool)
+
+
+def shard_runner() -> Any:
+    """The flows' task runner: threads, so that shards share the process-wide rate limiter. (Typed Any:
+    ThreadPoolTaskRunner's generic parameter does not line up with the flow decorator's in prefect 3.8.)"""
+    return ThreadPoolTaskRunner(max_workers=SHARD_WORKERS)
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,9 @@ async def send_rows(
     Prefect, which is how the unit tests drive it with httpx.MockTransport."""
     caps = provider.caps
     concurrency = per_shard_concurrency(spec, provider)
-    bucket = shared_bucket(caps.name, provider.settings.base_url, spec.rate or caps.rate_per_second, caps.burst)
+    bucket = shared_bucket(
+        caps.name, provider.settings.base_url, spec.rate or caps.rate_per_second, caps.burst
+    )
     own_client = client is None
     http = client or http_client(provider, concurrency)
     try:
@@ -94,25 +104,28 @@ async def send_rows(
 
 @task(name="send-shard", cache_policy=NONE, task_run_name="send-shard-{shard.shard}")
 def send_shard(spec: CampaignSpec, work_root: str, shard: ShardRef, runtime_key: str) -> ShardReport:
-    work = WorkDir(work_root)
     logger = get_run_logger()
-    done_uri = work.outcomes(shard.shard)
-    if storage.exists(done_uri):
+    part = shard_part(spec, shard.shard)
+    if storage.exists(part):
         # A resumed run: this shard finished before the interruption. Its record stands; never re-send.
-        done = storage.read_parquet(done_uri)
+        done = storage.read_parquet(part)
         logger.info("shard %d already sent (%d rows); skipping", shard.shard, done.height)
         return ShardReport(shard.shard, done.height, _counts(done), {}, resumed=True)
-    rows = storage.read_parquet(work.plan_shard(shard.shard))
+    planned = storage.read_parquet(WorkDir(work_root).plan_shard(shard.shard))
     provider = make_provider(spec.provider, base_url=spec.base_url)
     runtime = progress.lookup(runtime_key)
-    outcomes, requests = asyncio.run(send_rows(provider, rows, spec, runtime=runtime))
-    storage.write_parquet(outcomes, done_uri)
+    outcomes, requests = asyncio.run(send_rows(provider, planned, spec, runtime=runtime))
+    storage.write_parquet(result_rows(spec, planned, outcomes), part)
     counts = _counts(outcomes)
-    logger.info("shard %d: %d rows in %d batches · %s", shard.shard, outcomes.height, shard.batches,
-                " ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    logger.info(
+        "shard %d: %d rows in %d batches · %s",
+        shard.shard,
+        outcomes.height,
+        shard.batches,
+        " ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+    )
     return ShardReport(shard.shard, outcomes.height, counts, requests)
 
 
 def _counts(outcomes: pl.DataFrame) -> dict[str, int]:
-    counted = outcomes.group_by("status").len()
-    return {str(s): int(n) for s, n in counted.iter_rows() if s in {x.value for x in Status}}
+    return {str(s): int(n) for s, n in outcomes.group_by("status").len().iter_rows()}

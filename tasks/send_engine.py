@@ -52,10 +52,13 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class SentRow:
-    row_index: int
+class SentBatch:
+    """The outcome of one request (a batch, or a part of one after bisection), kept per batch rather than
+    per row: a shard of 25,000 rows makes 25 of these, not 25,000 objects."""
+
     batch_id: str
-    outcome: RowOutcome
+    row_index: list[int]
+    outcomes: list[RowOutcome]
     submitted_at: datetime
 
 
@@ -84,23 +87,24 @@ class ShardSender:
         self.on_progress = on_progress
         self.requests: dict[str, int] = {}  # what happened to each HTTP request, for the summary
 
-    async def run(self, batches: list[Batch]) -> list[SentRow]:
-        async def one(batch: Batch) -> list[SentRow]:
-            rows = await self.send_batch(batch)
+    async def run(self, batches: list[Batch]) -> list[SentBatch]:
+        async def one(batch: Batch) -> list[SentBatch]:
+            parts = await self.send_batch(batch)
             if self.on_progress is not None:
                 counts: dict[str, int] = {}
-                for r in rows:
-                    counts[r.outcome.status.value] = counts.get(r.outcome.status.value, 0) + 1
-                self.on_progress(len(rows), counts)
-            return rows
+                for part in parts:
+                    for o in part.outcomes:
+                        counts[o.status] = counts.get(o.status, 0) + 1
+                self.on_progress(len(batch), counts)
+            return parts
 
         done = await asyncio.gather(*(one(b) for b in batches))
-        return [row for rows in done for row in rows]
+        return [part for parts in done for part in parts]
 
     def _count(self, key: str) -> None:
         self.requests[key] = self.requests.get(key, 0) + 1
 
-    async def send_batch(self, batch: Batch) -> list[SentRow]:
+    async def send_batch(self, batch: Batch) -> list[SentBatch]:
         attempt = throttled = 0
         maybe_accepted = False
         while True:
@@ -111,7 +115,9 @@ class ShardSender:
                 async with self.sem:
                     # Checked inside the slot: batches queued behind a credentials failure must not go out.
                     if self.abort.is_set():
-                        return self._all(batch, Status.FAILED, "aborted", "campaign stopped: provider refused credentials")
+                        return self._all(
+                            batch, Status.FAILED, "aborted", "campaign stopped: provider refused credentials"
+                        )
                     response = await transport.send(self.client, request, self.caps.name)
                 outcomes = self.provider.parse_response(batch, response)
             except RateLimitedError as exc:
@@ -131,7 +137,8 @@ class ShardSender:
                     return await self._bisect(batch)
                 message = str(exc)
                 if exc.retryable_split and len(batch) > 1:
-                    message += f" (the refused rows could not be isolated: {self.caps.name} needs {self.caps.min_rows}+ per request)"
+                    minimum = f"{self.caps.name} needs {self.caps.min_rows}+ per request"
+                    message += f" (the refused rows could not be isolated: {minimum})"
                 return self._all(batch, Status.REJECTED, exc.code, message)
             except AmbiguousError as exc:
                 self._count(exc.code)
@@ -151,13 +158,18 @@ class ShardSender:
             else:
                 self._count(str(response.status_code))
                 self.bucket.reward()
-                idx = batch.rows.get_column("row_index").to_list()
-                return [SentRow(i, batch.batch_id, o, submitted) for i, o in zip(idx, outcomes, strict=True)]
+                if len(outcomes) != len(batch):  # a provider module bug must not lose or invent rows
+                    raise RuntimeError(f"{self.caps.name}: {len(outcomes)} outcomes for {len(batch)} rows")
+                return [
+                    SentBatch(
+                        batch.batch_id, batch.rows.get_column("row_index").to_list(), outcomes, submitted
+                    )
+                ]
 
     def _splittable(self, batch: Batch) -> bool:
         return len(batch) >= max(2, 2 * self.caps.min_rows)
 
-    async def _bisect(self, batch: Batch) -> list[SentRow]:
+    async def _bisect(self, batch: Batch) -> list[SentBatch]:
         """A whole-batch refusal caused by some row: send each half on its own, recursively, until the
         refused rows stand alone (or the provider's minimum batch size stops the split)."""
         mid = len(batch) // 2
@@ -165,29 +177,50 @@ class ShardSender:
         right = batch.subset(range(mid, len(batch)), "R")
         return [*await self.send_batch(left), *await self.send_batch(right)]
 
-    def _give_up(self, batch: Batch, exc: SendError, maybe_accepted: bool) -> list[SentRow]:
+    def _give_up(self, batch: Batch, exc: SendError, maybe_accepted: bool) -> list[SentBatch]:
         if maybe_accepted:
-            return self._all(batch, Status.UNKNOWN, exc.code, f"{exc}; an earlier attempt may have been accepted")
+            return self._all(
+                batch, Status.UNKNOWN, exc.code, f"{exc}; an earlier attempt may have been accepted"
+            )
         return self._all(batch, Status.FAILED, exc.code, f"{exc}; gave up after retries")
 
-    def _all(self, batch: Batch, status: Status, code: str, message: str) -> list[SentRow]:
-        now = datetime.now(UTC)
+    def _all(self, batch: Batch, status: Status, code: str, message: str) -> list[SentBatch]:
         outcome = RowOutcome(status=status, error_code=code, error_message=message)
-        return [SentRow(i, batch.batch_id, outcome, now) for i in batch.rows.get_column("row_index").to_list()]
+        rows = batch.rows.get_column("row_index").to_list()
+        return [SentBatch(batch.batch_id, rows, [outcome] * len(rows), datetime.now(UTC))]
 
 
-def outcomes_frame(rows: list[SentRow]) -> pl.DataFrame:
+def outcomes_frame(parts: list[SentBatch]) -> pl.DataFrame:
     """Columnar outcomes (the shard's durable record), one row per sent row."""
+    schema = {**OUTCOME_SCHEMA, "batch_id": pl.String()}
+    outcomes = [o for p in parts for o in p.outcomes]
+    if not outcomes:
+        return pl.DataFrame(schema=schema)
+    status, code, message, message_id, batch_ref = zip(*outcomes, strict=True)  # transposed in C
+    per_row = _per_row(parts)
     return pl.DataFrame(
         {
-            "row_index": [r.row_index for r in rows],
-            "batch_id": [r.batch_id for r in rows],
-            "status": [r.outcome.status.value for r in rows],
-            "error_code": [r.outcome.error_code for r in rows],
-            "error_message": [r.outcome.error_message for r in rows],
-            "provider_message_id": [r.outcome.provider_message_id for r in rows],
-            "provider_batch_ref": [r.outcome.provider_batch_ref for r in rows],
-            "submitted_at": [r.submitted_at for r in rows],
+            "row_index": [i for p in parts for i in p.row_index],
+            "batch_id": per_row.get_column("batch_id"),
+            "status": [str(s) for s in status],
+            "error_code": code,
+            "error_message": message,
+            "provider_message_id": message_id,
+            "provider_batch_ref": batch_ref,
+            "submitted_at": per_row.get_column("submitted_at"),
         },
-        schema={**OUTCOME_SCHEMA, "batch_id": pl.String()},
+        schema=schema,
     )
+
+
+def _per_row(parts: list[SentBatch]) -> pl.DataFrame:
+    """batch_id and submitted_at repeated once per row each part holds."""
+    per_part = pl.DataFrame(
+        {
+            "batch_id": [p.batch_id for p in parts],
+            "submitted_at": [p.submitted_at for p in parts],
+            "n": [len(p.row_index) for p in parts],
+        },
+        schema={"batch_id": pl.String(), "submitted_at": OUTCOME_SCHEMA["submitted_at"], "n": pl.Int64()},
+    )
+    return per_part.select(pl.col("batch_id", "submitted_at").repeat_by("n").explode())

@@ -56,7 +56,11 @@ def render_body(spec: CampaignSpec, columns: list[str]) -> pl.Expr:
     """The body for each row: the `--body` text with {{vars}} filled in (null if a variable is null), the
     source's `body` column, or null for provider-side templates (the provider renders those)."""
     if spec.body is None:
-        return pl.col("body").cast(pl.String) if "body" in columns and spec.template is None else pl.lit(None, pl.String)
+        return (
+            pl.col("body").cast(pl.String)
+            if "body" in columns and spec.template is None
+            else pl.lit(None, pl.String)
+        )
     parts: list[pl.Expr] = []
     pos = 0
     for m in TEMPLATE_VAR.finditer(spec.body):
@@ -87,7 +91,11 @@ def features(df: pl.DataFrame, spec: CampaignSpec) -> pl.DataFrame:
 
 
 def rules(
-    spec: CampaignSpec, caps: Capabilities, provider: Provider | None, columns: list[str], input_columns: list[str]
+    spec: CampaignSpec,
+    caps: Capabilities,
+    provider: Provider | None,
+    columns: list[str],
+    input_columns: list[str],
 ) -> list[Rule]:
     phone, raw, body = pl.col("phone"), pl.col("phone_raw"), pl.col("body")
     valid_phone = is_e164(phone)
@@ -98,7 +106,12 @@ def rules(
     national_ok = typed_intl if spec.default_country is None else pl.lit(True)
     out = [
         Rule("phone_missing", "phone", present, MESSAGES["phone_missing"]),
-        Rule("phone_needs_country", "phone", ~present | valid_phone | national_ok, MESSAGES["phone_needs_country"]),
+        Rule(
+            "phone_needs_country",
+            "phone",
+            ~present | valid_phone | national_ok,
+            MESSAGES["phone_needs_country"],
+        ),
         Rule("phone_invalid", "phone", ~present | valid_phone | ~national_ok, MESSAGES["phone_invalid"]),
     ]
     # Keep the first row of each valid phone; invalid phones are reported by their own rule, not as duplicates.
@@ -112,8 +125,12 @@ def rules(
     )
     if "recipient_id" in input_columns:  # a derived id repeats only with the phone, reported above
         out.append(
-            Rule("duplicate_recipient_id", "recipient_id", pl.col("recipient_id").is_first_distinct(),
-                 MESSAGES["duplicate_recipient_id"])
+            Rule(
+                "duplicate_recipient_id",
+                "recipient_id",
+                pl.col("recipient_id").is_first_distinct(),
+                MESSAGES["duplicate_recipient_id"],
+            )
         )
     missing_var = pl.lit(False)
     for var in spec.required_vars():
@@ -123,20 +140,32 @@ def rules(
         missing_var = missing_var | ~ok.fill_null(False)
     if spec.template is None:
         # A missing variable already explains an empty rendered body: report that, not body_missing too.
-        out.append(Rule("body_missing", "body", (body.str.len_chars() > 0) | missing_var, MESSAGES["body_missing"]))
+        out.append(
+            Rule("body_missing", "body", (body.str.len_chars() > 0) | missing_var, MESSAGES["body_missing"])
+        )
         if caps.max_body_chars is not None:
             out.append(
-                Rule("body_too_long", "chars", pl.col("chars").fill_null(0) <= caps.max_body_chars,
-                     f"body has more than {caps.max_body_chars} characters ({caps.name}'s limit)")
+                Rule(
+                    "body_too_long",
+                    "chars",
+                    pl.col("chars").fill_null(0) <= caps.max_body_chars,
+                    f"body has more than {caps.max_body_chars} characters ({caps.name}'s limit)",
+                )
             )
         if caps.max_segments is not None:
             out.append(
-                Rule("too_many_segments", "segments", pl.col("segments").fill_null(0) <= caps.max_segments,
-                     f"body needs more than {caps.max_segments} SMS segments ({caps.name}'s limit)")
+                Rule(
+                    "too_many_segments",
+                    "segments",
+                    pl.col("segments").fill_null(0) <= caps.max_segments,
+                    f"body needs more than {caps.max_segments} SMS segments ({caps.name}'s limit)",
+                )
             )
     if provider is not None:
         for r in provider.row_rules(spec):
-            if all(c in columns or c in ("phone", "body", "chars", "encoding", "segments") for c in r.columns):
+            if all(
+                c in columns or c in ("phone", "body", "chars", "encoding", "segments") for c in r.columns
+            ):
                 out.append(Rule(r.code, r.columns[0] if r.columns else "phone", r.valid, r.message))
     return out
 
@@ -164,7 +193,9 @@ def quarantine(df: pl.DataFrame, rule_list: list[Rule]) -> pl.DataFrame:
     try:
         schema.validate(df, lazy=True)
         return df.with_columns(
-            status=pl.lit(None, pl.String), error_code=pl.lit(None, pl.String), error_message=pl.lit(None, pl.String)
+            status=pl.lit(None, pl.String),
+            error_code=pl.lit(None, pl.String),
+            error_message=pl.lit(None, pl.String),
         )
     except pa.errors.SchemaErrors as exc:
         failures = exc.failure_cases.select(
@@ -189,4 +220,3 @@ def validate_recipients(
 ) -> pl.DataFrame:
     enriched = features(df, spec)
     return quarantine(enriched, rules(spec, caps, provider, enriched.columns, df.columns))
-

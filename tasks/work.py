@@ -2,10 +2,9 @@
 
     <results>/_work/campaign=<id>/attempt=<n>/plan/shard=00000.parquet    rows to send, per shard
     <results>/_work/campaign=<id>/attempt=<n>/plan/unsent.parquet         rows that will not be sent
-    <results>/_work/campaign=<id>/attempt=<n>/outcomes/shard=00000.parquet what each shard recorded
 
-Shards receive these locations, never DataFrames (DESIGN.md). An outcomes file is written once, atomically,
-when its shard finishes, so its presence means "this shard is done" to a resumed run.
+Shards receive these locations, never DataFrames (DESIGN.md). What a shard sent goes straight to its part of
+the results dataset (tasks/persist.py).
 """
 
 from __future__ import annotations
@@ -29,6 +28,3 @@ class WorkDir:
     @property
     def unsent(self) -> str:
         return f"{self.root}/plan/unsent.parquet"
-
-    def outcomes(self, shard: int) -> str:
-        return f"{self.root}/outcomes/shard={shard:05d}.parquet"

@@ -14,7 +14,9 @@ from sandbox.client import SandboxClient
 from tasks.current import current_results
 
 
-def write_recipients(path: Path, n: int, *, start: int = 0, extra: dict[str, list[str]] | None = None) -> Path:
+def write_recipients(
+    path: Path, n: int, *, start: int = 0, extra: dict[str, list[str]] | None = None
+) -> Path:
     rows = [{"phone": f"+4477009{start + i:05d}", "name": f"N{start + i}"} for i in range(n)]
     for col, values in (extra or {}).items():
         for row, value in zip(rows, values, strict=False):
@@ -33,7 +35,9 @@ def ledger_frame(client: SandboxClient, provider: str) -> pl.DataFrame:
     return pl.DataFrame(entries)
 
 
-def assert_matches_ledger(results: str, campaign_id: str, client: SandboxClient, provider: str, n_input: int) -> pl.DataFrame:
+def assert_matches_ledger(
+    results: str, campaign_id: str, client: SandboxClient, provider: str, n_input: int
+) -> pl.DataFrame:
     """Every input row has exactly one current result; every accepted row is in the ledger exactly once;
     the ledger holds nothing else for this campaign. Returns the current results."""
     current = current_results(results, campaign_id)

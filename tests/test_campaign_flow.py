@@ -45,8 +45,16 @@ def clean(sandbox: SandboxServer) -> None:
 
 
 def spec_for(sandbox: SandboxServer, source: str, results: str, cid: str, **kw: object) -> CampaignSpec:
-    return CampaignSpec(campaign_id=cid, provider="sandbox", source=source, results=results,  # type: ignore[arg-type]
-                        base_url=sandbox.base_url, body="Hi {{name}}", sender="ACME", **kw)
+    return CampaignSpec(
+        campaign_id=cid,
+        provider="sandbox",
+        source=source,
+        results=results,  # type: ignore[arg-type]
+        base_url=sandbox.base_url,
+        body="Hi {{name}}",
+        sender="ACME",
+        **kw,
+    )
 
 
 def test_campaign_results_match_the_ledger_row_for_row(sandbox: SandboxServer, tmp_path: Path) -> None:
@@ -76,16 +84,17 @@ def test_rerunning_a_finished_campaign_sends_nothing(sandbox: SandboxServer, tmp
     assert after["requests"] == before["requests"]  # not one request more
 
 
-def test_resume_after_a_crash_sends_only_the_unrecorded_shards(sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_resume_after_a_crash_sends_only_the_unrecorded_shards(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
     src = write_recipients(tmp_path / "r.csv", 400)
     res = str(tmp_path / "res")
     spec = spec_for(sandbox, str(src), res, "c-resume", batch_size=50, shard_batches=2)
     send_campaign(spec)
-    # Simulate a crash after shards 0 and 1 recorded their outcomes but before the rest and the results.
-    work = f"{res}/_work/campaign=c-resume/attempt=1"
-    storage.delete(f"{res}/campaign=c-resume/attempt=1/part-00000.parquet")
-    for shard in (2, 3):
-        storage.delete(f"{work}/outcomes/shard={shard:05d}.parquet")
+    # Simulate a crash after shards 0 and 1 recorded their results but before shards 2 and 3 and the end.
+    attempt = f"{res}/campaign=c-resume/attempt=1"
+    for name in ("_SUCCESS", "part-unsent.parquet", "part-s00002.parquet", "part-s00003.parquet"):
+        storage.delete(f"{attempt}/{name}")
     requests_before = sum(sandbox.client.stats()["providers"]["generic"]["requests"].values())
     send_campaign(spec)
     stats = sandbox.client.stats()["providers"]["generic"]
@@ -100,7 +109,9 @@ def test_retry_resends_failed_rows_with_the_same_keys(sandbox: SandboxServer, tm
     sandbox.client.set_faults(transient_suffixes=["3"])
     first = send_campaign(spec_for(sandbox, str(src), res, "c-retry"))
     assert first["by_status"]["failed"] == 30
-    keys_before = current_results(res, "c-retry").filter(pl.col("status") == "failed")["idempotency_key"].sort()
+    keys_before = (
+        current_results(res, "c-retry").filter(pl.col("status") == "failed")["idempotency_key"].sort()
+    )
     sandbox.client.set_faults(transient_suffixes=[])
     second = retry_failed(campaign_id="c-retry", results=res, base_url=sandbox.base_url)
     assert second["attempt"] == 2 and second["by_status"]["accepted"] == 30 and second["rows"] == 30
@@ -122,7 +133,9 @@ def test_dry_run_sends_and_writes_nothing(sandbox: SandboxServer, tmp_path: Path
     assert not res.exists()
 
 
-def test_refused_credentials_stop_the_campaign_but_every_row_is_recorded(sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_refused_credentials_stop_the_campaign_but_every_row_is_recorded(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
     src = write_recipients(tmp_path / "r.csv", 30)
     res = str(tmp_path / "res")
     os.environ["SMSCAST_SANDBOX_API_KEY"] = "wrong-key-zzz"
@@ -142,7 +155,7 @@ def test_s3_source_and_s3_results(sandbox: SandboxServer, s3_bucket: str, tmp_pa
     storage.put_bytes(f"s3://{s3_bucket}/inbox/r.csv", src.read_bytes())
     res = f"s3://{s3_bucket}/results"
     send_campaign(spec_for(sandbox, f"s3://{s3_bucket}/inbox/r.csv", res, "c-s3"))
-    assert storage.exists(f"{res}/campaign=c-s3/attempt=1/part-00000.parquet")
+    assert storage.exists(f"{res}/campaign=c-s3/attempt=1/_SUCCESS")
     assert_matches_ledger(res, "c-s3", sandbox.client, "generic", 120)
 
 
@@ -150,10 +163,19 @@ def test_postgres_source(sandbox: SandboxServer, postgres: EmbeddedPostgres, tmp
     with postgres.connect() as conn:
         conn.execute("DROP TABLE IF EXISTS people")
         conn.execute("CREATE TABLE people (msisdn text, first_name text)")
-        conn.execute("INSERT INTO people SELECT '+4477009' || lpad(g::text, 5, '0'), 'P' || g FROM generate_series(1, 75) g")
+        conn.execute(
+            "INSERT INTO people SELECT '+4477009' || lpad(g::text, 5, '0'), 'P' || g FROM generate_series(1, 75) g"
+        )
         conn.commit()
-    spec = CampaignSpec(campaign_id="c-pg", provider="sandbox", source=postgres.dsn, query="SELECT * FROM people ORDER BY msisdn",
-                        results=str(tmp_path / "res"), base_url=sandbox.base_url, body="Hi {{first_name}}",
-                        columns={"phone": "msisdn"})
+    spec = CampaignSpec(
+        campaign_id="c-pg",
+        provider="sandbox",
+        source=postgres.dsn,
+        query="SELECT * FROM people ORDER BY msisdn",
+        results=str(tmp_path / "res"),
+        base_url=sandbox.base_url,
+        body="Hi {{first_name}}",
+        columns={"phone": "msisdn"},
+    )
     send_campaign(spec)
     assert_matches_ledger(str(tmp_path / "res"), "c-pg", sandbox.client, "generic", 75)

@@ -27,10 +27,16 @@ SETTINGS = ProviderSettings(base_url="http://sandbox.test", api_key=Secret("k-12
 
 
 def planned_rows(n: int, provider: SandboxProvider, batch_size: int = 5) -> tuple[pl.DataFrame, CampaignSpec]:
-    spec = CampaignSpec(campaign_id="t1", source="x", results="r", body="hello {{name}}", batch_size=batch_size,
-                        rate=10_000)
-    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)],
-                       "name": [f"n{i}" for i in range(n)]})
+    spec = CampaignSpec(
+        campaign_id="t1", source="x", results="r", body="hello {{name}}", batch_size=batch_size, rate=10_000
+    )
+    df = pl.DataFrame(
+        {
+            "row_index": list(range(n)),
+            "phone_raw": [f"+4477009{i:05d}" for i in range(n)],
+            "name": [f"n{i}" for i in range(n)],
+        }
+    )
     checked = validate_recipients(df, spec, provider.caps, provider)
     planned = plan_campaign(checked, spec, provider.caps, provider)
     return planned.rows.filter(pl.col("shard").is_not_null()), spec
@@ -38,12 +44,23 @@ def planned_rows(n: int, provider: SandboxProvider, batch_size: int = 5) -> tupl
 
 def accept_all(request: httpx.Request) -> httpx.Response:
     msgs = json.loads(request.content)["messages"]
-    return httpx.Response(200, json={"batch": "B", "results": [
-        {"index": i, "status": "accepted", "message_id": f"m-{m['ref']}"} for i, m in enumerate(msgs)]})
+    return httpx.Response(
+        200,
+        json={
+            "batch": "B",
+            "results": [
+                {"index": i, "status": "accepted", "message_id": f"m-{m['ref']}"} for i, m in enumerate(msgs)
+            ],
+        },
+    )
 
 
-def run(provider: SandboxProvider, rows: pl.DataFrame, spec: CampaignSpec,
-        handler: Callable[[httpx.Request], httpx.Response]) -> tuple[pl.DataFrame, dict[str, int]]:
+def run(
+    provider: SandboxProvider,
+    rows: pl.DataFrame,
+    spec: CampaignSpec,
+    handler: Callable[[httpx.Request], httpx.Response],
+) -> tuple[pl.DataFrame, dict[str, int]]:
     import asyncio
 
     # A fresh bucket per test: the shared one is process-wide by design.
@@ -66,7 +83,8 @@ def test_happy_path_every_row_accepted_with_its_id() -> None:
     out, requests = run(provider, rows, spec, handler)
     assert out.height == 12 and set(out["status"]) == {"accepted"}
     assert out.sort("row_index")["provider_message_id"].to_list() == [
-        f"m-{k}" for k in rows.sort("row_index")["idempotency_key"].to_list()]
+        f"m-{k}" for k in rows.sort("row_index")["idempotency_key"].to_list()
+    ]
     assert len(seen) == 3 and requests == {"200": 3}
     assert seen[0].headers["authorization"] == "Bearer k-123"
     assert seen[0].headers["idempotency-key"].startswith("scb-")
@@ -175,7 +193,8 @@ def test_whole_batch_rejection_is_bisected_to_the_bad_rows() -> None:
     provider = WholeBatch(SETTINGS)
     rows, spec = planned_rows(16, provider, batch_size=8)
     rows = rows.with_columns(
-        body=pl.when(pl.col("row_index").is_in([3, 12])).then(pl.lit("BAD")).otherwise(pl.col("body")))
+        body=pl.when(pl.col("row_index").is_in([3, 12])).then(pl.lit("BAD")).otherwise(pl.col("body"))
+    )
 
     def handler(request: httpx.Request) -> httpx.Response:
         msgs = json.loads(request.content)["messages"]
@@ -210,7 +229,9 @@ def test_rows_missing_from_a_response_are_unknown_not_lost() -> None:
     rows, spec = planned_rows(5, provider)
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"batch": "B", "results": [{"index": 0, "status": "accepted", "message_id": "x"}]})
+        return httpx.Response(
+            200, json={"batch": "B", "results": [{"index": 0, "status": "accepted", "message_id": "x"}]}
+        )
 
     out, _ = run(provider, rows, spec, handler)
     assert out.sort("row_index")["status"].to_list() == ["accepted"] + ["unknown"] * 4

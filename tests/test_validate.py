@@ -14,8 +14,10 @@ CAPS = SandboxProvider.caps
 
 
 def frame(phones: list[str | None], **cols: list[str | None]) -> pl.DataFrame:
-    return pl.DataFrame({"row_index": list(range(len(phones))), "phone_raw": phones, **cols},
-                        schema_overrides={"phone_raw": pl.String, **{k: pl.String for k in cols}})
+    return pl.DataFrame(
+        {"row_index": list(range(len(phones))), "phone_raw": phones, **cols},
+        schema_overrides={"phone_raw": pl.String, **{k: pl.String for k in cols}},
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,12 +52,19 @@ def test_mask_hides_the_middle() -> None:
 
 def test_reasons_are_specific_and_all_reported() -> None:
     spec = CampaignSpec(campaign_id="c", source="s", results="r", body="Hi {{name}}")
-    df = frame(["+447700900001", "07700900002", None, "+447700900001", "+1 555", "+447700900005"],
-               name=["Ann", "Bob", "Cy", "Di", None, "Ed"])
+    df = frame(
+        ["+447700900001", "07700900002", None, "+447700900001", "+1 555", "+447700900005"],
+        name=["Ann", "Bob", "Cy", "Di", None, "Ed"],
+    )
     out = validate_recipients(df, spec, CAPS).sort("row_index")
     assert out["status"].to_list() == [None, "invalid", "invalid", "invalid", "invalid", None]
     assert out["error_code"].to_list() == [
-        None, "phone_needs_country", "phone_missing", "duplicate_phone", "phone_invalid;template_var_missing", None,
+        None,
+        "phone_needs_country",
+        "phone_missing",
+        "duplicate_phone",
+        "phone_invalid;template_var_missing",
+        None,
     ]
     assert "'name'" in out["error_message"][4]
     assert out["body"][0] == "Hi Ann"
@@ -83,14 +92,21 @@ def test_body_limits_come_from_the_provider() -> None:
     assert out["segments"].to_list()[:5] == [10, 11, 11, 10, 11]
     assert out["encoding"].to_list()[:5] == ["GSM-7", "GSM-7", "GSM-7", "UCS-2", "UCS-2"]
     assert out["error_code"].to_list() == [
-        None, "too_many_segments", "body_too_long;too_many_segments", None, "too_many_segments",
-        "body_missing", "body_missing",
+        None,
+        "too_many_segments",
+        "body_too_long;too_many_segments",
+        None,
+        "too_many_segments",
+        "body_missing",
+        "body_missing",
     ]
 
 
 def test_supplied_recipient_ids_must_be_unique() -> None:
     spec = CampaignSpec(campaign_id="c", source="s", results="r", body="x")
-    out = validate_recipients(frame(["+447700900001", "+447700900002"], recipient_id=["u1", "u1"]), spec, CAPS)
+    out = validate_recipients(
+        frame(["+447700900001", "+447700900002"], recipient_id=["u1", "u1"]), spec, CAPS
+    )
     assert out.sort("row_index")["error_code"].to_list() == [None, "duplicate_recipient_id"]
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 EMULATORS: dict[str, str] = {
     "generic": "sandbox.emulators.generic",
+    "textingline": "sandbox.emulators.textingline",
+    "sent-dm": "sandbox.emulators.sent_dm",
+    "robase": "sandbox.emulators.robase",
+    "postman": "sandbox.emulators.postman",
+    "instasent": "sandbox.emulators.instasent",
 }
 
 # Other spellings accepted wherever a provider name is given (admin endpoints, config, CLI): smscast calls

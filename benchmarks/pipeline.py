@@ -1,0 +1,233 @@
+"""Benchmark: recipients as Parquet on SeaweedFS → the whole smscast pipeline → results on SeaweedFS, against a
+bare httpx loop that posts the same batches to the same sandbox (no Prefect, no validation, no results).
+
+    python benchmarks/pipeline.py --rows 1000000 --repeats 3
+
+Runs alternate (baseline, pipeline, baseline, …) so that a noisy neighbour hurts both; the figures reported
+are medians and their ratio, never a single absolute time. Peak RSS is sampled in this process during each
+run (the sandbox and Prefect's temporary API run in their own processes and are not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+import orjson
+import polars as pl
+import psutil
+
+from sandbox.server import SandboxServer
+from servers.seaweedfs import SeaweedS3
+from smscast import storage
+from smscast.campaign import CampaignSpec
+
+BODY = "Hi {{name}}, your order {{order}} ships today."
+KEY = "bench-key"
+CONCURRENCY = 8
+BATCH = 1000
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user+system) used so far by each named process and its children."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)]
+            out[name] = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+        except psutil.NoSuchProcess:
+            out[name] = 0.0
+    return out
+
+
+def prefect_server_pid() -> int | None:
+    """Prefect's temporary API server (a `prefect server start`/uvicorn child of this process)."""
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "prefect" in " ".join(child.cmdline()) and "server" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+@contextmanager
+def peak_rss() -> Iterator[Callable[[], int]]:
+    proc = psutil.Process()
+    peak = [proc.memory_info().rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield lambda: peak[0]
+    finally:
+        stop.set()
+        t.join()
+
+
+def make_recipients(rows: int) -> pl.DataFrame:
+    i = pl.int_range(0, rows)
+    return pl.select(
+        phone=pl.format("+4477{}", i.cast(pl.String).str.zfill(8)),
+        name=pl.format("Name{}", (i % 997).cast(pl.String)),
+        order=pl.format("#{}", (i + 100000).cast(pl.String)),
+    )
+
+
+async def post_all(base_url: str, batches: list[bytes]) -> None:
+    sem = asyncio.Semaphore(CONCURRENCY)
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+
+        async def one(body: bytes) -> None:
+            async with sem:
+                r = await client.post("/sandbox/v1/messages/batch", content=body, headers=headers)
+                r.raise_for_status()
+
+        await asyncio.gather(*(one(b) for b in batches))
+
+
+def baseline(source: str, base_url: str) -> dict[str, float]:
+    """The floor: read the same Parquet, render the same text, post the same batch sizes. Nothing else."""
+    start = time.perf_counter()
+    df = storage.read_parquet(source).with_columns(
+        body=pl.format("Hi {}, your order {} ships today.", "name", "order"),
+        ref=pl.format("b-{}", pl.int_range(pl.len()).cast(pl.String)),
+    )
+    batches = [
+        orjson.dumps(
+            {"sender": "BENCH", "messages": part.select(to="phone", body="body", ref="ref").to_dicts()}
+        )
+        for part in df.iter_slices(BATCH)
+    ]
+    asyncio.run(post_all(base_url, batches))
+    return {"total": time.perf_counter() - start}
+
+
+def pipeline(source: str, results: str, base_url: str, run: int) -> dict[str, float]:
+    from flows.campaign import send_campaign
+
+    spec = CampaignSpec(
+        campaign_id=f"bench-{run}",
+        provider="sandbox",
+        source=source,
+        results=results,
+        base_url=base_url,
+        body=BODY,
+        sender="BENCH",
+        rate=100_000,
+        concurrency=CONCURRENCY,
+    )
+    start = time.perf_counter()
+    summary = send_campaign(spec)
+    total = time.perf_counter() - start
+    accepted = summary["by_status"]["accepted"]
+    if accepted != summary["rows"]:
+        raise SystemExit(f"pipeline accepted {accepted} of {summary['rows']} rows: {summary['by_status']}")
+    return {"total": total, **{k: float(v) for k, v in summary["seconds"].items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="smscast-bench-") as tmp, SeaweedS3(Path(tmp) / "s3") as s3:
+        os.environ.update(s3.env())
+        os.environ["SMSCAST_SANDBOX_API_KEY"] = KEY
+        s3.create_bucket("bench")
+        source = "s3://bench/inbox/recipients.parquet"
+        storage.write_parquet(make_recipients(args.rows), source)
+        print(f"{args.rows:,} recipients on SeaweedFS at {source}; {os.cpu_count()} cores", flush=True)
+        with SandboxServer(default_key=KEY) as sandbox:
+            # Warm-up: starts Prefect's temporary API once, so no run pays for it.
+            warm = "s3://bench/inbox/warm.parquet"
+            storage.write_parquet(make_recipients(100), warm)
+            pipeline(warm, "s3://bench/warm", sandbox.base_url, 999)
+            pids = {
+                "smscast": os.getpid(),
+                "sandbox": sandbox.process.pid if sandbox.process else 0,
+                "seaweedfs": s3.pid or 0,
+                "prefect-api": prefect_server_pid() or 0,
+            }
+            cpu: dict[str, list[dict[str, float]]] = {"baseline": [], "pipeline": []}
+            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "pipeline": []}
+            peaks: dict[str, list[int]] = {"baseline": [], "pipeline": []}
+            for run in range(args.repeats):
+                for name in ("baseline", "pipeline"):
+                    sandbox.client.reset()
+                    cpu_before = cpu_seconds(pids)
+                    with peak_rss() as peak:
+                        if name == "baseline":
+                            figures = baseline(source, sandbox.base_url)
+                        else:
+                            figures = pipeline(source, "s3://bench/results", sandbox.base_url, run)
+                    cpu_after = cpu_seconds(pids)
+                    cpu[name].append({k: cpu_after[k] - cpu_before[k] for k in pids})
+                    ledger = sandbox.client.stats()["entries"]
+                    if ledger != args.rows:
+                        raise SystemExit(
+                            f"{name} run {run}: the sandbox ledger holds {ledger} of {args.rows}"
+                        )
+                    runs[name].append(figures)
+                    peaks[name].append(peak())
+                    print(
+                        f"  run {run} {name:<8} {args.rows / figures['total']:>10,.0f} recipients/s "
+                        f"peak RSS {peak() / 2**20:,.0f} MiB",
+                        flush=True,
+                    )
+    report(args.rows, runs, peaks, cpu)
+
+
+def report(
+    rows: int,
+    runs: dict[str, list[dict[str, float]]],
+    peaks: dict[str, list[int]],
+    cpu: dict[str, list[dict[str, float]]],
+) -> None:
+    def med(name: str, key: str) -> float:
+        return statistics.median(r.get(key, 0.0) for r in runs[name])
+
+    base, pipe = med("baseline", "total"), med("pipeline", "total")
+    print(f"\nmedian of {len(runs['pipeline'])} runs, {rows:,} recipients")
+    print(f"  baseline (bare httpx loop): {rows / base:>10,.0f} recipients/s")
+    print(f"  pipeline (smscast flow):    {rows / pipe:>10,.0f} recipients/s")
+    print(f"  ratio pipeline/baseline:    {base / pipe:>10.2f}   (aim: 0.50 or better)")
+    stages: list[Any] = [k for k in runs["pipeline"][0] if k != "total"]
+    print("  pipeline stages (median s): " + " · ".join(f"{k} {med('pipeline', k):.2f}" for k in stages))
+    other = pipe - sum(med("pipeline", k) for k in stages)
+    print(f"  orchestration and the rest: {other:.2f} s")
+    for name in ("baseline", "pipeline"):
+        per = {k: statistics.median(c[k] for c in cpu[name]) for k in cpu[name][0]}
+        print(f"  CPU seconds, {name:<8} (median): " + " · ".join(f"{k} {v:.1f}" for k, v in per.items()))
+    print(
+        f"  peak RSS: pipeline {max(peaks['pipeline']) / 2**30:.2f} GiB (aim < 3), "
+        f"baseline {max(peaks['baseline']) / 2**30:.2f} GiB"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""sent.dm v3 batch sends (/work/shared/provider-docs/sent-dm.txt, "Batch Operations").
+
+Wire format, as the document shows it:
+
+    POST https://api.sent.dm/v3/messages
+    x-api-key: <key>          Idempotency-Key: <batch key>
+    {"to": ["+1234567890", ...up to 1000], "template": {"id": "tmpl_announcement",
+     "parameters": {"announcement": "New feature launched!"}}, "channel": ["sms"]}
+
+    200 {"success": true,
+         "data": {"status": "QUEUED", "template_id": "…", "template_name": "…",
+                  "recipients": [{"message_id": "msg_001", "to": "+1234567890", "channel": "sms"}, ...]},
+         "error": null, "meta": {"request_id": "req_batch_001", "timestamp": "…", "version": "v3"}}
+
+Quirks that shape this module:
+
+* Templates only. Every example sends `template: {id, parameters}`; the document shows no free-text body,
+  so `check_spec` requires `--template` (the sent.dm template id).
+* The template and its parameters belong to the REQUEST and are shared by all its recipients, so a batch
+  may only carry rows whose template variables are equal: `batch_group_keys` returns the template_vars
+  columns and the plan batches each distinct combination separately.
+* No sender field in the request: sent.dm sends from the account's own configuration, so a `--sender`
+  would be silently ignored; `check_spec` refuses it instead.
+* Per-recipient outcome by omission. The response lists the recipients it accepted, each with a
+  `message_id`; the document's "Always Handle Partial Failures" practice reads a shorter list as "Some
+  recipients were rejected" (its sandbox-mode check). There is no per-recipient error code, so a row
+  missing from `data.recipients` is `rejected` with our code `recipient_rejected` (not `unknown`: the
+  answer is explicit about what it accepted, and a re-send of the same request would replay the same
+  answer under the same Idempotency-Key). Outcomes are matched to rows by `to`: phones are unique in a
+  campaign (validation quarantines duplicates), and the response carries no index.
+* Idempotency is one key per request, in the `Idempotency-Key` header ("Send via Idempotency-Key header,
+  not request body"). We send the plan's batch key. sent.dm's idempotency reference (docs.sent.dm, API
+  reference → Idempotency; not part of the shared document) allows 1–255 characters of [A-Za-z0-9_-] and
+  caches the first response for 24 h: bisected sub-batches carry "scb-….L.R", so dots become underscores
+  (our keys have no underscores, so the mapping stays one-to-one).
+* Rate limit: "Each POST /v3/messages call counts as one request toward the 200 req/min limit, regardless
+  of how many recipients are included" (the "10 for sensitive endpoints" of the limits table are other
+  endpoints). 429s carry `retry-after` (the document's backoff example reads that header).
+* Errors use sent.dm's envelope `{"success": false, "data": null, "error": {"code", "message", "details",
+  "doc_url"}, "meta": {…}}` (docs.sent.dm Error Handling reference): AUTH_* 401/403, VALIDATION_001 400
+  with field-level `details`. Which whole-request refusals a split can fix is decided from those details
+  (a refusal naming `to` is caused by some recipient). 422 for a key re-used with a different request and
+  404 for an unknown template are ASSUMED shapes in that envelope (see sandbox/emulators/sent_dm.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import httpx
+import polars as pl
+
+from providers.base import (
+    Batch,
+    Capabilities,
+    Content,
+    Idempotency,
+    OutcomeTiming,
+    Provider,
+    Rejection,
+    RowOutcome,
+    RowRule,
+    Wire,
+    json_body,
+    json_request,
+)
+from smscast.campaign import CampaignSpec
+from smscast.errors import AmbiguousError, BatchRejectedError, ConfigError
+from smscast.status import Status
+
+PATH = "/v3/messages"
+MAX_RECIPIENTS = 1000  # "Send the same message to up to 1000 recipients in one request"
+CHANNEL = ["sms"]  # the document's channels are sms and whatsapp; smscast sends SMS only
+REJECTED_CODE = "recipient_rejected"  # ours: sent.dm omits a refused recipient and gives no code
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def idempotency_key(batch_key: str) -> str:
+    """The header value for a batch key: sent.dm accepts [A-Za-z0-9_-]{1,255}."""
+    return _KEY_UNSAFE.sub("_", batch_key)[:255]
+
+
+def _digits(phone: str) -> str:
+    # Match on digits only, in case the answer spells the number differently ("+1 234…" or "1234…").
+    return "".join(c for c in phone if c.isdigit())
+
+
+class SentDmProvider(Provider):
+    caps = Capabilities(
+        name="sent-dm",
+        max_rows=MAX_RECIPIENTS,
+        min_rows=1,
+        max_body_chars=None,  # sent.dm renders its own templates; we send no text
+        rate_per_second=200 / 60,  # "200 requests … 1 minute", counted per request
+        burst=20,  # the window allows 200 at once; a smaller burst leaves room for other clients
+        concurrency=4,  # ~3.3 requests/s needs few in flight
+        idempotency=Idempotency.HEADER,
+        rejection=Rejection.PER_ROW,  # refused recipients are left out of `data.recipients`
+        outcome=OutcomeTiming.SYNC,  # a message_id per accepted recipient; delivery is webhooks' business
+        content=Content.TEMPLATE,
+        wire=Wire.JSON,
+        unique_phones_per_batch=True,  # outcomes are matched by `to`
+        sender_required=False,
+        request_timeout=30.0,
+        default_base_url="https://api.sent.dm",
+        notes="Templates only; template parameters shared per request; Idempotency-Key header; "
+        "refused recipients are omitted from data.recipients.",
+    )
+
+    STATUS_MAP: ClassVar[Mapping[str, Status]] = {
+        # data.status of a 200: the batch-level state of the recipients it lists.
+        "QUEUED": Status.ACCEPTED,
+        "ACCEPTED": Status.ACCEPTED,
+        "PROCESSING": Status.ACCEPTED,
+        "SENT": Status.ACCEPTED,
+        "DELIVERED": Status.ACCEPTED,
+        "REJECTED": Status.REJECTED,
+        # Ours, for a recipient left out of data.recipients ("Some recipients were rejected").
+        REJECTED_CODE: Status.REJECTED,
+    }
+
+    # ---- campaign-level rules -----------------------------------------------------------------------------
+
+    def check_spec(self, spec: CampaignSpec) -> None:
+        if not spec.template:
+            # The document shows no free-text body: every send names a template and its parameters.
+            raise ConfigError(
+                "sent-dm sends templates only: pass --template <sent.dm template id> (and --template-var "
+                "for each parameter column); a --body or body column cannot be sent"
+            )
+        if spec.sender:
+            raise ConfigError(
+                "sent-dm takes no sender in the request (it sends from your account's configuration); "
+                "drop --sender"
+            )
+
+    def batch_group_keys(self, spec: CampaignSpec) -> list[pl.Expr]:
+        # One template + parameters per request: rows of a batch must agree on every parameter value.
+        return [pl.col(var).cast(pl.String) for var in spec.template_vars]
+
+    def row_rules(self, spec: CampaignSpec) -> list[RowRule]:
+        # The request has no scheduling and no media: sending such rows now, as plain template SMS, would
+        # not be what the campaign asked for.
+        return [
+            RowRule(
+                "send_at_unsupported",
+                "sent-dm cannot schedule messages (no send_at in its API); remove send_at or send it later",
+                pl.col("send_at").is_null() | (pl.col("send_at").str.strip_chars() == ""),
+                columns=("send_at",),
+            ),
+            RowRule(
+                "media_unsupported",
+                "sent-dm sends SMS templates here; a media_url cannot be attached",
+                pl.col("media_url").is_null() | (pl.col("media_url").str.strip_chars() == ""),
+                columns=("media_url",),
+            ),
+        ]
+
+    # ---- the wire ---------------------------------------------------------------------------------------
+
+    def parameters(self, batch: Batch) -> dict[str, str]:
+        names = batch.spec.template_vars
+        if not names:
+            return {}
+        values = batch.rows.select([pl.col(n).cast(pl.String) for n in names])
+        if values.unique().height > 1:
+            # The plan groups by these columns, so this means the batch was built elsewhere. Bisection
+            # (split=True) turns it into requests that each share one set of parameters.
+            raise BatchRejectedError(
+                "sent-dm: rows of one request must share the template parameters",
+                code="template_parameters_differ",
+                retryable_split=True,
+            )
+        first = values.row(0, named=True)
+        return {n: "" if first[n] is None else str(first[n]) for n in names}
+
+    def build_request(self, batch: Batch) -> httpx.Request:
+        template = batch.spec.template
+        if not template:
+            raise ConfigError("sent-dm needs a template id")
+        payload = {
+            "to": batch.rows.get_column("phone").to_list(),
+            "template": {"id": template, "parameters": self.parameters(batch)},
+            "channel": CHANNEL,
+        }
+        return json_request(
+            "POST",
+            self.url(PATH),
+            payload,
+            {
+                "x-api-key": self.api_key(),
+                "Idempotency-Key": idempotency_key(batch.batch_key),
+                "Accept": "application/json",
+            },
+        )
+
+    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
+        self.raise_for_transport_status(response)
+        payload = json_body(response)
+        if response.status_code >= 300:
+            raise self._refusal(response, payload)
+        if not isinstance(payload, dict):
+            raise AmbiguousError("sent-dm: unreadable 2xx response", code="unreadable_response")
+        if payload.get("success") is False:
+            # A 2xx carrying an error envelope: the request was refused as a whole.
+            raise self._refusal(response, payload)
+        data = payload.get("data")
+        recipients = data.get("recipients") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(recipients, list):
+            raise AmbiguousError("sent-dm: 2xx response without data.recipients", code="unreadable_response")
+        meta = payload.get("meta")
+        request_id = meta.get("request_id") if isinstance(meta, dict) else None
+        ref = str(request_id) if request_id is not None else None
+        raw_status = data.get("status")
+        # Listed recipients were accepted (they have message ids); the batch status says how far along.
+        code = str(raw_status).upper() if raw_status is not None else "QUEUED"
+        listed_status = self.status_for(code)
+
+        by_phone: dict[str, Mapping[str, Any]] = {}
+        for item in recipients:
+            if isinstance(item, dict) and isinstance(item.get("to"), str):
+                by_phone.setdefault(_digits(item["to"]), item)
+        outcomes: list[RowOutcome] = []
+        for phone in batch.rows.get_column("phone").to_list():
+            item = by_phone.get(_digits(str(phone)))
+            if item is None:
+                outcomes.append(
+                    RowOutcome(
+                        Status.REJECTED,
+                        REJECTED_CODE,
+                        "sent.dm left this recipient out of data.recipients (the document's 'Some "
+                        "recipients were rejected'); it gives no reason",
+                        provider_batch_ref=ref,
+                    )
+                )
+                continue
+            message_id = item.get("message_id")
+            accepted = listed_status is Status.ACCEPTED
+            outcomes.append(
+                RowOutcome(
+                    listed_status,
+                    error_code=None if accepted else code,
+                    error_message=None if accepted else f"sent.dm batch status {code}",
+                    provider_message_id=str(message_id) if message_id is not None else None,
+                    provider_batch_ref=ref,
+                )
+            )
+        return outcomes
+
+    def _refusal(self, response: httpx.Response, payload: Any) -> Exception:
+        err = payload.get("error") if isinstance(payload, dict) else None
+        err = err if isinstance(err, dict) else {}
+        code = str(err.get("code") or f"http_{response.status_code}")
+        message = str(err.get("message") or "")
+        if response.status_code == 409:
+            # "Resource conflict … concurrent modification": the same key is still being processed (an
+            # earlier attempt whose answer we lost). It may be accepted; the same key makes a re-send safe.
+            return AmbiguousError(f"sent-dm: HTTP 409 {code}, request with this key in flight", code=code)
+        split = _names_recipients(err.get("details"))
+        return self.reject_batch(response, code, message, split=split)
+
+
+def _names_recipients(details: Any) -> bool:
+    """Whether field-level `details` blame the `to` list (a bad recipient), which bisection can isolate.
+    Template, channel or key problems are the same for every half of the batch."""
+    if isinstance(details, dict):
+        fields = [str(k) for k in details]
+        fields += [str(v.get("field")) for v in details.values() if isinstance(v, dict) and "field" in v]
+    elif isinstance(details, list):
+        fields = [str(d.get("field", "")) for d in details if isinstance(d, dict)]
+    else:
+        return False
+    return any(f == "to" or f.startswith(("to[", "to.")) for f in fields)
