@@ -34,7 +34,7 @@ plan = task(name="plan", cache_policy=NONE)(plan_campaign)
 def send_campaign(spec: CampaignSpec) -> dict[str, Any]:
     logger = get_run_logger()
     provider = make_provider(spec.provider, base_url=spec.base_url, require_key=not spec.dry_run)
-    provider.check_spec(spec)
+    provider.validate_spec(spec)
     work = WorkDir.for_run(spec.results, spec.campaign_id, spec.attempt)
     if not spec.dry_run and storage.exists(done_marker(spec)):
         return finished(spec, attempt_dir(spec), logger).to_dict()

@@ -10,6 +10,7 @@ bisection of whole-batch rejections. A provider module only knows its own wire f
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import orjson
 import polars as pl
 
 from smscast.campaign import CampaignSpec
-from smscast.errors import AuthError, BatchRejectedError, RateLimitedError, ServerError
+from smscast.errors import AuthError, BatchRejectedError, ConfigError, RateLimitedError, ServerError
 from smscast.settings import ProviderSettings
 from smscast.status import Status
 
@@ -72,6 +73,7 @@ class Capabilities:
     rejection: Rejection = Rejection.PER_ROW
     outcome: OutcomeTiming = OutcomeTiming.SYNC
     content: Content = Content.BODY
+    template_body: bool = False  # the provider template can carry our rendered text as one {{body}} parameter
     wire: Wire = Wire.JSON
     unique_phones_per_batch: bool = False
     sender_required: bool = False
@@ -80,6 +82,13 @@ class Capabilities:
     request_timeout: float = 30.0
     default_base_url: str | None = None
     notes: str = ""
+
+    def sends_body(self, spec: CampaignSpec) -> bool:
+        """Whether rows carry our text (rendered from --body or a body column) rather than only template
+        variables: then body presence, length and segments are checked."""
+        if spec.template is None:
+            return True
+        return self.template_body and not spec.template_vars
 
     @property
     def resend_safe(self) -> bool:
@@ -171,7 +180,22 @@ class Provider:
         return []
 
     def check_spec(self, spec: CampaignSpec) -> None:
-        """Campaign-level rules (sender format, template required…): raise ConfigError before anything runs."""
+        """Provider-specific campaign rules: raise ConfigError before anything runs."""
+
+    def validate_spec(self, spec: CampaignSpec) -> None:
+        """The rules every provider's capabilities imply, then the provider's own `check_spec`."""
+        caps, name = self.caps, self.caps.name
+        if spec.body is not None and spec.template is not None and not caps.template_body:
+            raise ConfigError(f"{name}: give either --body or --template, not both")
+        if caps.content is Content.TEMPLATE and spec.template is None:
+            raise ConfigError(f"{name} sends provider-side templates: pass --template")
+        if caps.content is Content.BODY and spec.template is not None:
+            raise ConfigError(f"{name} has no provider-side templates: pass --body (or a body column)")
+        if caps.sender_required and not spec.sender:
+            raise ConfigError(f"{name} needs a sender: pass --sender")
+        if spec.sender and caps.sender_pattern and not re.fullmatch(caps.sender_pattern, spec.sender):
+            raise ConfigError(f"{name}: sender {spec.sender!r} is not valid (expected {caps.sender_pattern})")
+        self.check_spec(spec)
 
     def batch_group_keys(self, spec: CampaignSpec) -> list[pl.Expr]:
         """Expressions whose values must be equal within one batch (e.g. sent.dm's batch-level template

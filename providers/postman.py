@@ -18,9 +18,8 @@ Wire format (the document's words in quotes):
 Quirks this module handles, each from the document:
 
 * `campaignId` is Postman's campaign, which holds the message template: smscast's `spec.template`. In body
-  mode ("you may use a single {{body}} variable") our rendered text goes out as a `body` column;
-  CampaignSpec forbids `body` together with `template`, so in body mode the campaign id comes from
-  SMSCAST_POSTMAN_CAMPAIGN_ID (see `campaign_id`).
+  mode ("you may use a single {{body}} variable": `--template <campaignId>` with no `--template-var`) our
+  rendered text goes out as a `body` column (capability `template_body`).
 * "recipient column: Phone number with country code, without the + prefix": E.164 minus the `+`.
 * "language column: Must be one of: english, chinese, malay, tamil": from the row's `language` column, else
   `spec.language`; lower-cased and checked before sending (`row_rules`).
@@ -108,15 +107,16 @@ MAX_FILE_BYTES = 40_000_000
 MAX_ROWS = 1000
 TEST_ENV_MAX_ROWS = 20  # "20 rows maximum if you are in the test environment"
 HEADER_RESERVE = 64 * 1024  # the header row: `check_spec` keeps it far below this
-# Rows x bytes per row + header can never exceed the file limit: 1000 x 39,900 + 65,536 = 39,965,536.
-MAX_ROW_BYTES = (MAX_FILE_BYTES - HEADER_RESERVE) // MAX_ROWS - 30
-# Per cell, at worst: two enclosing quotes, the separator and the formula-guard prefix (plus one byte per
-# doubled quote, counted separately). Recipient (≤ 15 digits) and language (≤ 7) take ≤ 30 bytes with theirs.
+# A full file can never exceed the limit: MAX_ROWS x MAX_ROW_BYTES + the header = 1000 x 39,934 + 65,536
+# = 39,999,536 bytes. `row_too_large` quarantines any row whose encoded size could exceed MAX_ROW_BYTES.
+MAX_ROW_BYTES = (MAX_FILE_BYTES - HEADER_RESERVE) // MAX_ROWS
+# A row's encoded size, bounded above: per parameter cell its UTF-8 bytes, one more per doubled quote, and
+# CELL_OVERHEAD (two enclosing quotes, the separator, the formula-guard apostrophe); recipient (≤ 15 digits)
+# and language (≤ 7 letters) with their separators take ≤ FIXED_CELLS_BYTES; then CRLF.
 CELL_OVERHEAD = 4
 FIXED_CELLS_BYTES = 30
 
 TEST_ENV_VAR = "SMSCAST_POSTMAN_TEST_ENV"
-CAMPAIGN_ENV_VAR = "SMSCAST_POSTMAN_CAMPAIGN_ID"
 TEST_ENV_HOST = "test.postman.gov.sg"
 LOOKUP_PAGE = 1000  # Retrieve Batch Messages: "limit … The maximum value is 1000"
 
@@ -145,16 +145,14 @@ def is_test_environment(base_url: str) -> bool:
 
 
 def body_mode(spec: CampaignSpec) -> bool:
-    """Whether the campaign's template is the single `{{body}}` variable filled with our rendered text."""
-    return spec.template is None
+    """Whether the campaign's template is the single `{{body}}` variable filled with our rendered text
+    (--body or a body column): so when no template parameters are named."""
+    return not spec.template_vars
 
 
 def campaign_id(spec: CampaignSpec) -> str | None:
-    """Postman's campaign: `spec.template`, or in body mode (no template allowed next to a body) the
-    SMSCAST_POSTMAN_CAMPAIGN_ID variable."""
-    if spec.template is not None:
-        return spec.template
-    return os.environ.get(CAMPAIGN_ENV_VAR) or None
+    """Postman's campaign (which holds the template) is what smscast calls the provider template."""
+    return spec.template
 
 
 def csv_columns(spec: CampaignSpec) -> list[str]:
@@ -189,7 +187,8 @@ class PostmanProvider(Provider):
         rejection=Rejection.WHOLE_BATCH,
         # "The response confirms the batch was created, but does not indicate delivery status"
         outcome=OutcomeTiming.ASYNC,
-        content=Content.EITHER,  # the campaign's template, or its single {{body}} filled with our text
+        content=Content.TEMPLATE,  # always a Postman campaign's template…
+        template_body=True,  # …which may be the single {{body}} filled with our text
         wire=Wire.MULTIPART_CSV,
         languages=LANGUAGES,
         request_timeout=120.0,  # a file of up to 40 MB goes up in the request
@@ -222,9 +221,8 @@ class PostmanProvider(Provider):
         cid = campaign_id(spec)
         if cid is None:
             raise ConfigError(
-                "postman needs the Postman campaign id: pass --template <campaignId> (its template's "
-                "parameters as --template-var), or for a single {{body}} template set "
-                f"{CAMPAIGN_ENV_VAR} and pass --body"
+                "postman needs the Postman campaign id: pass --template <campaignId>, with its template's "
+                "parameters as --template-var, or with --body for a campaign whose template is {{body}}"
             )
         if not CAMPAIGN_ID.fullmatch(cid):
             raise ConfigError(f"postman: campaign id {cid!r} must be letters, digits, '_' or '-'")

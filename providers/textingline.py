@@ -71,7 +71,13 @@ from providers.base import (
 )
 from smscast import transport
 from smscast.campaign import CampaignSpec
-from smscast.errors import AmbiguousError, AuthError, ConfigError, TerminalError, TransientError
+from smscast.errors import (
+    AmbiguousError,
+    CampaignStopError,
+    ConfigError,
+    TerminalError,
+    TransientError,
+)
 from smscast.settings import ProviderSettings
 from smscast.status import Status
 
@@ -96,9 +102,9 @@ ROW_CODES = frozenset({"33003", "33010", "33016", "33019", "33024", "33028"})
 ACCOUNT_CODES = frozenset({"33004", "33009", "33011", "33012", "33020", "33021", "33022", "33023"})
 
 
-class AccountRefusedError(AuthError):
-    """textingline refused the account, not the rows (sender not assigned, daily quota, credits…). An
-    AuthError so that the engine stops the campaign: every batch not yet sent is `failed` (never sent,
+class AccountRefusedError(CampaignStopError):
+    """textingline refused the account, not the rows (sender not assigned, daily quota, credits…). A
+    CampaignStopError so that the engine stops the campaign: every batch not yet sent is `failed` (never sent,
     re-sendable once the account is fixed, or tomorrow for the daily quota) instead of each batch spending
     one of the 5 requests a minute on the same refusal."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ProviderName = Literal["sandbox", "sent-dm", "robase", "textingline", "postman", "instasent"]
 PROVIDER_NAMES: tuple[str, ...] = ("sandbox", "sent-dm", "robase", "textingline", "postman", "instasent")
@@ -42,7 +42,8 @@ class CampaignSpec(BaseModel):
     template: str | None = Field(
         default=None,
         title="Provider template",
-        description="Provider-side template: sent.dm template id, robase template name, Postman campaign id.",
+        description="Provider-side template: sent.dm template id, robase template name, Postman campaign id. "
+        "With a body too only where the provider's template takes our text (Postman's single {{body}}).",
     )
     template_vars: tuple[str, ...] = Field(
         default=(),
@@ -86,12 +87,6 @@ class CampaignSpec(BaseModel):
     @classmethod
     def _upper(cls, v: str | None) -> str | None:
         return v.upper() if v else v
-
-    @model_validator(mode="after")
-    def _content(self) -> CampaignSpec:
-        if self.body is not None and self.template is not None:
-            raise ValueError("give either body or template, not both")
-        return self
 
     def body_vars(self) -> tuple[str, ...]:
         """Variables named in the body text, in order of first appearance."""

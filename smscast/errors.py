@@ -71,5 +71,10 @@ class BatchRejectedError(TerminalError):
         self.retryable_split = retryable_split
 
 
-class AuthError(TerminalError):
-    """401/403: credentials are wrong. Fatal for the whole campaign, not just this batch."""
+class CampaignStopError(TerminalError):
+    """Refused for a reason that every further batch would meet too (credentials, the account's quota or
+    credit, a sender the account does not own): stop the campaign, record the unsent rows as `failed`."""
+
+
+class AuthError(CampaignStopError):
+    """401/403: credentials are wrong."""

@@ -1,8 +1,9 @@
 """Phone numbers to E.164, vectorised.
 
 People type numbers with spaces, dashes, dots, parentheses, a `00` international prefix, a `(0)` after the
-country code, or as national numbers. Everything here is Polars expressions: `phonenumbers` costs ~50 µs per
-number in Python (DESIGN.md), so it is used only to look up a region's calling code and trunk prefix once.
+country code, or as national numbers, and paste them with invisible direction marks and zero-width spaces.
+Everything here is Polars expressions: `phonenumbers` costs ~50 µs per number in Python (DESIGN.md), so it
+is used only to look up a region's calling code and trunk prefix once.
 The check is structural (E.164: `+`, a non-zero country digit, 7–15 digits in all), not per-country
 numbering-plan validity; the provider is the final judge and its per-row refusals come back as `rejected`.
 """
@@ -16,6 +17,7 @@ import polars as pl
 from smscast.errors import ConfigError
 
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+INVISIBLE = r"\p{Cf}"  # Unicode "format" characters: invisible, direction and joiner controls
 
 
 @cache
@@ -39,7 +41,12 @@ def normalise(raw: pl.Expr, default_country: str | None = None) -> pl.Expr:
     The result is not guaranteed valid: check it with `is_e164`. Keeping the candidate (rather than
     nulling it) lets the results show what we tried, and lets the reason tell "no country code" apart.
     """
-    s = raw.cast(pl.String).str.strip_chars()
+    # Invisible formatting characters (Unicode Cf: LRM/RLM U+200E/F, the bidi embeddings and overrides
+    # U+202A-E and isolates U+2066-9, zero-width space/joiners U+200B-D, word joiner U+2060, BOM U+FEFF, soft
+    # hyphen U+00AD) come along when a number is pasted from a web page, a PDF or a right-to-left document.
+    # They only steer display: the digits are stored in reading order either way, so dropping them yields the
+    # number the person saw. Digits themselves are never touched.
+    s = raw.cast(pl.String).str.replace_all(INVISIBLE, "").str.strip_chars()
     # "+44 (0)7700 900123": the (0) is a trunk prefix written for national callers; drop it before the
     # general separator removal turns it into a real digit.
     s = s.str.replace(r"^(\+|00)([1-9][0-9]{0,2})\s*\(0\)", "${1}${2}")

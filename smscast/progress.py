@@ -59,11 +59,32 @@ class Progress:
                 self._logger.debug("progress artifact update failed", exc_info=True)
 
 
-class Runtime:
-    """What the shard threads of one run share: the abort flag and the progress."""
+class Stop:
+    """The campaign-wide stop signal: set by the first batch that meets a campaign-stopping refusal, or by
+    the lock's heartbeat if this run lost its lock. Batches check it before every request."""
 
-    def __init__(self, progress: Progress) -> None:
-        self.abort = threading.Event()
+    def __init__(self, *watched: threading.Event) -> None:
+        self._event = threading.Event()
+        self._watched = watched
+        self.code: str | None = None
+        self.reason: str | None = None
+
+    def set(self, code: str, reason: str) -> None:
+        if not self._event.is_set():
+            self.code, self.reason = code, reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        if not self._event.is_set() and any(e.is_set() for e in self._watched):
+            self.set("lock_lost", "another run took over this campaign's lock; this run stopped sending")
+        return self._event.is_set()
+
+
+class Runtime:
+    """What the shard threads of one run share: the stop signal and the progress."""
+
+    def __init__(self, progress: Progress, stop: Stop | None = None) -> None:
+        self.abort = stop or Stop()
         self.progress = progress
 
 

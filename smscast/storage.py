@@ -416,3 +416,73 @@ def delete_tree(uri: str) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+# ---- compare-and-swap, for the campaign lock -------------------------------------------------------------
+# S3 conditional writes (If-None-Match: *, If-Match: <etag>) — SeaweedFS honours both. On a local disk the
+# same semantics come from an flock'd read-compare-write, with the content's digest standing in for an ETag.
+
+
+def get_versioned(uri: str) -> tuple[bytes, str] | None:
+    """The object's bytes and a version tag to pass to `put_if`; None when it does not exist."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        try:
+            obj = s3_client().get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+        return obj["Body"].read(), str(obj["ETag"])
+    path = to_local_path(uri)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return data, _digest(data)
+
+
+def put_if(uri: str, data: bytes, version: str | None) -> str | None:
+    """Write only if the object is still at `version` (None: only if it does not exist). Returns the new
+    version when written, None when the condition failed."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        condition: dict[str, str] = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            response = s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)  # type: ignore[arg-type]
+        except Exception as exc:
+            if _error_code(exc) in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
+                return None
+            raise
+        return str(response["ETag"])
+    import fcntl
+
+    path = to_local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.flock"), "a+b") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            current = path.read_bytes() if path.exists() else None
+            if (version is None and current is not None) or (
+                version is not None and (current is None or _digest(current) != version)
+            ):
+                return None
+            _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+            return _digest(data)
+        finally:
+            fcntl.flock(guard, fcntl.LOCK_UN)
+
+
+def delete_if(uri: str, version: str) -> bool:
+    """Delete only if still at `version` (a lock is released only by its holder)."""
+    current = get_versioned(uri)
+    if current is None or current[1] != version:
+        return False
+    delete(uri)
+    return True
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

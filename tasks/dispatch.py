@@ -13,7 +13,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from smscast import progress, storage
 from smscast.campaign import CampaignSpec
-from smscast.errors import AuthError
+from smscast.errors import CampaignStopError
+from tasks.events import emit_campaign_finished
 from tasks.manifest import Manifest
 from tasks.persist import persist_results
 from tasks.report import CampaignSummary, publish, stage, summarise
@@ -55,11 +56,13 @@ def dispatch(
         for k, v in r.requests.items():
             summary.requests[k] = summary.requests.get(k, 0) + v
     publish(summary, logger)
+    emit_campaign_finished(summary.to_dict(), spec.results, logger)
     if runtime.abort.is_set():
         # Results are written first, so that every row has its record; then the run fails loudly.
-        raise AuthError(
-            f"{spec.provider} refused the credentials; unsent rows are recorded as failed",
-            code="credentials_refused",
+        raise CampaignStopError(
+            f"campaign {spec.campaign_id} stopped: {runtime.abort.reason}. Rows not sent are recorded as "
+            "failed; fix the cause, then `smscast retry` sends them.",
+            code=runtime.abort.code or "stopped",
         )
     return summary
 

@@ -40,6 +40,7 @@ import polars as pl
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError, SourceError
+from smscast.phone import mask
 
 __all__ = ["CANONICAL_TEXT_COLUMNS", "load_recipients", "source_label"]
 
@@ -54,6 +55,8 @@ _SUPPORTED = ".csv, .parquet, .ndjson, .jsonl (or a directory / s3:// prefix of 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _PHONE_ALIASES = ("msisdn", "mobile", "mobile_number", "phone_number", "phonenumber", "number", "tel", "cell")
 _SNIFF_BYTES = 64 * 1024
+_NAME_CHARS = 40  # a column name quoted in a message is cut to this
+_NAME_SCAN = 1024  # names longer than this are data, not names: never regex-scanned in full
 
 
 # -- entry point --------------------------------------------------------------------------------------------
@@ -193,16 +196,18 @@ def _s3_error(exc: Exception, label: str) -> SourceError:
     return SourceError(f"cannot read {label}: {_first_line(storage.redact(str(exc)))}")
 
 
-def _sniff_text(uri: str, label: str, kind: str) -> None:
-    """Refuse binary content and non-UTF-8 text before Polars decodes it lossily or fails obscurely."""
+def _sniff_text(uri: str, label: str, kind: str) -> bytes:
+    """Refuse binary content and non-UTF-8 text before Polars decodes it lossily or fails obscurely; return
+    the head of the file (up to _SNIFF_BYTES) for the CSV dialect checks."""
     try:
         head = storage.get_range(uri, _SNIFF_BYTES)
     except Exception as exc:
         raise _s3_error(exc, label) from None
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SourceError(f"{label} is UTF-16 text; save it as UTF-8 {kind}")
-    if b"\x00" in head:
-        raise SourceError(f"{label} is binary, not {kind} text; check the file and its extension")
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise SourceError(_nul_message(head, nul, label, kind))
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -212,11 +217,61 @@ def _sniff_text(uri: str, label: str, kind: str) -> None:
             and exc.start >= len(head) - 3
             and exc.reason == "unexpected end of data"
         ):
+            line = head.count(b"\n", 0, exc.start) + 1
             raise SourceError(
-                f"{label} is not UTF-8 text (invalid byte at offset {exc.start}); re-save it as UTF-8 {kind}"
+                f"{label} is not UTF-8 text (invalid byte at line {line}, byte offset {exc.start}: Latin-1, "
+                f"Windows-1252 or mixed encodings?); re-save it as UTF-8 {kind}"
             ) from None
     if len(head) < _SNIFF_BYTES and not head.lstrip(b"\xef\xbb\xbf").strip():
         raise SourceError(f"{label} holds only blank lines: no rows to send; check the export that wrote it")
+    return head
+
+
+def _nul_message(head: bytes, nul: int, label: str, kind: str) -> str:
+    """Why a file holds NUL bytes, as far as its head tells: UTF-16 without a byte-order mark, binary
+    content, or stray NULs in a text export. Names the place, never the content."""
+    even, odd = head[0::2].count(0), head[1::2].count(0)
+    half = max(1, len(head) // 2)
+    if max(even, odd) >= 0.3 * half and min(even, odd) <= 0.02 * half:
+        return f"{label} looks like UTF-16 text without a byte-order mark; save it as UTF-8 {kind}"
+    controls = sum(head.count(bytes([c])) for c in range(32) if c not in (9, 10, 13))
+    if controls > 0.05 * len(head):
+        return f"{label} is binary, not {kind} text; check the file and its extension"
+    line = head.count(b"\n", 0, nul) + 1
+    return (
+        f"{label} holds a NUL byte (line {line}, byte offset {nul}), which a text export never contains: "
+        f"the file is corrupt or not {kind} text; remove the NUL bytes or re-export it as UTF-8 {kind}"
+    )
+
+
+def _csv_dialect(head: bytes) -> tuple[str, str]:
+    """(separator, end of line) of a CSV file, from its head.
+
+    The separator is a comma unless the header row has no comma outside quotes but has semicolons, tabs or
+    pipes: spreadsheets in many locales save "CSV" with `;`, and "text" exports use tabs. Read with a comma,
+    such a file is one column whose name is the whole header, so the detection only ever turns a certain
+    failure into a correct read. Lines end with LF (CRLF included); a file with CRs and no LF at all (old Mac
+    exports) ends its lines with CR.
+    """
+    text = head.lstrip(b"\xef\xbb\xbf")
+    eol = "\r" if b"\r" in text and b"\n" not in text else "\n"
+    for line in text.split(eol.encode()):
+        if line.strip():
+            break
+    else:
+        return ",", eol
+    counts = {",": 0, ";": 0, "\t": 0, "|": 0}
+    quoted = False
+    for ch in line.decode("utf-8", errors="replace"):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in counts:
+            counts[ch] += 1
+    if counts[","] == 0:
+        best = max((";", "\t", "|"), key=lambda c: counts[c])
+        if counts[best] > 0:
+            return best, eol
+    return ",", eol
 
 
 def _clean_header(names: list[str]) -> list[str]:
@@ -228,11 +283,16 @@ def _clean_header(names: list[str]) -> list[str]:
 
 
 def _read_csv(uri: str, label: str) -> pl.DataFrame:
-    _sniff_text(uri, label, "CSV")
+    head = _sniff_text(uri, label, "CSV")
+    separator, eol = _csv_dialect(head)
+    # A CR alone beside LF line ends: old Mac and Unix exports glued together (or a CR inside a quoted field).
+    mixed_eol = eol == "\n" and re.search(rb"\r(?!\n)", head) is not None
 
     def build() -> pl.LazyFrame:
         lf = pl.scan_csv(
             uri,
+            separator=separator,
+            eol_char=eol,
             infer_schema=False,  # every column String: phones keep their "+", spaces and leading zeros
             storage_options=storage.storage_options(uri),
             glob=False,
@@ -245,21 +305,34 @@ def _read_csv(uri: str, label: str) -> pl.DataFrame:
         # a blank line is not a record
         return lf.filter(pl.any_horizontal(pl.all().is_not_null()))
 
-    return _collect(build, label, _csv_hint)
+    def hint(message: str) -> str:
+        text = _csv_hint(message, separator)
+        if mixed_eol:
+            text += (
+                "; some lines end with CR alone and others with LF: re-save it with one kind of line ending"
+            )
+        return text
+
+    return _collect(build, label, hint)
 
 
-def _csv_hint(message: str) -> str:
+_SEPARATOR_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|'"}
+
+
+def _csv_hint(message: str, separator: str = ",") -> str:
     """What went wrong, without quoting the file's content (it holds phone numbers)."""
     low = message.lower()
     offset = re.search(r"offset in the file is (\d+) bytes", message)
     where = f" near byte {offset.group(1)}" if offset else ""
+    seps = _SEPARATOR_NAMES[separator]
+    read_as = "" if separator == "," else f" (read as a file separated by {seps}, as its header is)"
     if "could not parse" in low or "quote" in low:
         return (
-            f"malformed CSV{where}, probably an unclosed double quote; quote fields that contain commas, "
-            'quotes or line breaks, and double any quote inside them ("")'
+            f"malformed CSV{where}{read_as}, probably an unclosed double quote; quote fields that contain "
+            f'{seps}, quotes or line breaks, and double any quote inside them ("")'
         )
     if "more fields" in low:
-        return f"a row has more fields than the header{where}; quote fields that contain commas"
+        return f"a row has more fields than the header{where}{read_as}; quote fields that contain {seps}"
     if "utf-8" in low or "utf8" in low:
         return "not UTF-8 text; re-save it as UTF-8"
     return f"not a readable CSV file ({_first_line(message)})"
@@ -432,18 +505,38 @@ def _canonicalise(df: pl.DataFrame, spec: CampaignSpec, label: str) -> pl.DataFr
         df = df.with_columns(exprs)
     except pl.exceptions.PolarsError as exc:
         raise SourceError(f"{label}: cannot read a column as text ({_first_line(str(exc))})") from None
+    _refuse_nul(df, [c for c in dict.fromkeys(text_columns) if c in df.columns], label)
     rest = [c for c in df.columns if c not in (ROW_INDEX, PHONE_RAW)]
     return df.select(ROW_INDEX, PHONE_RAW, *rest)
+
+
+def _refuse_nul(df: pl.DataFrame, columns: list[str], label: str) -> None:
+    """A NUL character in a column smscast reads (phone, body, template variables…) is a corrupt export;
+    it would reach a provider's request. The sniff catches NULs in a text file's head; this catches them
+    anywhere, in every kind of source. Names the column and the row, never the value."""
+    hits = df.select(
+        [pl.col(c).str.contains("\x00", literal=True).fill_null(False).alias(c) for c in columns]
+    )
+    for name in columns:
+        rows = df.get_column(ROW_INDEX).filter(hits.get_column(name))
+        if rows.len():
+            more = f" and {rows.len() - 1} more row(s)" if rows.len() > 1 else ""
+            shown = "phone" if name == PHONE_RAW else name
+            raise SourceError(
+                f"{label}: the column '{shown}' holds a NUL character (row_index {rows[0]}{more}), which "
+                "a text export never contains: the source is corrupt; remove the NUL characters and load "
+                "it again"
+            )
 
 
 def _check_duplicates(columns: Iterable[str], label: str) -> None:
     names = list(columns)
     present = set(names)
     for name in names:
-        match = re.fullmatch(r"(.+)_duplicated_\d+", name)
+        match = re.fullmatch(r"(.+)_duplicated_\d+", name) if len(name) <= _NAME_SCAN else None
         if match and match.group(1) in present:
             raise SourceError(
-                f"{label} has the column '{match.group(1)}' more than once; make header names unique"
+                f"{label} has the column {_shown(match.group(1))} more than once; make header names unique"
             )
 
 
@@ -490,9 +583,16 @@ def _require_columns(df: pl.DataFrame, spec: CampaignSpec, label: str) -> None:
             (c for c in data_columns if c.lower() == PHONE or c.lower().replace(" ", "_") in _PHONE_ALIASES),
             None,
         )
+        if any(_looks_like_data(c) for c in data_columns):
+            raise SourceError(
+                f"{label} has no 'phone' column: its first line ({_names(data_columns)}) looks like data, "
+                "not a header; add a header row such as phone,body"
+            )
         example = f"--column phone={guess}" if guess else "--column phone=<your column>"
+        odd = len(data_columns) == 1 and any(sep in data_columns[0] for sep in ":^~#")
+        hint = "; smscast reads fields separated by ',', ';', tab or '|'" if odd else ""
         raise SourceError(
-            f"{label} has no 'phone' column (its columns: {_names(data_columns)}); "
+            f"{label} has no 'phone' column (its columns: {_names(data_columns)}){hint}; "
             f"rename it, or map yours with {example}"
         )
     if spec.body is None and spec.template is None and "body" not in columns:
@@ -531,15 +631,31 @@ def _as_text(name: str, dtype: pl.DataType, label: str) -> pl.Expr:
     if isinstance(dtype, pl.Date):
         return col.dt.strftime("%Y-%m-%d")
     if isinstance(dtype, (pl.List, pl.Array, pl.Struct, pl.Object, pl.Binary)):
-        raise SourceError(f"{label}: the column '{name}' holds {dtype} values where text is expected")
+        shown = PHONE if name == PHONE_RAW else name
+        raise SourceError(f"{label}: the column '{shown}' holds {dtype} values where text is expected")
     return col.cast(pl.String)
+
+
+def _looks_like_data(name: str) -> bool:
+    """A header name that is really a value: a phone number (a header-less file), or a huge field."""
+    return len(name) > _NAME_CHARS or len(re.findall(r"[0-9]", name[:_NAME_SCAN])) >= 7
+
+
+def _shown(name: str) -> str:
+    """A source's column name as messages quote it: phone-like names masked (a header-less file's "header"
+    is its first recipient), long names cut, control characters escaped by repr."""
+    if len(re.findall(r"[0-9]", name[:_NAME_SCAN])) >= 7:
+        name = mask(name.strip()[:_NAME_CHARS])
+    if len(name) > _NAME_CHARS:
+        name = name[: _NAME_CHARS - 1] + "…"
+    return repr(name)
 
 
 def _names(columns: Iterable[str], limit: int = 25) -> str:
     names = list(columns)
     if not names:
         return "none"
-    shown = ", ".join(repr(n) for n in names[:limit])
+    shown = ", ".join(_shown(n) for n in names[:limit])
     return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 

@@ -8,7 +8,8 @@ The rules, which depend only on the exception tree (smscast/errors.py) and the p
 * maybe sent   -> (read timeout, dropped connection) retry with the same keys only if the provider's
                   idempotency makes that harmless; otherwise record `unknown` for reconciliation.
 * whole batch refused for a bad row -> bisect to isolate the bad rows, send the rest.
-* credentials refused -> stop the campaign: every batch not yet sent is `failed` (never sent, retriable).
+* campaign-stopping refusal (credentials, quota, credit) -> every batch not yet sent is `failed` (never sent,
+  retriable once the account is fixed).
 
 Out of retries, a batch is `failed` if no attempt could have been accepted, `unknown` if one could.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,12 +29,13 @@ from providers.base import Batch, Provider, RowOutcome
 from smscast import transport
 from smscast.errors import (
     AmbiguousError,
-    AuthError,
     BatchRejectedError,
+    CampaignStopError,
     RateLimitedError,
     SendError,
     TransientError,
 )
+from smscast.progress import Stop
 from smscast.ratelimit import TokenBucket
 from smscast.results import OUTCOME_SCHEMA
 from smscast.status import Status
@@ -74,7 +75,7 @@ class ShardSender:
         *,
         concurrency: int,
         policy: RetryPolicy | None = None,
-        abort: threading.Event | None = None,
+        abort: Stop | None = None,
         on_progress: ProgressFn | None = None,
     ) -> None:
         self.provider = provider
@@ -83,7 +84,7 @@ class ShardSender:
         self.bucket = bucket
         self.sem = asyncio.Semaphore(max(1, concurrency))
         self.policy = policy or RetryPolicy()
-        self.abort = abort or threading.Event()
+        self.abort = abort or Stop()
         self.on_progress = on_progress
         self.requests: dict[str, int] = {}  # what happened to each HTTP request, for the summary
 
@@ -127,9 +128,9 @@ class ShardSender:
                 if throttled > self.policy.max_throttled:
                     return self._give_up(batch, exc, maybe_accepted)
                 continue
-            except AuthError as exc:
+            except CampaignStopError as exc:
                 self._count(exc.code)
-                self.abort.set()
+                self.abort.set(exc.code, str(exc))
                 return self._all(batch, Status.FAILED, exc.code, str(exc))
             except BatchRejectedError as exc:
                 self._count("batch_rejected")

@@ -52,15 +52,13 @@ def _check(rule: Rule) -> pa.Check:
     return pa.Check(run, name=rule.code, ignore_na=False)
 
 
-def render_body(spec: CampaignSpec, columns: list[str]) -> pl.Expr:
+def render_body(spec: CampaignSpec, columns: list[str], caps: Capabilities) -> pl.Expr:
     """The body for each row: the `--body` text with {{vars}} filled in (null if a variable is null), the
     source's `body` column, or null for provider-side templates (the provider renders those)."""
+    if not caps.sends_body(spec):
+        return pl.lit(None, pl.String)
     if spec.body is None:
-        return (
-            pl.col("body").cast(pl.String)
-            if "body" in columns and spec.template is None
-            else pl.lit(None, pl.String)
-        )
+        return pl.col("body").cast(pl.String) if "body" in columns else pl.lit(None, pl.String)
     parts: list[pl.Expr] = []
     pos = 0
     for m in TEMPLATE_VAR.finditer(spec.body):
@@ -73,11 +71,11 @@ def render_body(spec: CampaignSpec, columns: list[str]) -> pl.Expr:
     return pl.concat_str(parts) if parts else pl.lit("")  # concat_str is null if any part is null
 
 
-def features(df: pl.DataFrame, spec: CampaignSpec) -> pl.DataFrame:
+def features(df: pl.DataFrame, spec: CampaignSpec, caps: Capabilities) -> pl.DataFrame:
     """Add phone (E.164 candidate), body (rendered), encoding, chars, segments and recipient_id."""
     out = df.with_columns(
         phone=normalise(pl.col("phone_raw"), spec.default_country),
-        body=render_body(spec, df.columns),
+        body=render_body(spec, df.columns, caps),
     )
     seg = segment_frame(out.get_column("body"))
     out = out.with_columns(seg.select("encoding", "chars", "segments"))
@@ -138,7 +136,7 @@ def rules(
         ok = v.is_not_null() & (v.str.strip_chars().str.len_chars() > 0)
         out.append(Rule("template_var_missing", var, ok, f"template variable {var!r} is empty"))
         missing_var = missing_var | ~ok.fill_null(False)
-    if spec.template is None:
+    if caps.sends_body(spec):
         # A missing variable already explains an empty rendered body: report that, not body_missing too.
         out.append(
             Rule("body_missing", "body", (body.str.len_chars() > 0) | missing_var, MESSAGES["body_missing"])
@@ -218,5 +216,5 @@ def quarantine(df: pl.DataFrame, rule_list: list[Rule]) -> pl.DataFrame:
 def validate_recipients(
     df: pl.DataFrame, spec: CampaignSpec, caps: Capabilities, provider: Provider | None = None
 ) -> pl.DataFrame:
-    enriched = features(df, spec)
+    enriched = features(df, spec, caps)
     return quarantine(enriched, rules(spec, caps, provider, enriched.columns, df.columns))

@@ -18,7 +18,7 @@ from sandbox.server import SandboxServer
 from servers.postgres import EmbeddedPostgres
 from smscast import storage
 from smscast.campaign import CampaignSpec
-from smscast.errors import AuthError
+from smscast.errors import CampaignStopError
 from tasks.current import current_results
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,7 @@ def test_refused_credentials_stop_the_campaign_but_every_row_is_recorded(
     res = str(tmp_path / "res")
     os.environ["SMSCAST_SANDBOX_API_KEY"] = "wrong-key-zzz"
     try:
-        with pytest.raises(AuthError):
+        with pytest.raises(CampaignStopError, match="credentials refused"):
             send_campaign(spec_for(sandbox, str(src), res, "c-auth"))
     finally:
         os.environ["SMSCAST_SANDBOX_API_KEY"] = KEY

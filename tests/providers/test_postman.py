@@ -45,7 +45,6 @@ FAST = RetryPolicy(max_attempts=4, max_throttled=10, backoff_base=0.001, backoff
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("SMSCAST_POSTMAN_TEST_ENV", raising=False)
-    monkeypatch.delenv("SMSCAST_POSTMAN_CAMPAIGN_ID", raising=False)
     yield
 
 
@@ -166,11 +165,12 @@ def test_request_is_a_multipart_csv_upload_to_the_campaign() -> None:
     assert b"recipient,language,recipient_name,topic\r\n6591230000,chinese" in body
 
 
-def test_body_mode_sends_the_rendered_text_as_the_single_body_column(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SMSCAST_POSTMAN_CAMPAIGN_ID", "campaign_body")
+def test_body_mode_sends_the_rendered_text_as_the_single_body_column() -> None:
     provider = PostmanProvider(SETTINGS)
-    spec = template_spec(template=None, template_vars=(), body="Hi {{recipient_name}}, re {{topic}}")
-    provider.check_spec(spec)
+    spec = template_spec(
+        template="campaign_body", template_vars=(), body="Hi {{recipient_name}}, re {{topic}}"
+    )
+    provider.validate_spec(spec)
     assert csv_columns(spec) == ["recipient", "language", "body"]
     request = provider.build_request(one_batch(provider, spec, frame(2)))
     assert request.url.path == "/api/v2/campaigns/campaign_body/batch/messages"
@@ -449,3 +449,22 @@ def test_lookup_status_pages_through_retrieve_batch_messages() -> None:
     ]
     with pytest.raises(ConfigError):
         asyncio.run(provider.lookup_status(httpx.AsyncClient(), "batch_42"))
+
+
+def test_the_row_budget_bounds_the_encoded_row() -> None:
+    """A row that passes `row_too_large` encodes to at most MAX_ROW_BYTES, whatever it holds (quotes to double,
+    a formula to neutralise, line breaks, multi-byte characters), so a full file stays under 40 MB."""
+    provider = PostmanProvider(SETTINGS)
+    spec = template_spec()
+    unit = '中"\n'  # 3 + 1 + 1 bytes, and the quote is doubled: 6 bytes encoded
+    k = MAX_ROW_BYTES // 6
+    while True:
+        df = frame(1, recipient_name=["=" + unit * k], topic=['"' * 10])
+        checked = validate_recipients(df, spec, provider.caps, provider)
+        if checked["status"].item() is None:
+            break
+        k -= 1
+    assert k > MAX_ROW_BYTES // 6 - 20  # the rule let a row close to the budget through
+    data = provider.csv_bytes(one_batch(provider, spec, df))
+    header_len = len(b"recipient,language,recipient_name,topic\r\n")
+    assert MAX_ROW_BYTES - 64 <= len(data) - header_len <= MAX_ROW_BYTES

@@ -23,6 +23,7 @@ from smscast.errors import (
     AmbiguousError,
     AuthError,
     BatchRejectedError,
+    CampaignStopError,
     ConfigError,
     RateLimitedError,
     ServerError,
@@ -239,7 +240,7 @@ def test_account_refusals_stop_the_campaign(status: int, code: int) -> None:
     # 33004 arrives as 403 and 33012 as 429: neither is a credential problem nor a rate limit.
     with pytest.raises(AccountRefusedError) as info:
         provider().parse_response(one_batch(), vendor_error(status, code))
-    assert isinstance(info.value, AuthError) and info.value.code == str(code)
+    assert isinstance(info.value, CampaignStopError) and info.value.code == str(code)
 
 
 def test_other_refusals() -> None:

@@ -21,7 +21,7 @@ from providers.registry import make_provider
 from sandbox.emulators import textingline as tl
 from sandbox.server import SandboxServer
 from smscast.campaign import CampaignSpec
-from smscast.errors import AuthError
+from smscast.errors import CampaignStopError
 from smscast.status import Status
 
 pytestmark = pytest.mark.integration
@@ -147,8 +147,8 @@ def test_daily_quota_stops_the_campaign_and_sends_nothing(sandbox: SandboxServer
     spec = spec_for(
         sandbox, tmp_path, "tl-quota", source, sender=tl.QUOTA_SENDER, batch_size=10, concurrency=1
     )
-    # The flow writes every row's result, then fails loudly (the engine's campaign stop is an AuthError).
-    with pytest.raises(AuthError):
+    # The flow writes every row's result, then fails loudly.
+    with pytest.raises(CampaignStopError):
         send_campaign(spec)
     res = results_of(tmp_path, "tl-quota")
     assert (

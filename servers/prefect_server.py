@@ -1,0 +1,283 @@
+"""A real Prefect server on loopback (`prefect server start`), started by our code.
+
+    with PrefectServer() as server:
+        os.environ.update(server.env())      # PREFECT_API_URL -> this server
+
+Each instance has its own PREFECT_HOME and SQLite database in a work directory (a temporary one, removed on
+stop, unless one is given), a free loopback port, and its own process group: stop() sends SIGTERM to the group
+(uvicorn and anything it spawned) and SIGKILL after a grace period. Readiness is `GET /api/health` answering
+200 within `startup_timeout`; the message of a failed start carries the tail of the server's log.
+
+The server runs with its background services (scheduler, triggers, actions, event persister, ...): those are
+what turn events into deployment runs. The UI is off by default: serving it makes the first start copy and
+rewrite its static build, which costs seconds and a test never looks at it.
+
+    python -m servers.prefect_server --dir /tmp/prefect-demo --ui    # foreground; prints PREFECT_API_URL
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["PrefectServer", "PrefectServerStartError"]
+
+_HOST = "127.0.0.1"
+# Settings in the caller's environment that would point the server (or its CLI) somewhere else.
+_SHADOWING = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_API_DATABASE_CONNECTION_URL")
+
+
+class PrefectServerStartError(RuntimeError):
+    """The server did not start or did not become healthy in time. The message carries its log tail."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_bytes()[-chars:].decode(errors="replace")
+    except OSError:
+        return "(no log)"
+
+
+class PrefectServer:
+    """`prefect server start` on a free loopback port, with its home and database under `workdir`."""
+
+    def __init__(
+        self,
+        workdir: Path | str | None = None,
+        *,
+        port: int = 0,
+        ui: bool = False,
+        startup_timeout: float = 90.0,
+        log_level: str = "WARNING",
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._given_workdir = Path(workdir).resolve() if workdir is not None else None
+        self.workdir: Path | None = self._given_workdir
+        self.requested_port = port
+        self.ui = ui
+        self.startup_timeout = startup_timeout
+        self.log_level = log_level
+        self.extra_env = dict(extra_env or {})
+        self.port: int | None = None
+        self.startup_seconds: float | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: object | None = None
+        self._lock = threading.Lock()
+
+    # -- public surface ------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the Prefect server is not started")
+        return f"http://{_HOST}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    @property
+    def log_path(self) -> Path:
+        if self.workdir is None:
+            raise RuntimeError("the Prefect server is not started")
+        return self.workdir / "server.log"
+
+    def env(self) -> dict[str, str]:
+        """What a client process needs to talk to this server (and nothing that would send data out)."""
+        return {"PREFECT_API_URL": self.api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return _tail(self.log_path, chars) if self.workdir is not None else ""
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> PrefectServer:
+        with self._lock:
+            if self.running():
+                return self
+            began = time.monotonic()
+            if self.workdir is None:
+                self.workdir = Path(tempfile.mkdtemp(prefix="smscast-prefect-"))
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "home").mkdir(exist_ok=True)
+            # A port picked free can be taken before the server binds it: try again with another.
+            for attempt in range(3):
+                self.port = self.requested_port or _free_port()
+                self._launch()
+                try:
+                    self._wait_healthy(began + self.startup_timeout)
+                except PrefectServerStartError:
+                    in_use = "address already in use" in self.log_tail().lower()
+                    self._stop_process()
+                    if in_use and not self.requested_port and attempt < 2:
+                        continue
+                    self._remove_workdir()
+                    raise
+                except BaseException:
+                    self._stop_process()
+                    self._remove_workdir()
+                    raise
+                self.startup_seconds = time.monotonic() - began
+                atexit.register(self.stop)
+                return self
+            raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_process()
+            self._remove_workdir()
+            with contextlib.suppress(Exception):
+                atexit.unregister(self.stop)
+
+    def __enter__(self) -> PrefectServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"PrefectServer({self.api_url if self.port else 'not started'})"
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _server_env(self) -> dict[str, str]:
+        assert self.workdir is not None and self.port is not None
+        env = {k: v for k, v in os.environ.items() if k not in _SHADOWING}
+        env.update(
+            {
+                "PREFECT_HOME": str(self.workdir / "home"),
+                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.workdir / 'prefect.db'}",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
+                "PREFECT_SERVER_API_HOST": _HOST,
+                "PREFECT_SERVER_API_PORT": str(self.port),
+                "PREFECT_SERVER_LOGGING_LEVEL": self.log_level,
+                # The triggers service must be on: it is what runs deployments on events (on by default;
+                # said here so that a profile or variable that turned it off cannot).
+                "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "true",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def _launch(self) -> None:
+        assert self.workdir is not None and self.port is not None
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in _stop_process
+        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", _HOST, "--port", str(self.port)]
+        self._proc = subprocess.Popen(
+            cmd,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            env=self._server_env(),
+            start_new_session=True,  # own process group: stop() signals the server and its children
+        )
+
+    def _wait_healthy(self, deadline: float) -> None:
+        assert self._proc is not None
+        last = "no answer yet"
+        while True:
+            if self._proc.poll() is not None:
+                raise PrefectServerStartError(
+                    f"prefect server exited with code {self._proc.returncode} while starting; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"health answered {resp.status}"
+            except (OSError, urllib.error.URLError) as exc:
+                last = type(exc).__name__
+            if time.monotonic() > deadline:
+                raise PrefectServerStartError(
+                    f"prefect server not healthy after {self.startup_timeout:g}s ({last}); "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def _stop_process(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate_group(proc, grace=10.0)
+        if self._log_file is not None:
+            with contextlib.suppress(Exception):
+                self._log_file.close()  # type: ignore[attr-defined]
+            self._log_file = None
+        self.port = None
+
+    def _remove_workdir(self) -> None:
+        if self.workdir is not None and self._given_workdir is None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def _terminate_group(proc: subprocess.Popen[bytes], *, grace: float) -> None:
+    """SIGTERM the process group, wait `grace` seconds, then SIGKILL it (group id = pid: start_new_session)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m servers.prefect_server",
+        description="Run a Prefect server on loopback in the foreground and print PREFECT_API_URL.",
+    )
+    parser.add_argument("--dir", type=Path, default=None, help="home and database (default: a temp dir)")
+    parser.add_argument("--port", type=int, default=4200, help="0 = any free port")
+    parser.add_argument("--ui", action="store_true", help="serve the UI too")
+    args = parser.parse_args(argv)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with PrefectServer(args.dir, port=args.port, ui=args.ui) as server:
+        print(f"# Prefect server ready in {server.startup_seconds:.1f}s; UI at {server.url}", flush=True)
+        print(f"export PREFECT_API_URL={server.api_url}", flush=True)
+        print("# Ctrl+C to stop", flush=True)
+        while not stop.wait(0.5):
+            if not server.running():
+                print(f"the server exited; log {server.log_path}:\n{server.log_tail()}", file=sys.stderr)
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
