@@ -1,7 +1,8 @@
 """The campaign flow: load → validate → plan → send → persist → report.
 
 Re-running a campaign id resumes it: a finished attempt is reported, not re-sent; an interrupted one reuses
-its written plan and skips the shards whose outcomes are recorded (tasks/work.py).
+its written plan and skips the shards whose results are recorded. A lease lock (smscast/lock.py) keeps a
+second run of the same campaign from sending while the first is alive.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from prefect.cache_policies import NONE
 from providers.registry import make_provider
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.lock import CampaignLock
 from tasks.dispatch import dispatch, finished
 from tasks.load import load_recipients
 from tasks.manifest import read_manifest, save_spec, write_manifest
@@ -35,37 +37,43 @@ def send_campaign(spec: CampaignSpec) -> dict[str, Any]:
     logger = get_run_logger()
     provider = make_provider(spec.provider, base_url=spec.base_url, require_key=not spec.dry_run)
     provider.validate_spec(spec)
-    work = WorkDir.for_run(spec.results, spec.campaign_id, spec.attempt)
-    if not spec.dry_run and storage.exists(done_marker(spec)):
-        return finished(spec, attempt_dir(spec), logger).to_dict()
-
     seconds: dict[str, float] = {}
-    manifest = None if spec.dry_run else read_manifest(work.root)
-    if manifest is None:
+
+    def make_plan() -> Any:
         with stage(seconds, "load"):
             recipients = load(spec)
         with stage(seconds, "validate"):
             checked = validate(recipients, spec, provider.caps, provider)
         with stage(seconds, "plan"):
-            planned = plan(checked, spec, provider.caps, provider)
-        if spec.dry_run:
-            summary = summarise(
-                planned.rows,
-                campaign_id=spec.campaign_id,
-                attempt=spec.attempt,
-                provider=spec.provider,
-                results_uri=None,
-                dry_run=True,
-            )
-            summary.seconds = seconds
-            publish(summary, logger)
-            return summary.to_dict()
-        with stage(seconds, "write-plan"):
-            if spec.attempt == 1:
-                save_spec(spec)
-            write_plan(planned, work.root)
-            manifest = write_manifest(work.root, planned)
-    else:
-        logger.info("resuming campaign %s attempt %d from its recorded plan", spec.campaign_id, spec.attempt)
+            return plan(checked, spec, provider.caps, provider)
 
-    return dispatch(spec, work.root, manifest, logger, seconds).to_dict()
+    if spec.dry_run:  # nothing is written and nothing locked: a dry run may run beside a real one
+        summary = summarise(
+            make_plan().rows,
+            campaign_id=spec.campaign_id,
+            attempt=spec.attempt,
+            provider=spec.provider,
+            results_uri=None,
+            dry_run=True,
+        )
+        summary.seconds = seconds
+        publish(summary, logger)
+        return summary.to_dict()
+
+    with CampaignLock(spec.results, spec.campaign_id) as lock:
+        if storage.exists(done_marker(spec)):
+            return finished(spec, attempt_dir(spec), logger).to_dict()
+        work = WorkDir.for_run(spec.results, spec.campaign_id, spec.attempt)
+        manifest = read_manifest(work.root)
+        if manifest is None:
+            planned = make_plan()
+            with stage(seconds, "write-plan"):
+                if spec.attempt == 1:
+                    save_spec(spec)
+                write_plan(planned, work.root)
+                manifest = write_manifest(work.root, planned)
+        else:
+            logger.info(
+                "resuming campaign %s attempt %d from its recorded plan", spec.campaign_id, spec.attempt
+            )
+        return dispatch(spec, work.root, manifest, logger, seconds, lock=lock).to_dict()

@@ -3,6 +3,7 @@
 Re-sent: rows whose current status is `failed` (never accepted), and `unknown` rows only where the provider's
 idempotency makes a re-send harmless — with the same row keys, and for `unknown` rows the same batches (so
 that a provider keying whole requests, like sent.dm, recognises them). `rejected` and `invalid` are final.
+It takes the campaign's lock, so it never runs beside the campaign or another retry of it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prefect import flow, get_run_logger
 from providers.registry import make_provider
 from smscast import storage
 from smscast.errors import ConfigError
+from smscast.lock import CampaignLock
 from smscast.status import Status
 from tasks.current import current_results
 from tasks.dispatch import dispatch, finished
@@ -43,69 +45,70 @@ def retry_failed(
         raise ConfigError(
             f"campaign {campaign_id!r} has no recorded parameters under {results}; was it sent there?"
         )
-    current = current_results(results, campaign_id)
-    last = int(current.get_column("attempt").max())  # type: ignore[arg-type]
-    update: dict[str, Any] = {"attempt": last + 1, "dry_run": False}
-    if provider:
-        update["provider"] = provider
-    if base_url:
-        update["base_url"] = base_url
-    spec = original.model_copy(update=update)
-    prov = make_provider(spec.provider, base_url=spec.base_url)
-    retriable = pl.col("status") == Status.FAILED.value
-    if prov.caps.resend_safe:
-        retriable = retriable | (pl.col("status") == Status.UNKNOWN.value)
-    todo = current.filter(retriable)
-    counts = dict(current.group_by("status").len().iter_rows())
-    if todo.is_empty():
-        logger.info("campaign %s: nothing to retry (%s)", campaign_id, counts)
-        return {"campaign_id": campaign_id, "attempt": last, "retried": 0, "by_status": counts}
-    if last >= max_attempts:
-        logger.warning(
-            "campaign %s: %d rows still retriable but attempt %d reached max_attempts=%d",
-            campaign_id,
-            todo.height,
-            last,
-            max_attempts,
-        )
-        return {"campaign_id": campaign_id, "attempt": last, "retried": 0, "by_status": counts}
-    if storage.exists(done_marker(spec)):
-        return finished(spec, attempt_dir(spec), logger).to_dict()
     if delay_seconds > 0:
-        logger.info("waiting %.0f s before attempt %d", delay_seconds, spec.attempt)
+        logger.info("waiting %.0f s before retrying campaign %s", delay_seconds, campaign_id)
         time.sleep(delay_seconds)
+    with CampaignLock(results, campaign_id) as lock:
+        current = current_results(results, campaign_id)
+        last = int(current.get_column("attempt").max())  # type: ignore[arg-type]
+        update: dict[str, Any] = {"attempt": last + 1, "dry_run": False}
+        update.update({k: v for k, v in {"provider": provider, "base_url": base_url}.items() if v})
+        spec = original.model_copy(update=update)
+        prov = make_provider(spec.provider, base_url=spec.base_url)
+        retriable = pl.col("status") == Status.FAILED.value
+        if prov.caps.resend_safe:
+            retriable = retriable | (pl.col("status") == Status.UNKNOWN.value)
+        todo = current.filter(retriable)
+        counts = dict(current.group_by("status").len().iter_rows())
+        if todo.is_empty() or last >= max_attempts:
+            if not todo.is_empty():
+                logger.warning(
+                    "campaign %s: %d rows still retriable, but attempt %d reached max_attempts=%d",
+                    campaign_id,
+                    todo.height,
+                    last,
+                    max_attempts,
+                )
+            else:
+                logger.info("campaign %s: nothing to retry (%s)", campaign_id, counts)
+            return {"campaign_id": campaign_id, "attempt": last, "retried": 0, "by_status": counts}
+        if storage.exists(done_marker(spec)):
+            return finished(spec, attempt_dir(spec), logger).to_dict()
 
-    work = WorkDir.for_run(results, campaign_id, spec.attempt)
-    manifest = read_manifest(work.root)
-    if manifest is None:
-        content = _original_rows(results, campaign_id)
-        rows = content.join(
-            todo.select("row_index", pl.col("status").alias("_was"), pl.col("batch_id").alias("_b")),
-            on="row_index",
-            how="inner",
+        work = WorkDir.for_run(results, campaign_id, spec.attempt)
+        manifest = read_manifest(work.root)
+        if manifest is None:
+            planned = plan_campaign(
+                _retry_rows(results, campaign_id, todo),
+                spec,
+                prov.caps,
+                prov,
+                extra_groups=[pl.col("_retry_group")],
+            )
+            write_plan(planned, work.root)
+            manifest = write_manifest(work.root, planned)
+        logger.info(
+            "campaign %s: re-sending %d rows as attempt %d", campaign_id, manifest.rows_to_send, spec.attempt
         )
-        # Unknown rows keep their original batches (same composition -> same request key); failed rows were
-        # never accepted and may be re-batched freely.
-        rows = rows.with_columns(
-            _retry_group=pl.when(pl.col("_was") == "unknown").then(pl.col("_b")).otherwise(None)
-        )
-        rows = rows.drop([*PLAN_COLUMNS, "_was", "_b"], strict=False).with_columns(
-            status=pl.lit(None, pl.String),
-            error_code=pl.lit(None, pl.String),
-            error_message=pl.lit(None, pl.String),
-        )
-        planned = plan_campaign(rows, spec, prov.caps, prov, extra_groups=[pl.col("_retry_group")])
-        write_plan(planned, work.root)
-        manifest = write_manifest(work.root, planned)
-    logger.info(
-        "campaign %s: re-sending %d rows as attempt %d", campaign_id, manifest.rows_to_send, spec.attempt
-    )
-    return dispatch(spec, work.root, manifest, logger).to_dict()
+        return dispatch(spec, work.root, manifest, logger, lock=lock).to_dict()
 
 
-def _original_rows(results: str, campaign_id: str) -> pl.DataFrame:
-    """The sendable rows as attempt 1 planned them: phone, rendered body, variables, keys."""
+def _retry_rows(results: str, campaign_id: str, todo: pl.DataFrame) -> pl.DataFrame:
+    """The rows to re-send, with their content as attempt 1 planned it (phone, rendered body, variables)."""
     work = WorkDir.for_run(results, campaign_id, 1)
-    files = storage.list_files(f"{work.root}/plan/", suffix=".parquet")
-    shards = [f for f in files if "/shard=" in f]
-    return pl.concat([storage.read_parquet(f) for f in shards], how="diagonal_relaxed")
+    shards = [f for f in storage.list_files(f"{work.root}/plan/", suffix=".parquet") if "/shard=" in f]
+    content = pl.concat([storage.read_parquet(f) for f in shards], how="diagonal_relaxed")
+    rows = content.join(
+        todo.select("row_index", pl.col("status").alias("_was"), pl.col("batch_id").alias("_b")),
+        on="row_index",
+    )
+    # Unknown rows keep their original batches (same composition -> same request key); failed rows were
+    # never accepted and may be re-batched freely.
+    rows = rows.with_columns(
+        _retry_group=pl.when(pl.col("_was") == "unknown").then(pl.col("_b")).otherwise(None)
+    )
+    return rows.drop([*PLAN_COLUMNS, "_was", "_b"], strict=False).with_columns(
+        status=pl.lit(None, pl.String),
+        error_code=pl.lit(None, pl.String),
+        error_message=pl.lit(None, pl.String),
+    )

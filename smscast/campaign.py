@@ -79,6 +79,9 @@ class CampaignSpec(BaseModel):
     concurrency: int | None = Field(
         default=None, ge=1, title="Concurrent requests", description="Defaults to the provider's."
     )
+    request_timeout: float | None = Field(
+        default=None, gt=0, title="Request timeout (s)", description="Defaults to the provider's."
+    )
     attempt: int = Field(
         default=1, ge=1, title="Attempt", description="1 for a campaign; the retry flow writes 2, 3, …"
     )

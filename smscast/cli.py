@@ -93,6 +93,9 @@ def send(
     concurrency: Annotated[
         int | None, typer.Option(help="Requests in flight (default: the provider's).")
     ] = None,
+    request_timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait for a provider's answer (default: the provider's).")
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate, plan and count segments; send nothing.")
     ] = False,
@@ -119,6 +122,7 @@ def send(
                 batch_size=batch_size,
                 rate=rate,
                 concurrency=concurrency,
+                request_timeout=request_timeout,
             )
         )
     except ValueError as exc:

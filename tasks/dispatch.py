@@ -14,6 +14,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from smscast import progress, storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import CampaignStopError
+from smscast.lock import CampaignLock
 from tasks.events import emit_campaign_finished
 from tasks.manifest import Manifest
 from tasks.persist import persist_results
@@ -27,6 +28,8 @@ def dispatch(
     manifest: Manifest,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
     seconds: dict[str, float] | None = None,
+    *,
+    lock: CampaignLock | None = None,
 ) -> CampaignSummary:
     seconds = {} if seconds is None else seconds
     key = f"{spec.campaign_id}-{uuid.uuid4().hex[:8]}"
@@ -37,7 +40,10 @@ def dispatch(
     def publish_progress(pct: float) -> None:
         update_progress_artifact(artifact, pct)
 
-    runtime = progress.Runtime(progress.Progress(manifest.rows_to_send, logger, publish=publish_progress))
+    stop = progress.Stop(*((lock.lost,) if lock is not None else ()))
+    runtime = progress.Runtime(
+        progress.Progress(manifest.rows_to_send, logger, publish=publish_progress), stop
+    )
     progress.register(key, runtime)
     try:
         with stage(seconds, "send"):

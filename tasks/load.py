@@ -616,6 +616,9 @@ def _as_text(name: str, dtype: pl.DataType, label: str) -> pl.Expr:
     if dtype == pl.String:
         return col
     if dtype.is_numeric():
+        if dtype.is_float():
+            # NaN is how pandas writes a missing number: no value, never the text "NaN" (as a phone or a body)
+            col = pl.when(col.is_nan()).then(None).otherwise(col).alias(name)
         text = col.cast(pl.String)
         if name in _DIGIT_COLUMNS and not dtype.is_integer():
             text = text.str.replace(r"\.0+$", "")  # 447700900123.0 -> 447700900123

@@ -19,6 +19,7 @@ from providers.registry import make_provider
 from smscast import progress, storage
 from smscast.campaign import CampaignSpec
 from smscast.ratelimit import shared_bucket
+from tasks.journal import Journal
 from tasks.persist import result_rows, shard_part
 from tasks.plan import ShardRef
 from tasks.send_engine import RetryPolicy, ShardSender, outcomes_frame
@@ -55,8 +56,10 @@ def batches_of(rows: pl.DataFrame, spec: CampaignSpec) -> list[Batch]:
     ]
 
 
-def http_client(provider: Provider, concurrency: int) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(provider.caps.request_timeout, connect=10.0)
+def http_client(
+    provider: Provider, concurrency: int, request_timeout: float | None = None
+) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(request_timeout or provider.caps.request_timeout, connect=10.0)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     return httpx.AsyncClient(timeout=timeout, limits=limits)
 
@@ -75,16 +78,22 @@ async def send_rows(
     runtime: progress.Runtime | None = None,
     policy: RetryPolicy | None = None,
     client: httpx.AsyncClient | None = None,
+    journal: Journal | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Send planned rows (with batch_seq/batch_id/batch_key) and return their outcomes. Usable without
-    Prefect, which is how the unit tests drive it with httpx.MockTransport."""
+    Prefect, which is how the unit tests drive it with httpx.MockTransport. With a journal (providers
+    without idempotency), batches recorded by an interrupted earlier run are not sent again."""
     caps = provider.caps
     concurrency = per_shard_concurrency(spec, provider)
     bucket = shared_bucket(
         caps.name, provider.settings.base_url, spec.rate or caps.rate_per_second, caps.burst
     )
+    batches = batches_of(rows, spec)
+    recovered = journal.recover(batches) if journal is not None else None
+    if recovered is not None:
+        batches = recovered.todo
     own_client = client is None
-    http = client or http_client(provider, concurrency)
+    http = client or http_client(provider, concurrency, spec.request_timeout)
     try:
         sender = ShardSender(
             provider,
@@ -94,12 +103,16 @@ async def send_rows(
             policy=policy,
             abort=runtime.abort if runtime else None,
             on_progress=runtime.progress.update if runtime else None,
+            journal=journal,
         )
-        sent = await sender.run(batches_of(rows, spec))
+        sent = await sender.run(batches)
     finally:
         if own_client:
             await http.aclose()
-    return outcomes_frame(sent), sender.requests
+    outcomes = outcomes_frame(sent)
+    if recovered is not None and (recovered.done or recovered.uncertain):
+        outcomes = pl.concat([outcomes, *recovered.done, outcomes_frame(recovered.uncertain)])
+    return outcomes, sender.requests
 
 
 @task(name="send-shard", cache_policy=NONE, task_run_name="send-shard-{shard.shard}")
@@ -114,7 +127,9 @@ def send_shard(spec: CampaignSpec, work_root: str, shard: ShardRef, runtime_key:
     planned = storage.read_parquet(WorkDir(work_root).plan_shard(shard.shard))
     provider = make_provider(spec.provider, base_url=spec.base_url)
     runtime = progress.lookup(runtime_key)
-    outcomes, requests = asyncio.run(send_rows(provider, planned, spec, runtime=runtime))
+    # Providers without idempotency keep a per-batch journal, so a crash never leads to a blind re-send.
+    journal = None if provider.caps.resend_safe else Journal(f"{work_root}/journal/shard={shard.shard:05d}")
+    outcomes, requests = asyncio.run(send_rows(provider, planned, spec, runtime=runtime, journal=journal))
     storage.write_parquet(result_rows(spec, planned, outcomes), part)
     counts = _counts(outcomes)
     logger.info(

@@ -21,6 +21,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import httpx
 import polars as pl
@@ -66,6 +67,14 @@ class SentBatch:
 ProgressFn = Callable[[int, dict[str, int]], None]
 
 
+class BatchJournal(Protocol):
+    """tasks/journal.py: intent before a batch's first request, outcome after its last."""
+
+    def intend(self, batch: Batch) -> None: ...
+
+    def record(self, batch: Batch, parts: list[SentBatch]) -> None: ...
+
+
 class ShardSender:
     def __init__(
         self,
@@ -77,6 +86,7 @@ class ShardSender:
         policy: RetryPolicy | None = None,
         abort: Stop | None = None,
         on_progress: ProgressFn | None = None,
+        journal: BatchJournal | None = None,
     ) -> None:
         self.provider = provider
         self.caps = provider.caps
@@ -86,11 +96,14 @@ class ShardSender:
         self.policy = policy or RetryPolicy()
         self.abort = abort or Stop()
         self.on_progress = on_progress
+        self.journal = journal
         self.requests: dict[str, int] = {}  # what happened to each HTTP request, for the summary
 
     async def run(self, batches: list[Batch]) -> list[SentBatch]:
         async def one(batch: Batch) -> list[SentBatch]:
-            parts = await self.send_batch(batch)
+            parts = await self.send_batch(batch, top=True)
+            if self.journal is not None:
+                await asyncio.to_thread(self.journal.record, batch, parts)
             if self.on_progress is not None:
                 counts: dict[str, int] = {}
                 for part in parts:
@@ -105,9 +118,10 @@ class ShardSender:
     def _count(self, key: str) -> None:
         self.requests[key] = self.requests.get(key, 0) + 1
 
-    async def send_batch(self, batch: Batch) -> list[SentBatch]:
+    async def send_batch(self, batch: Batch, *, top: bool = False) -> list[SentBatch]:
         attempt = throttled = 0
         maybe_accepted = False
+        intended = not (top and self.journal is not None)
         while True:
             submitted = datetime.now(UTC)
             try:
@@ -119,6 +133,9 @@ class ShardSender:
                         return self._all(
                             batch, Status.FAILED, "aborted", "campaign stopped: provider refused credentials"
                         )
+                    if not intended:  # the moment before it may reach the provider, not when it was queued
+                        await asyncio.to_thread(self.journal.intend, batch)  # type: ignore[union-attr]
+                        intended = True
                     response = await transport.send(self.client, request, self.caps.name)
                 outcomes = self.provider.parse_response(batch, response)
             except RateLimitedError as exc:

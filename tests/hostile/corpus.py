@@ -73,7 +73,9 @@ def _parquet_recipients(n: int = 200) -> bytes:
     )
 
 
-def _cut(fraction: float | None = None, keep: int | None = None, drop: int | None = None) -> Callable[[], bytes]:
+def _cut(
+    fraction: float | None = None, keep: int | None = None, drop: int | None = None
+) -> Callable[[], bytes]:
     def make() -> bytes:
         data = _parquet_recipients()
         if keep is not None:
@@ -213,7 +215,7 @@ ITEMS: list[Item] = [
         ),
         "float64 phones become their digits (no '.0', no exponent); NaN is no phone",
         rows=3,
-        codes={"phone_needs_country": 2, "phone_invalid": 1},
+        codes={"phone_needs_country": 2, "phone_missing": 1},
     ),
     # ---- delimiters ----------------------------------------------------------------------------------------
     Item(
@@ -372,7 +374,12 @@ ITEMS: list[Item] = [
         "longphone.csv",
         lambda: csv_text(
             "phone,body",
-            ["+" + "4" * 100_000 + ",hi", "+" * 10_000 + ",hi", "+44 " + "7" * 5_000 + ",hi", f"{phone(1)},hi"],
+            [
+                "+" + "4" * 100_000 + ",hi",
+                "+" * 10_000 + ",hi",
+                "+44 " + "7" * 5_000 + ",hi",
+                f"{phone(1)},hi",
+            ],
         ),
         "100k-digit, 10k-plus and 5k-digit phones: phone_invalid",
         rows=4,
@@ -400,7 +407,7 @@ ITEMS: list[Item] = [
     Item(
         "csv_nul_in_a_phone",
         "nul_phone.csv",
-        lambda: csv_text("phone,body", [f"+44\x007700900001,hi"]),
+        lambda: csv_text("phone,body", ["+44\x007700900001,hi"]),
         "a NUL inside a phone: refused like any NUL",
         error=("NUL",),
         phones=("7700900001",),
