@@ -112,10 +112,11 @@ class Batch:
 
     def subset(self, positions: Sequence[int], suffix: str) -> Batch:
         """A part of this batch (bisection). Its key is derived so the provider never confuses the two."""
+        # "-": the one separator every vendor's key alphabet allows (sent.dm: [A-Za-z0-9_-]).
         return Batch(
             campaign_id=self.campaign_id,
-            batch_id=f"{self.batch_id}.{suffix}",
-            batch_key=f"{self.batch_key}.{suffix}",
+            batch_id=f"{self.batch_id}-{suffix}",
+            batch_key=f"{self.batch_key}-{suffix}",
             rows=self.rows[list(positions)],
             spec=self.spec,
         )

@@ -31,8 +31,8 @@ Quirks that shape this module:
 * Idempotency is one key per request, in the `Idempotency-Key` header ("Send via Idempotency-Key header,
   not request body"). We send the plan's batch key. sent.dm's idempotency reference (docs.sent.dm, API
   reference → Idempotency; not part of the shared document) allows 1–255 characters of [A-Za-z0-9_-] and
-  caches the first response for 24 h: bisected sub-batches carry "scb-….L.R", so dots become underscores
-  (our keys have no underscores, so the mapping stays one-to-one).
+  caches the first response for 24 h. Our keys (`scb-<hex>`, bisected `scb-<hex>-L-R`) already fit;
+  `idempotency_key` guards the alphabet and length anyway.
 * Rate limit: "Each POST /v3/messages call counts as one request toward the 200 req/min limit, regardless
   of how many recipients are included" (the "10 for sensitive endpoints" of the limits table are other
   endpoints). 429s carry `retry-after` (the document's backoff example reads that header).

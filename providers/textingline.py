@@ -40,7 +40,7 @@ ASSUMED, because the doc does not show them (vendor's style, from its public Err
   "messageId", "status", "errorCode"}]}` with per-recipient statuses queued/sending/sent/delivered/
   undelivered/failed/duplicate.
 * the vendor's API reference restricts idempotency keys to 2-100 characters of letters, digits and
-  `: @ - _ ( )`: our bisection keys (`scb-….L.R`) are sent with `_` for `.`.
+  `: @ - _ ( )`: our keys (`scb-<hex>`, bisected `scb-<hex>-L-R`) fit; `wire_key` guards it anyway.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def basic_credentials(raw: str) -> tuple[str, str]:
 
 
 def wire_key(key: str) -> str:
-    """Our key as textingline accepts it: bisection adds `.L`/`.R`, and `.` is not an allowed character."""
+    """Our key within textingline's alphabet and length (a guard: the plan's keys already comply)."""
     return _KEY_UNSAFE.sub("_", key)[:100]
 
 

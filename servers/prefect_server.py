@@ -34,6 +34,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 __all__ = ["PrefectServer", "PrefectServerStartError"]
 
@@ -82,7 +83,7 @@ class PrefectServer:
         self.port: int | None = None
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: object | None = None
+        self._log_file: IO[bytes] | None = None
         self._lock = threading.Lock()
 
     # -- public surface ------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ class PrefectServer:
             cmd,
             cwd=self.workdir,
             stdin=subprocess.DEVNULL,
-            stdout=self._log_file,  # type: ignore[arg-type]
+            stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=self._server_env(),
             start_new_session=True,  # own process group: stop() signals the server and its children
@@ -230,7 +231,7 @@ class PrefectServer:
             _terminate_group(proc, grace=10.0)
         if self._log_file is not None:
             with contextlib.suppress(Exception):
-                self._log_file.close()  # type: ignore[attr-defined]
+                self._log_file.close()
             self._log_file = None
         self.port = None
 

@@ -153,24 +153,28 @@ def landed_event(obj: Landed) -> Any:
 
     from tasks.events import RECIPIENTS_LANDED
 
-    return Event(
-        id=obj.event_id,
-        event=RECIPIENTS_LANDED,
-        occurred=datetime.now(UTC),
-        resource={
-            "prefect.resource.id": f"smscast.recipients.{obj.uri}",
-            "prefect.resource.name": obj.key.rsplit("/", 1)[-1],
-            "smscast.uri": obj.uri,
-            "smscast.etag": obj.etag,
-        },
-        payload={
-            "uri": obj.uri,
-            "bucket": obj.bucket,
-            "key": obj.key,
-            "etag": obj.etag,
-            "size": obj.size,
-            "last_modified": obj.last_modified.isoformat(),
-        },
+    return Event.model_validate(
+        {
+            "id": obj.event_id,
+            "event": RECIPIENTS_LANDED,
+            # When it was announced, not when it landed: trigger windows count from here, and a file found
+            # after a day's outage should not look a day old to the triggers service.
+            "occurred": datetime.now(UTC),
+            "resource": {
+                "prefect.resource.id": f"smscast.recipients.{obj.uri}",
+                "prefect.resource.name": obj.key.rsplit("/", 1)[-1],
+                "smscast.uri": obj.uri,
+                "smscast.etag": obj.etag,
+            },
+            "payload": {
+                "uri": obj.uri,
+                "bucket": obj.bucket,
+                "key": obj.key,
+                "etag": obj.etag,
+                "size": obj.size,
+                "last_modified": obj.last_modified.isoformat(),
+            },
+        }
     )
 
 

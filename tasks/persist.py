@@ -67,7 +67,7 @@ def result_rows(spec: CampaignSpec, planned: pl.DataFrame, outcomes: pl.DataFram
             .rename({"batch_id": "planned_batch_id"})
             .join(outcomes, on="row_index", how="left")
             .with_columns(
-                # Bisection sends rows in sub-batches ("…b000012.L.R"); record the request that carried them.
+                # Bisection sends rows in sub-batches ("…b000012-L-R"); record the request that carried them.
                 batch_id=pl.coalesce("batch_id", "planned_batch_id"),
                 error_code=pl.when(pl.col("status").is_null())
                 .then(pl.lit("no_outcome_recorded"))

@@ -153,7 +153,7 @@ def test_bisected_batch_keys_use_only_allowed_characters() -> None:
     (batch,) = batches(planned(frame(40), spec), spec)
     part = batch.subset(range(20), "L").subset(range(10), "R")
     sent = json.loads(provider().build_request(part).content)["idempotencyKey"]
-    assert sent == batch.batch_key + "_L_R" and re.fullmatch(r"[A-Za-z0-9:@\-_()]{2,100}", sent)
+    assert sent == batch.batch_key + "-L-R" and re.fullmatch(r"[A-Za-z0-9:@\-_()]{2,100}", sent)
     assert emulator.KEY.fullmatch(sent)
     assert wire_key("scb-abc.L") != wire_key("scb-abc.R")
 
