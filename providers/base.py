@@ -74,6 +74,7 @@ class Capabilities:
     outcome: OutcomeTiming = OutcomeTiming.SYNC
     content: Content = Content.BODY
     template_body: bool = False  # the provider template can carry our rendered text as one {{body}} parameter
+    supports_media: bool = False  # a `media_url` row is an MMS and needs no body
     wire: Wire = Wire.JSON
     unique_phones_per_batch: bool = False
     sender_required: bool = False

@@ -154,6 +154,7 @@ class TextinglineProvider(Provider):
         rejection=Rejection.WHOLE_BATCH,
         outcome=OutcomeTiming.ASYNC,
         content=Content.BODY,  # no provider-side templates; MMS via media_url
+        supports_media=True,
         wire=Wire.JSON,
         unique_phones_per_batch=True,  # "Each phone number must be unique" (33024)
         sender_required=True,  # `from` is required

@@ -138,9 +138,10 @@ def rules(
         missing_var = missing_var | ~ok.fill_null(False)
     if caps.sends_body(spec):
         # A missing variable already explains an empty rendered body: report that, not body_missing too.
-        out.append(
-            Rule("body_missing", "body", (body.str.len_chars() > 0) | missing_var, MESSAGES["body_missing"])
-        )
+        has_body = (body.str.len_chars() > 0) | missing_var
+        if caps.supports_media and "media_url" in columns:  # an MMS row may carry only its media
+            has_body = has_body | (pl.col("media_url").cast(pl.String).str.len_chars() > 0)
+        out.append(Rule("body_missing", "body", has_body, MESSAGES["body_missing"]))
         if caps.max_body_chars is not None:
             out.append(
                 Rule(
