@@ -58,7 +58,19 @@ def run_campaign(spec: CampaignSpec) -> dict[str, Any]:
     return result
 
 
-@app.command()
+SEND_EXAMPLES = """Examples:
+
+  smscast send recipients.csv -p sandbox -c spring-01 -r ./results --body "Hi {{name}}" --default-country GB --dry-run
+
+  smscast send s3://crm/tonight.parquet -p robase -c promo-0612 -r s3://crm/sms-results --sender ACME --body "Hi {{first_name}}"
+
+  smscast send "postgresql://crm@db/crm" --query "SELECT msisdn, plan FROM customers" --column phone=msisdn -p sent-dm -c upsell-07 -r ./results --template tmpl_upsell --template-var plan
+
+Credentials: SMSCAST_<PROVIDER>_API_KEY (e.g. SMSCAST_SENT_DM_API_KEY), or a Prefect Secret block smscast-<provider>-api-key.
+"""
+
+
+@app.command(epilog=SEND_EXAMPLES)
 def send(
     source: Annotated[
         str,

@@ -410,14 +410,23 @@ def test_a_bad_endpoint_is_refused_without_quoting_it(url: str, monkeypatch: pyt
     assert KEYS["sandbox"] not in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8765", "https://api.example.com/v2/", " https://h.example "])
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8765", "https://api.example.com/v2/", " https://h.example "]
+)
 def test_a_plain_endpoint_is_accepted(url: str) -> None:
     assert resolve_settings("sandbox", base_url=url, require_key=False).base_url == url.strip().rstrip("/")
 
 
 def test_secret_masks_itself_everywhere() -> None:
     secret = Secret(KEYS["sandbox"])
-    shown = [str(secret), repr(secret), f"{secret}", f"{secret!r}", f"{secret:>40}", "%s %r" % (secret, secret)]
+    shown = [
+        str(secret),
+        repr(secret),
+        f"{secret}",
+        f"{secret!r}",
+        f"{secret:>40}",
+        "%s %r" % (secret, secret),
+    ]  # noqa: UP031 - as logging formats
     shown.append(repr(ProviderSettings(base_url="http://h", api_key=secret)))
     assert all(KEYS["sandbox"] not in text for text in shown)
     with pytest.raises(TypeError):
