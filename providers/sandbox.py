@@ -30,8 +30,8 @@ class SandboxProvider(Provider):
     caps = Capabilities(
         name="sandbox",
         max_rows=1000,
-        max_body_chars=1600,
-        max_segments=10,
+        max_body_chars=1600,  # what the emulator accepts…
+        max_segments=10,  # …and our own cost guard, the tighter of the two (10 parts = 1530 GSM-7 chars)
         rate_per_second=200.0,
         burst=20,
         concurrency=8,

@@ -35,12 +35,17 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from smscast import storage
 from smscast.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefect.events import Event
+
+# smscast.storage (and with it polars) is imported where it is used: `register` runs whenever the command
+# line starts, and the other commands should not pay for it.
 
 __all__ = [
     "INBOX_SUFFIXES",
@@ -90,6 +95,8 @@ class Landed:
 
 def list_inbox(inbox: str, suffixes: Sequence[str] = INBOX_SUFFIXES) -> list[Landed]:
     """The recipients files under an s3:// prefix, oldest first. Hidden files and other suffixes are left out."""
+    from smscast import storage
+
     bucket, key = storage.split_s3(inbox)
     prefix = key if (not key or key.endswith("/")) else key + "/"
     out: list[Landed] = []
@@ -113,7 +120,7 @@ def list_inbox(inbox: str, suffixes: Sequence[str] = INBOX_SUFFIXES) -> list[Lan
 
 
 def default_state_uri(inbox: str) -> str:
-    return storage.join(inbox, STATE_NAME)
+    return f"{inbox.rstrip('/')}/{STATE_NAME}"
 
 
 # -- the cursor ---------------------------------------------------------------------------------------------
@@ -130,6 +137,8 @@ class Cursor:
 
     @classmethod
     def load(cls, uri: str, inbox: str) -> Cursor:
+        from smscast import storage
+
         try:
             data = json.loads(storage.get_bytes(uri))
         except FileNotFoundError:
@@ -139,6 +148,8 @@ class Cursor:
         return cls(uri=uri, inbox=inbox, announced=dict(data.get("announced", {})), exists=True)
 
     def save(self) -> None:
+        from smscast import storage
+
         doc = {"version": 1, "inbox": self.inbox, "announced": dict(sorted(self.announced.items()))}
         storage.put_bytes(self.uri, json.dumps(doc, indent=1).encode())
         self.exists = True
@@ -147,8 +158,8 @@ class Cursor:
 # -- events -------------------------------------------------------------------------------------------------
 
 
-def landed_event(obj: Landed) -> Any:
-    """The `smscast.recipients.landed` event for one object version (a prefect.events.Event)."""
+def landed_event(obj: Landed) -> Event:
+    """The `smscast.recipients.landed` event for one object version."""
     from prefect.events import Event
 
     from tasks.events import RECIPIENTS_LANDED
@@ -189,7 +200,8 @@ def announce(objects: Sequence[Landed]) -> None:
 
     async def _send() -> None:
         # checkpoint_every=1: the client pings after each event and waits for the pong, so that leaving this
-        # block means the server has received every event (a lost connection raises instead).
+        # block means the server's socket has taken every event (a connection lost on the way is re-opened
+        # and the unconfirmed events re-sent; one that stays lost raises, and nothing is recorded).
         async with get_events_client(reconnection_attempts=3, checkpoint_every=1) as client:
             for obj in objects:
                 await client.emit(landed_event(obj))
@@ -235,6 +247,8 @@ def watch(
 ) -> None:
     """Poll until `stop` is set. A failed poll (S3 or the Prefect server unreachable) is logged and retried
     at the next interval; nothing is recorded for it."""
+    from smscast.storage import redact
+
     stop = stop or threading.Event()
     first = True
     while not stop.is_set():
@@ -244,7 +258,7 @@ def watch(
         except ConfigError:
             raise
         except Exception as exc:  # keep watching: the next poll retries everything not recorded
-            log.warning("watch: poll of %s failed: %s", inbox, storage.redact(str(exc)))
+            log.warning("watch: poll of %s failed: %s", inbox, redact(str(exc)))
         stop.wait(interval)
 
 
@@ -329,7 +343,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Announce recipients files landing in an S3 inbox as Prefect events (one per file, durably)."""
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        if not storage.is_s3(inbox):
+        if not inbox.lower().startswith("s3://"):
             typer.secho("error: the inbox must be an s3:// prefix", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
         use_s3_block(s3_block)

@@ -639,16 +639,20 @@ def _as_text(name: str, dtype: pl.DataType, label: str) -> pl.Expr:
     return col.cast(pl.String)
 
 
+_PHONE_LIKE = re.compile(r"\s*(?:\+|00)?[0-9][0-9\s\-.()/]{5,}[0-9]\s*")
+_DIGIT_RUN = re.compile(r"\+?[0-9][0-9\s\-.()/]{5,}[0-9]")  # 7+ digits, maybe with separators: a phone
+
+
 def _looks_like_data(name: str) -> bool:
     """A header name that is really a value: a phone number (a header-less file), or a huge field."""
-    return len(name) > _NAME_CHARS or len(re.findall(r"[0-9]", name[:_NAME_SCAN])) >= 7
+    return len(name) > _NAME_SCAN or _PHONE_LIKE.fullmatch(name) is not None
 
 
 def _shown(name: str) -> str:
-    """A source's column name as messages quote it: phone-like names masked (a header-less file's "header"
-    is its first recipient), long names cut, control characters escaped by repr."""
-    if len(re.findall(r"[0-9]", name[:_NAME_SCAN])) >= 7:
-        name = mask(name.strip()[:_NAME_CHARS])
+    """A source's column name as messages quote it: digit runs that could be phone numbers masked (a
+    header-less file's "header" is its first recipient), long names cut, control characters escaped."""
+    name = name[:_NAME_SCAN]
+    name = _DIGIT_RUN.sub(lambda m: mask(m.group(0)), name)
     if len(name) > _NAME_CHARS:
         name = name[: _NAME_CHARS - 1] + "…"
     return repr(name)

@@ -217,6 +217,24 @@ ITEMS: list[Item] = [
         rows=3,
         codes={"phone_needs_country": 2, "phone_missing": 1},
     ),
+    Item(
+        "parquet_body_all_null",
+        "body_null.parquet",
+        lambda: parquet_bytes(pl.DataFrame({"phone": [phone(1), phone(2)], "body": [None, None]})),
+        "a body column of type Null (all nulls): every row body_missing",
+        rows=2,
+        codes={"body_missing": 2},
+    ),
+    Item(
+        "parquet_body_all_nan",
+        "body_nan.parquet",
+        lambda: parquet_bytes(
+            pl.DataFrame({"phone": [phone(1), phone(2)], "body": [float("nan"), float("nan")]})
+        ),
+        "pandas' missing numbers (NaN) as the body: null, body_missing, never the text 'NaN'",
+        rows=2,
+        codes={"body_missing": 2},
+    ),
     # ---- delimiters ----------------------------------------------------------------------------------------
     Item(
         "csv_semicolon_delimited",

@@ -2,8 +2,9 @@
 engine (validate -> plan -> `send_rows`, without Prefect) against ONE sandbox over loopback and checked
 against the sandbox's ledger.
 
-Scenarios: the happy path, a partial failure, a whole-batch rejection, a 429 storm, an idempotent re-send,
-and the limits at the boundary (rows per request, body characters, GSM-7 against UCS-2).
+Scenarios: the happy path, a partial failure, a whole-batch rejection, a 429 storm, an idempotent re-send
+(the same planned rows sent again, and the engine's own re-send after an answer lost to a read timeout), and
+the limits at the boundary (rows per request, body characters, GSM-7 against UCS-2).
 
 Each provider is described by a `Profile` (below): how to build a valid campaign and its recipient rows, the
 emulator knobs that lift its documented rate limit (for speed), how to make a row refused one by one and how
@@ -41,7 +42,7 @@ from providers.textingline import TextinglineProvider
 from sandbox.server import SandboxServer
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
-from smscast.encoding import GSM7_MULTI_PART, GSM7_SINGLE, UCS2_MULTI_PART, UCS2_SINGLE, UCS2_ENCODING
+from smscast.encoding import GSM7_MULTI_PART, GSM7_SINGLE, UCS2_ENCODING, UCS2_MULTI_PART, UCS2_SINGLE
 from smscast.errors import BatchRejectedError
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
@@ -61,6 +62,7 @@ N_PARTIAL = 40  # enough for textingline's bisection to leave sub-batches of 10 
 BAD = [3, 37]  # rows refused in the partial-failure scenario
 BAD_WHOLE = [5]  # the row that refuses its whole request in the whole-batch scenario
 UCS2_CHAR = "中"  # outside GSM 03.38 (basic and extension tables): forces UCS-2, one UTF-16 unit
+EMOJI = "\U0001f600"  # outside the BMP: one code point, two UTF-16 units
 
 
 def phone(i: int) -> str:
@@ -308,10 +310,20 @@ class Run:
     def sendable(self) -> pl.DataFrame:
         return self.planned.filter(pl.col("batch_seq").is_not_null())
 
-    def send(self, rows: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict[str, int]]:
+    def send(
+        self, rows: pl.DataFrame | None = None, read_timeout: float | None = None
+    ) -> tuple[pl.DataFrame, dict[str, int]]:
         """Send the planned rows through the engine; outcomes by row_index, with each row's phone."""
         rows = self.sendable if rows is None else rows
-        outcomes, requests = asyncio.run(send_rows(self.provider, rows, self.spec, policy=FAST))
+
+        async def go() -> tuple[pl.DataFrame, dict[str, int]]:
+            if read_timeout is None:
+                return await send_rows(self.provider, rows, self.spec, policy=FAST)
+            timeout = httpx.Timeout(read_timeout, connect=5.0)
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                return await send_rows(self.provider, rows, self.spec, policy=FAST, client=client)
+
+        outcomes, requests = asyncio.run(go())
         out = outcomes.join(rows.select("row_index", "phone"), on="row_index", how="left")
         assert out.height == rows.height and out["row_index"].n_unique() == rows.height
         return out.sort("row_index"), requests
@@ -325,7 +337,10 @@ class Run:
             return batch, http.send(self.provider.build_request(batch))
 
 
-def prepare(profile: Profile, sandbox: SandboxServer, df: pl.DataFrame, campaign: str) -> Run:
+def prepare(
+    profile: Profile, sandbox: SandboxServer, df: pl.DataFrame, campaign: str, **overrides: Any
+) -> Run:
+    """Validate and plan `df` for a fresh campaign of this provider (spec fields may be overridden)."""
     provider = profile.provider(sandbox.base_url)
     spec = CampaignSpec(
         campaign_id=f"ct-{campaign}-{profile.name}",
@@ -334,7 +349,7 @@ def prepare(profile: Profile, sandbox: SandboxServer, df: pl.DataFrame, campaign
         results="contract",
         base_url=provider.settings.base_url,
         rate=RATE,
-        **profile.spec,
+        **(profile.spec | overrides),
     )
     provider.validate_spec(spec)
     checked = validate_recipients(df, spec, provider.caps, provider)
@@ -514,14 +529,36 @@ def test_resend_creates_nothing_new_unless_the_provider_has_no_idempotency(
         assert set(first["provider_batch_ref"]).isdisjoint(set(second["provider_batch_ref"]))
 
 
+def test_lost_answer_is_resent_only_where_idempotency_makes_it_harmless(
+    profile: Profile, sandbox: SandboxServer
+) -> None:
+    # The emulator processes (and records) the request, then holds the answer past our read timeout.
+    sandbox.client.set_faults(provider=profile.emulator, next_timeout=1, timeout_delay_s=10)
+    run = prepare(profile, sandbox, profile.rows(N), "lost")
+    out, requests = run.send(read_timeout=0.5)
+    entries = ledger(sandbox, profile)
+    assert requests.get("read_timeout") == 1
+    # Either way nobody is texted twice.
+    assert_ledger_is(entries, out["phone"].to_list())
+    if run.provider.caps.resend_safe:
+        # The engine re-sent with the same keys; the provider answered the first messages.
+        assert statuses(out) == [Status.ACCEPTED.value] * N
+        assert sandbox.client.stats()["providers"][profile.emulator]["duplicates"] == N
+    else:
+        # No idempotency: the rows are `unknown`, for reconciliation, and the file went up once.
+        assert statuses(out) == [Status.UNKNOWN.value] * N
+        assert set(out["error_code"]) == {"read_timeout"}
+        assert sum(requests.values()) == 1
+
+
 # ---- 6. limits at the boundary ---------------------------------------------------------------------------
 
 
 def test_max_rows_per_request_at_the_boundary(profile: Profile, sandbox: SandboxServer) -> None:
     m = profile.max_rows
-    over = prepare(profile, sandbox, profile.rows(m + 1), "max-over")
+    # Asked for bigger requests, the plan still never makes one over the maximum: one row more is two.
+    over = prepare(profile, sandbox, profile.rows(m + 1), "max-over", batch_size=m + 1)
     assert over.provider.caps.max_rows == m  # the adapter declares the documented maximum
-    # The plan never makes a request over the maximum: one row more becomes two requests.
     sizes = over.sendable.group_by("batch_seq").len()["len"].to_list()
     assert len(sizes) == 2 and sum(sizes) == m + 1 and max(sizes) <= m
 
@@ -648,18 +685,20 @@ def _characters_do_not_depend_on_encoding(profile: Profile, sandbox: SandboxServ
         1: UCS2_CHAR * limit,
         2: UCS2_CHAR * (limit + 1),
         3: "a" * limit,
+        # An astral character is one character (code point) on both sides, though two UTF-16 units.
+        4: "a" * (limit - 1) + EMOJI,
     }
-    n = max(4, caps.min_rows + 1)
+    n = max(len(bodies), caps.min_rows + 1)
     run = prepare(profile, sandbox, profile.rows(n, bodies), "gsm-ucs")
     found = codes(run)
-    assert [found[i] for i in range(4)] == [None, None, "body_too_long", None]
+    assert [found[i] for i in bodies] == [None, None, "body_too_long", None, None]
     encodings = run.planned["encoding"].to_list()
-    assert encodings[:4] == [UCS2_ENCODING, UCS2_ENCODING, UCS2_ENCODING, "GSM-7"]
+    assert encodings[: len(bodies)] == [UCS2_ENCODING, UCS2_ENCODING, UCS2_ENCODING, "GSM-7", UCS2_ENCODING]
     out, _ = run.send()
     assert set(statuses(out)) == {Status.ACCEPTED.value} and out.height == n - 1
     sent = {e["to"]: e["body"] for e in ledger(sandbox, profile)}
     assert phone(2) not in sent
-    assert [sent[phone(i)] for i in (0, 1, 3)] == [bodies[0], bodies[1], bodies[3]]
+    assert {i: sent[phone(i)] for i in (0, 1, 3, 4)} == {i: bodies[i] for i in (0, 1, 3, 4)}
 
 
 def _allow_unicode_follows_encoding(profile: Profile, sandbox: SandboxServer) -> None:
