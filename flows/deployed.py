@@ -39,8 +39,8 @@ def file_campaign_id(prefix: str, uri: str, etag: str) -> str:
     digest = hashlib.sha256(f"{uri}#{etag}".encode()).hexdigest()[:12]
     stem = uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "file"
-    room = MAX_ID - len(prefix) - len(digest) - 2
-    return "-".join([prefix, stem[:room], digest] if room > 0 else [prefix, digest])
+    stem = stem[: max(MAX_ID - len(prefix) - len(digest) - 2, 0)].rstrip("-.")
+    return "-".join([prefix, stem, digest] if stem else [prefix, digest])
 
 
 def object_version(uri: str) -> str:

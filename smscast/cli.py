@@ -16,6 +16,7 @@ import typer
 
 from smscast.campaign import PROVIDER_NAMES, CampaignSpec
 from smscast.errors import SmscastError
+from smscast.watch import register as register_watch
 
 app = typer.Typer(
     help="Bulk SMS campaigns as Prefect flows: load → validate → plan → send → persist.",
@@ -60,13 +61,16 @@ def run_campaign(spec: CampaignSpec) -> dict[str, Any]:
 
 SEND_EXAMPLES = """Examples:
 
-  smscast send recipients.csv -p sandbox -c spring-01 -r ./results --body "Hi {{name}}" --default-country GB --dry-run
+  smscast send recipients.csv -p sandbox -c spring-01 -r ./results --body "Hi {{name}}" --dry-run
 
-  smscast send s3://crm/tonight.parquet -p robase -c promo-0612 -r s3://crm/sms-results --sender ACME --body "Hi {{first_name}}"
+  smscast send s3://crm/tonight.parquet -p robase -c promo-0612 -r s3://crm/sms-results
+  --sender ACME --body "Hi {{first_name}}" --default-country GB
 
-  smscast send "postgresql://crm@db/crm" --query "SELECT msisdn, plan FROM customers" --column phone=msisdn -p sent-dm -c upsell-07 -r ./results --template tmpl_upsell --template-var plan
+  smscast send "postgresql://crm@db/crm" --query "SELECT msisdn, plan FROM customers"
+  --column phone=msisdn -p sent-dm -c upsell-07 -r ./results --template tmpl_upsell --template-var plan
 
-Credentials: SMSCAST_<PROVIDER>_API_KEY (e.g. SMSCAST_SENT_DM_API_KEY), or a Prefect Secret block smscast-<provider>-api-key.
+Credentials: SMSCAST_<PROVIDER>_API_KEY (e.g. SMSCAST_SENT_DM_API_KEY), or a Prefect Secret block
+smscast-<provider>-api-key.
 """
 
 
@@ -221,6 +225,8 @@ def demo(
         except SmscastError as exc:
             _fail(str(exc))
 
+
+register_watch(app)
 
 if __name__ == "__main__":
     app()

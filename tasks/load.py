@@ -18,9 +18,16 @@ Output columns:
 * `body`, `recipient_id`, `language`, `media_url`, `send_at` and the template's variables as String where
   present; every other column as it is.
 
+CSV dialects: a header row with no comma but `;`, tabs or `|` sets the separator (spreadsheets in many
+locales save "CSV" with `;`); a file whose lines end with CR alone (old Mac exports) is read so. Refused with
+a SourceError that names the place, never the content: UTF-16 and non-UTF-8 text, binary content, and a NUL
+character anywhere in a column smscast reads (a corrupt export; it would reach a provider's request). A NaN
+in a float column (pandas' missing value) is null, never the text "NaN".
+
 `spec.columns` maps our names to the source's (`{"phone": "msisdn"}`). Problems with the source raise
-`SourceError` with a message that names the source (never its credentials) and says what to do; a SQL source
-without a query raises `ConfigError`.
+`SourceError` with a message that names the source (never its credentials) and says what to do, quoting
+column names with phone-like digit runs masked (a header-less file's "header" is its first recipient); a SQL
+source without a query raises `ConfigError`.
 
 PostgreSQL results are fetched with `COPY (query) TO STDOUT (FORMAT csv, HEADER)` in a read-only transaction
 and parsed by Polars with every column as String: it is about 6x faster than `pl.read_database` over a
@@ -589,10 +596,8 @@ def _require_columns(df: pl.DataFrame, spec: CampaignSpec, label: str) -> None:
                 "not a header; add a header row such as phone,body"
             )
         example = f"--column phone={guess}" if guess else "--column phone=<your column>"
-        odd = len(data_columns) == 1 and any(sep in data_columns[0] for sep in ":^~#")
-        hint = "; smscast reads fields separated by ',', ';', tab or '|'" if odd else ""
         raise SourceError(
-            f"{label} has no 'phone' column (its columns: {_names(data_columns)}){hint}; "
+            f"{label} has no 'phone' column (its columns: {_names(data_columns)}); "
             f"rename it, or map yours with {example}"
         )
     if spec.body is None and spec.template is None and "body" not in columns:
@@ -640,7 +645,7 @@ def _as_text(name: str, dtype: pl.DataType, label: str) -> pl.Expr:
 
 
 _PHONE_LIKE = re.compile(r"\s*(?:\+|00)?[0-9][0-9\s\-.()/]{5,}[0-9]\s*")
-_DIGIT_RUN = re.compile(r"\+?[0-9][0-9\s\-.()/]{5,}[0-9]")  # 7+ digits, maybe with separators: a phone
+_DIGIT_RUN = re.compile(r"\+?[0-9][0-9\s\-.()/]{5,}[0-9]")  # 7+ digits and separators: maybe a phone
 
 
 def _looks_like_data(name: str) -> bool:

@@ -1,7 +1,8 @@
 """The deployments on a real `prefect server start`: registration (schedules, parameter schemas, triggers),
-an ad-hoc run with the UI form's parameters, the S3 inbox trigger (one run per file, exactly once), and the
-retry deployment started by a campaign's completion event. Flow runs execute on a `process` worker, against
-the sandbox and SeaweedFS (tests/fixtures_prefect.py)."""
+the scheduler's nightly runs, an ad-hoc run with the UI form's parameters, the nightly flow, the S3 inbox
+trigger (one run per file, exactly once, across a watcher restart and repeated announcements), and the retry
+deployment started by a campaign's completion event. Flow runs execute on a `process` worker against the
+sandbox and SeaweedFS (tests/fixtures_prefect.py). At the end, the watcher's cursor and the id helpers alone."""
 
 from __future__ import annotations
 
@@ -67,27 +68,14 @@ def phones_of(path: Path) -> set[str]:
 
 
 def form_spec(**values: Any) -> dict[str, Any]:
-    """Parameters as the UI's form submits them: every field of CampaignSpec, defaults filled in."""
+    """Parameters as the UI's form submits them: every field of CampaignSpec, its default filled in."""
     spec: dict[str, Any] = {
-        "provider": "sandbox",
-        "query": None,
-        "sender": "ACME",
-        "body": None,
-        "template": None,
-        "template_vars": [],
-        "default_country": None,
-        "columns": {},
-        "language": None,
-        "base_url": None,
-        "dry_run": False,
-        "batch_size": None,
-        "shard_batches": None,
-        "rate": None,
-        "concurrency": None,
-        "attempt": 1,
-        "results": RESULTS,
+        name: field.get_default(call_default_factory=True)
+        for name, field in CampaignSpec.model_fields.items()
+        if not field.is_required()
     }
-    spec.update(values)
+    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}  # JSON has no tuples
+    spec.update({"sender": "ACME", "results": RESULTS, **values})
     return {"spec": spec}
 
 

@@ -128,9 +128,8 @@ class ProviderSetup:
     # What the per-row knobs do at send time:
     per_row_reject: bool = True  # reject_suffixes -> that row `rejected` (bisected out where whole-batch)
     transient_at_send: bool = True  # transient_suffixes -> `failed` rows now (else only in a later lookup)
-    transient_suffix: str = "77"
-    reject_suffix: str = "13"
-    long_reject_suffix: str = "013"
+    transient_suffix: str = "77"  # 1 % of the rows
+    reject_suffix: str = "013"  # 0.1 %: a whole-file refusal (Postman) bisects ~14 requests per bad row
     marker_rejects: bool = False  # textingline: a SHAFT-TEST body refuses its whole (sub-)batch
     template: str | None = None
     columns: Callable[[int], dict[str, str]] | None = None  # extra input columns by row

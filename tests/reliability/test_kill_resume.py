@@ -9,8 +9,11 @@ ledger exactly once; with idempotency every valid row accepted; without (Postman
 `unknown`, never re-sent.
 
 Short variant (CI): SMSCAST_SOAK_ROWS=3,000 recipients, SMSCAST_SOAK_KILLS=1 kill per provider, the kill
-moments spread over the phases across providers. Long variant (`-m slow`): 50,000 recipients and 4 kills per
-provider, the first mid-send, the others anywhere.
+moments spread over the phases across providers, and the campaign runs under the `combined` fault mix
+(mixes.py: 503s, held responses past a 1 s timeout, connections dropped before and after processing, per-row
+refusals and transient failures), so that one CI scenario per provider covers resume and faults together.
+Long variant (`-m slow`): 50,000 recipients and 4 kills per provider, the first mid-send, the others
+anywhere, without faults (test_fault_mixes.py runs each mix on its own).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from reliability.harness import (
     selected_providers,
     soak_seed,
 )
+from reliability.mixes import MIXES, Mix, apply, clear_transient, markers_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,11 +54,16 @@ def kill_phases(provider: str, kills: int, rng: random.Random, long: bool) -> li
     return [first, *rest][:kills]
 
 
-def kill_and_finish(soak: Soak, report: Report, sizes: Sizes, *, long: bool) -> None:
+def kill_and_finish(soak: Soak, report: Report, sizes: Sizes, *, long: bool, mix: Mix | None = None) -> None:
     name = soak.setup.name
-    rng = rng_for("kill", name, long)
-    c = soak.campaign(f"kill-{'long' if long else 'short'}", sizes.rows, long=long)
-    soak.reset(latency_ms=soak.latency_for(c, sizes.send_seconds))
+    rng = rng_for("kill", name, long, mix.name if mix else "clean")
+    cid = f"kill-{'long' if long else 'short'}" + (f"-{mix.name}" if mix else "")
+    markers = markers_for(soak, mix, sizes.rows) if mix else []
+    c = soak.campaign(cid, sizes.rows, long=long, extra_args=mix.args if mix else (), markers=markers)
+    latency = soak.latency_for(c, sizes.send_seconds)
+    knobs = apply(soak, mix, rng.randrange(1 << 30), latency_ms=latency) if mix else {}
+    if mix is None:
+        soak.reset(latency_ms=latency)
     phases = kill_phases(name, sizes.kills, rng, long)
     for phase in phases:
         soak.wait_out_lease(c)
@@ -65,17 +74,19 @@ def kill_and_finish(soak: Soak, report: Report, sizes: Sizes, *, long: bool) -> 
             break  # the campaign completed before the moment came
     soak.client.set_faults(provider=soak.emu, latency_ms=1)  # the rest at full speed
     soak.complete(c)
-    soak.retry_until_done(c)
-    verdict = check_campaign(soak, c)
+    soak.retry_until_done(c, before_retry=lambda: clear_transient(soak))
+    verdict = check_campaign(soak, c, reject_suffixes=knobs.get("reject_suffixes", ()))
     report.add_kills(name, c)
+    if mix is not None:
+        report.tally(name).mixes.append(f"{mix.name}+kill")
     report.add_verdict(verdict)
     print(verdict.summary())
     assert not verdict.problems, verdict.summary() + "\n" + "\n".join(verdict.problems)
 
 
 @pytest.mark.parametrize("soak", selected_providers(), indirect=True)
-def test_kill_at_a_random_moment_then_resume(soak: Soak, soak_report: Report) -> None:
-    kill_and_finish(soak, soak_report, Sizes.short(), long=False)
+def test_kill_under_faults_then_resume(soak: Soak, soak_report: Report) -> None:
+    kill_and_finish(soak, soak_report, Sizes.short(), long=False, mix=MIXES["combined"])
 
 
 @pytest.mark.slow

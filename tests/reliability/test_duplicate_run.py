@@ -1,0 +1,111 @@
+"""No double campaigns (issue 4, item 3), proved with the sandbox ledger (item 5).
+
+1. A second `smscast send` of a campaign that is being sent must refuse ("being sent by another run"), exit
+   non-zero and send nothing; the first completes; the ledger has each phone once.
+2. A second run started after the first was SIGKILLed, while its lease still runs, must refuse likewise;
+   one started after the lease has run out resumes the campaign and completes it.
+
+Postman in the short variant: without idempotency, anything sent twice is twice in the ledger. The long
+variant runs it for every provider.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from reliability.harness import (
+    LOCKED_MESSAGE,
+    Report,
+    Sizes,
+    Soak,
+    check_campaign,
+    rng_for,
+    selected_providers,
+    total_requests,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def wait_until(predicate, timeout: float, what: str, step: float = 0.02) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+def duplicate_runs(soak: Soak, report: Report, rows: int) -> None:
+    name = soak.setup.name
+    tally = report.tally(name)
+
+    # 1. Two live runs of one campaign.
+    c = soak.campaign("dup-live", rows)
+    soak.reset(latency_ms=soak.latency_for(c, 120.0))  # slow enough to outlast the second run's start
+    first = soak.start(c)
+    wait_until(lambda: soak.lock_expiry(c) is not None or first.poll() is not None, 180, "the first lock")
+    to_lock = time.monotonic() - first.started  # how long a run takes to reach the lock
+    wait_until(lambda: soak.processed() > 0 or first.poll() is not None, 180, "the first run to send")
+    assert first.poll() is None, f"the first run ended early:\n{first.tail()}"
+    second = soak.start(c)
+    rc = second.wait(300)
+    first_alive = first.poll() is None
+    soak.client.set_faults(provider=soak.emu, latency_ms=1)  # let the first one finish now
+    assert first_alive, "the first run ended before the second gave up: nothing was proved"
+    assert rc != 0, f"the second run of a live campaign succeeded:\n{second.tail()}"
+    assert LOCKED_MESSAGE in second.output(), second.tail()
+    assert first.wait(600) == 0, first.tail()
+    verdict = check_campaign(soak, c)
+    planned_batches = -(-rows // soak.batch_size(c))
+    stats = soak.stats()
+    # Nothing was sent twice, not even in a way the provider would recognise.
+    assert stats["duplicates"] == 0, stats
+    assert total_requests(stats) == planned_batches, stats
+    report.add_verdict(verdict)
+    tally.duplicate_runs += 1
+    assert not verdict.problems, verdict.summary() + "\n" + "\n".join(verdict.problems)
+
+    # 2. A run killed with -9, a second run while its lease runs, a third after it.
+    d = soak.campaign("dup-dead", rows)
+    soak.reset(latency_ms=soak.latency_for(d, 6.0))
+    # The refusing run must reach the lock before the dead run's lease ends: a margin over what the first
+    # run took to get there (Prefect's temporary API starts first), and no longer, as the test waits it out.
+    lease = max(12.0, 1.5 * to_lock + 6.0)
+    killed = soak.run_and_kill(d, "send", rng_for("dup", name), lease=lease)
+    assert killed.killed, f"the run to kill completed first: {killed.note}"
+    time.sleep(1.0)  # requests in flight at the kill are answered by the sandbox all the same
+    before = total_requests(soak.stats())
+    refused = soak.start(d)
+    rc = refused.wait(300)
+    expiry = soak.lock_expiry(d)
+    assert expiry is not None and time.time() < expiry, "the lease ran out before the check: lengthen it"
+    assert rc != 0, f"a run started inside a dead run's lease sent the campaign:\n{refused.tail()}"
+    assert LOCKED_MESSAGE in refused.output() and "lease ends at" in refused.output(), refused.tail()
+    assert total_requests(soak.stats()) == before, "the refused run sent something"
+    soak.client.set_faults(provider=soak.emu, latency_ms=1)
+    soak.complete(d)  # waits the lease out, then resumes
+    resumed = d.runs[-1]
+    assert resumed.rc == 0
+    soak.retry_until_done(d)
+    verdict = check_campaign(soak, d)
+    report.add_kills(name, d)
+    report.add_verdict(verdict)
+    tally.duplicate_runs += 1
+    assert not verdict.problems, verdict.summary() + "\n" + "\n".join(verdict.problems)
+
+
+SHORT = [p for p in ("postman",) if p in selected_providers()]
+
+
+@pytest.mark.parametrize("soak", SHORT, indirect=True)
+def test_second_run_of_a_campaign_refuses_while_the_first_lives(soak: Soak, soak_report: Report) -> None:
+    duplicate_runs(soak, soak_report, min(Sizes.short().mix_rows, 2000))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("soak", selected_providers(), indirect=True)
+def test_second_run_refuses_for_every_provider(soak: Soak, soak_report: Report) -> None:
+    duplicate_runs(soak, soak_report, min(Sizes.long().mix_rows, 5000))
