@@ -9,9 +9,11 @@ bisection of whole-batch rejections. A provider module only knows its own wire f
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import re
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -217,6 +219,19 @@ class Provider:
         if self.settings.api_key is None:
             raise AuthError(f"{self.caps.name}: no API key configured", code="no_credentials")
         return self.settings.api_key.reveal()
+
+    def redact(self, text: str) -> str:
+        """`text` without this provider's key in any form a server might echo (a debug proxy or WAF page that
+        reflects request headers): as given, its parts, and base64 / percent-encoded."""
+        key = self.settings.api_key.reveal() if self.settings.api_key else ""
+        if len(key) < 4:
+            return text
+        forms = {key, *(p for p in key.split(":") if len(p) >= 4)}
+        forms |= {base64.b64encode(f.encode()).decode() for f in list(forms)}
+        forms |= {urllib.parse.quote(f, safe="") for f in list(forms)}
+        for form in sorted(forms, key=len, reverse=True):
+            text = text.replace(form, "********")
+        return text
 
     @classmethod
     def status_for(cls, code: str | None) -> Status:

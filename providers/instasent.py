@@ -85,6 +85,9 @@ class InstasentProvider(Provider):
     caps = Capabilities(
         name="instasent",
         max_rows=MAX_ITEMS,  # "Items per request 1 – 100"
+        # The document gives no body limit. Without one a 10 MB body would be billed as ~66,000 segments:
+        # 10 segments is our guard (1530 GSM-7 / 670 UCS-2 characters), not Instasent's rule.
+        max_segments=10,
         min_rows=1,
         rate_per_second=5.0,  # ASSUMED: the document defers to a rate-limit page it does not include
         burst=1,

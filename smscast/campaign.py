@@ -86,6 +86,21 @@ class CampaignSpec(BaseModel):
         default=1, ge=1, title="Attempt", description="1 for a campaign; the retry flow writes 2, 3, …"
     )
 
+    @field_validator("base_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        # Checked here, not only when settings resolve: Prefect records flow parameters as given, so a
+        # `user:password@` URL must be refused before it becomes one.
+        if v is not None:
+            from smscast.errors import ConfigError
+            from smscast.settings import check_base_url
+
+            try:
+                check_base_url(v, "the campaign's")
+            except ConfigError as exc:  # pydantic turns ValueError into a ValidationError naming the field
+                raise ValueError(str(exc)) from None
+        return v
+
     @field_validator("default_country")
     @classmethod
     def _upper(cls, v: str | None) -> str | None:

@@ -291,6 +291,12 @@ def _clean_header(names: list[str]) -> list[str]:
 
 def _read_csv(uri: str, label: str) -> pl.DataFrame:
     head = _sniff_text(uri, label, "CSV")
+    if len(head) == _SNIFF_BYTES and b"\n" not in head and b"\r" not in head:
+        # Not a header row (and Polars would take seconds to make a column name of it)
+        raise SourceError(
+            f"{label}: its first line is longer than {_SNIFF_BYTES // 1024} KiB, which no header row is; "
+            "a CSV file starts with a header such as phone,body"
+        )
     separator, eol = _csv_dialect(head)
     # A CR alone beside LF line ends: old Mac and Unix exports glued together (or a CR inside a quoted field).
     mixed_eol = eol == "\n" and re.search(rb"\r(?!\n)", head) is not None

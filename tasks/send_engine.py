@@ -147,7 +147,7 @@ class ShardSender:
                 continue
             except CampaignStopError as exc:
                 self._count(exc.code)
-                self.abort.set(exc.code, str(exc))
+                self.abort.set(exc.code, self.provider.redact(str(exc)))
                 return self._all(batch, Status.FAILED, exc.code, str(exc))
             except BatchRejectedError as exc:
                 self._count("batch_rejected")
@@ -203,7 +203,8 @@ class ShardSender:
         return self._all(batch, Status.FAILED, exc.code, f"{exc}; gave up after retries")
 
     def _all(self, batch: Batch, status: Status, code: str, message: str) -> list[SentBatch]:
-        outcome = RowOutcome(status=status, error_code=code, error_message=message)
+        # Messages here may quote the provider's error text; that text never reaches results unredacted.
+        outcome = RowOutcome(status=status, error_code=code, error_message=self.provider.redact(message))
         rows = batch.rows.get_column("row_index").to_list()
         return [SentBatch(batch.batch_id, rows, [outcome] * len(rows), datetime.now(UTC))]
 

@@ -95,12 +95,13 @@ def rules(
     columns: list[str],
     input_columns: list[str],
 ) -> list[Rule]:
-    phone, raw, body = pl.col("phone"), pl.col("phone_raw"), pl.col("body")
+    phone, body = pl.col("phone"), pl.col("body")
     valid_phone = is_e164(phone)
     present = phone.is_not_null()
     # A number typed without +/00 and no --default-country is "needs country", anything else that fails
     # E.164 is "invalid": the two call for different fixes.
-    typed_intl = raw.cast(pl.String).str.contains(r"^\s*(\+|00)").fill_null(False)
+    # On the normalised value, so that invisible characters pasted before a "+" do not hide it.
+    typed_intl = phone.str.starts_with("+").fill_null(False)
     national_ok = typed_intl if spec.default_country is None else pl.lit(True)
     out = [
         Rule("phone_missing", "phone", present, MESSAGES["phone_missing"]),

@@ -121,7 +121,9 @@ def test_a_media_row_needs_no_body_only_where_the_provider_sends_mms() -> None:
     from providers.textingline import TextinglineProvider
 
     spec = CampaignSpec(campaign_id="c", source="s", results="r", sender="+18005559876")
-    df = frame(["+447700900001", "+447700900002"], body=[None, None], media_url=["https://cdn.test/a.png", None])
+    df = frame(
+        ["+447700900001", "+447700900002"], body=[None, None], media_url=["https://cdn.test/a.png", None]
+    )
     mms = validate_recipients(df, spec, TextinglineProvider.caps).sort("row_index")
     assert mms["error_code"].to_list() == [None, "body_missing"]
     sms_only = validate_recipients(df, spec, CAPS).sort("row_index")

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from reliability.harness import KEY, PROVIDERS, START_KNOBS, Report, Sizes, Soak, soak_seed
 
-from reliability.harness import PROVIDERS, START_KNOBS, KEY, Report, Sizes, Soak, soak_seed
 from sandbox.server import SandboxServer
 
 REPORT = pytest.StashKey[Report]()

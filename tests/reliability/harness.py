@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,8 +195,14 @@ PROVIDERS: dict[str, ProviderSetup] = {
             "SMSCAST_POSTMAN_API_KEY",
             KEY,
             # Production mode (no /test, no SMSCAST_POSTMAN_TEST_ENV): files of up to 1,000 rows.
-            ("--template", "soak_campaign", "--body", "Hi {{name}}, your application is ready.", "--language",
-             "english"),
+            (
+                "--template",
+                "soak_campaign",
+                "--body",
+                "Hi {{name}}, your application is ready.",
+                "--language",
+                "english",
+            ),
             100,
             500,
             resend_safe=False,
@@ -276,7 +282,9 @@ class CliRun:
     """One `smscast` process in a session of its own (so that a kill takes its children too), output to a
     file (no pipe to fill up)."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], log: Path) -> None:
+    def __init__(
+        self, args: Sequence[str], env: Mapping[str, str], log: Path, command: Sequence[str] | None = None
+    ) -> None:
         self.args = list(args)
         self.log = log
         self.started = time.monotonic()
@@ -284,7 +292,7 @@ class CliRun:
         self.killed = False
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [*smscast_command(), *self.args],
+                [*(command if command is not None else smscast_command()), *self.args],
                 env=dict(env),
                 cwd=PROJECT_ROOT,
                 stdin=subprocess.DEVNULL,
@@ -521,7 +529,12 @@ class Soak:
         return rec
 
     def run_and_kill(
-        self, c: Campaign, plan: str, rng: random.Random, timeout: float = 600.0, lease: float | None = None
+        self,
+        c: Campaign,
+        plan: str,
+        rng: random.Random | None,
+        timeout: float = 600.0,
+        lease: float | None = None,
     ) -> RunRecord:
         """Start `smscast send` and SIGKILL its process tree at the moment `plan` describes:
 
@@ -532,6 +545,9 @@ class Soak:
 
         `plan` and `persist` only make sense once; when what they wait for is already on disk, the kill
         falls back to `startup`. If the run finishes before its moment, it is recorded as not killed."""
+        fraction = None
+        if plan.startswith("send@"):  # a fixed moment: send@40 = once 40 % of the rows are handled
+            plan, fraction = "send", int(plan.removeprefix("send@")) / 100
         spec_uri = f"{self.results}/_work/campaign={c.cid}/spec.json"
         parts_dir = f"{self.attempt_dir(c)}/"
         if plan == "plan" and storage.exists(spec_uri):
@@ -542,8 +558,10 @@ class Soak:
         before = int(stats["accepted"]) + int(stats["duplicates"])
         # With idempotency a resumed shard sends all its rows again; without, only those not journalled.
         remaining = c.n_valid - (0 if self.setup.resend_safe else int(stats["accepted"]))
-        target = before + max(1, int(rng.uniform(0.1, 0.9) * max(1, remaining)))
-        delay = rng.uniform(0.3, 3.0)
+        if fraction is None:
+            fraction = rng.uniform(0.1, 0.9)
+        target = before + max(1, int(fraction * max(1, remaining)))
+        delay = rng.uniform(0.3, 3.0) if rng is not None else 1.0
         run = self.start(c, "send", lease=lease)
         while run.poll() is None:
             if time.monotonic() - run.started > timeout:
@@ -693,14 +711,18 @@ def check_campaign(
         problems.append(f"{wrong_id.height} accepted rows carry another message id than the ledger's")
     if setup.template is not None and not setup.resend_safe:  # Postman: the reference names the batch
         refs = joined.filter(pl.col("batch").is_not_null())
-        wrong_ref = refs.filter(pl.col("provider_batch_ref") != pl.lit(f"{setup.template}/") + pl.col("batch"))
+        wrong_ref = refs.filter(
+            pl.col("provider_batch_ref") != pl.lit(f"{setup.template}/") + pl.col("batch")
+        )
         if wrong_ref.height:
             problems.append(f"{wrong_ref.height} accepted rows name another batch than the ledger's")
 
     for status in ("invalid", "rejected", "failed"):
         sent = current.filter((pl.col("status") == status) & pl.col("phone").is_in(in_ledger))
         if sent.height:
-            problems.append(f"{sent.height} `{status}` rows are in the ledger, e.g. {sent['phone'].head(3).to_list()}")
+            problems.append(
+                f"{sent.height} `{status}` rows are in the ledger, e.g. {sent['phone'].head(3).to_list()}"
+            )
     allowed = set(accepted["phone"].to_list())
     unknown = current.filter(pl.col("status") == "unknown")
     if not setup.resend_safe:
@@ -739,7 +761,9 @@ def check_campaign(
     ok_statuses = ["accepted"] if setup.resend_safe else ["accepted", "unknown"]
     lost = valid.filter(~pl.col("status").is_in(ok_statuses) & ~rightly_refused)
     if lost.height:
-        problems.append(f"{lost.height} valid rows lost: {lost.group_by('status', 'error_code').len().rows()}")
+        problems.append(
+            f"{lost.height} valid rows lost: {lost.group_by('status', 'error_code').len().rows()}"
+        )
     unknown_in_ledger = len(set(unknown["phone"].to_list()) & in_ledger)
     stats = soak.stats()
     return Verdict(

@@ -51,7 +51,7 @@ class Mix:
 MIXES: dict[str, Mix] = {
     m.name: m
     for m in (
-        Mix("storm429", lambda s: {}, batch_size=20, rate=20.0, rows=lambda s: min(s.mix_rows, 3000)),
+        Mix("storm429", lambda s: {}, batch_size=20, rate=20.0, rows=lambda s: min(s.mix_rows, 2000)),
         Mix(
             "ratelimit",
             lambda s: {"rate_limit_rps": 5, "rate_limit_burst": 5},
@@ -68,7 +68,10 @@ MIXES: dict[str, Mix] = {
         Mix(
             "drops",
             lambda s: {
-                "next_drop_before": 2, "next_drop_after": 2, "rate_drop_before": 0.02, "rate_drop_after": 0.02,
+                "next_drop_before": 2,
+                "next_drop_after": 2,
+                "rate_drop_before": 0.02,
+                "rate_drop_after": 0.02,
             },  # fmt: skip
         ),
         Mix("rejections", lambda s: {"reject_suffixes": [s.setup.reject_suffix]}, rejects=True),
@@ -76,9 +79,15 @@ MIXES: dict[str, Mix] = {
         Mix(
             "combined",
             lambda s: {
-                "next_5xx": 3, "next_timeout": 2, "next_drop_before": 2, "next_drop_after": 2,
-                "rate_5xx": 0.03, "rate_drop_after": 0.01, "timeout_delay_s": 3,
-                "reject_suffixes": [s.setup.reject_suffix], "transient_suffixes": [s.setup.transient_suffix],
+                "next_5xx": 3,
+                "next_timeout": 2,
+                "next_drop_before": 2,
+                "next_drop_after": 2,
+                "rate_5xx": 0.03,
+                "rate_drop_after": 0.01,
+                "timeout_delay_s": 3,
+                "reject_suffixes": [s.setup.reject_suffix],
+                "transient_suffixes": [s.setup.transient_suffix],
             },  # fmt: skip
             args=("--request-timeout", "1"),
             rejects=True,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from reliability.harness import (
     LOCKED_MESSAGE,
     Report,

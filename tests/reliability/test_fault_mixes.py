@@ -24,7 +24,6 @@ import os
 import time
 
 import pytest
-
 from reliability.harness import Report, Sizes, Soak, check_campaign, rng_for, selected_providers
 from reliability.mixes import MIXES, Mix, apply, clear_transient, markers_for, storm, throttling
 
@@ -60,7 +59,9 @@ def run_mix(soak: Soak, report: Report, mix: Mix, sizes: Sizes, *, long: bool) -
     if backoff:
         tally.backoff.append(f"{mix.name}: {backoff}")
     report.add_verdict(verdict)
-    print(f"{verdict.summary()} · {time.monotonic() - started:.0f}s · sandbox requests {soak.stats()['requests']}")
+    print(
+        f"{verdict.summary()} · {time.monotonic() - started:.0f}s · sandbox requests {soak.stats()['requests']}"
+    )
     assert not verdict.problems, verdict.summary() + "\n" + "\n".join(verdict.problems)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from reliability.harness import (
     PROVIDERS,
     Report,
@@ -44,9 +43,7 @@ def kill_phases(provider: str, kills: int, rng: random.Random, long: bool) -> li
     """The first kill of a short run cycles through the phases across providers (offset by the seed), so
     that one CI run covers them all; Postman's always lands mid-send, where its journal is at stake. Later
     kills (and the long run's after the first) are drawn by weight."""
-    if long:
-        first = "send"
-    elif provider == "postman":
+    if long or provider == "postman":
         first = "send"
     else:
         first = SHORT_FIRST_KILLS[(list(PROVIDERS).index(provider) + soak_seed()) % len(SHORT_FIRST_KILLS)]
