@@ -25,7 +25,7 @@ from tasks.manifest import load_spec, read_manifest, write_manifest
 from tasks.persist import attempt_dir, done_marker, write_plan
 from tasks.plan import plan_campaign
 from tasks.send import shard_runner
-from tasks.work import WorkDir
+from tasks.work import WorkDir, unfinished_attempt
 
 PLAN_COLUMNS = ("shard", "batch_seq", "batch_id", "batch_key", "status", "error_code", "error_message")
 
@@ -48,12 +48,21 @@ def retry_failed(
     if delay_seconds > 0:
         logger.info("waiting %.0f s before retrying campaign %s", delay_seconds, campaign_id)
         time.sleep(delay_seconds)
+    overrides = {k: v for k, v in {"provider": provider, "base_url": base_url}.items() if v}
     with CampaignLock(results, campaign_id) as lock:
+        pending = unfinished_attempt(results, campaign_id)
+        if pending is not None:
+            # An interrupted attempt is finished first, from its own plan and journal: planning a new one
+            # beside it would re-send what it had already sent.
+            spec = original.model_copy(update={**overrides, "attempt": pending, "dry_run": False})
+            work = WorkDir.for_run(results, campaign_id, pending)
+            manifest = read_manifest(work.root)
+            assert manifest is not None
+            logger.info("campaign %s: resuming interrupted attempt %d", campaign_id, pending)
+            return dispatch(spec, work.root, manifest, logger, lock=lock).to_dict()
         current = current_results(results, campaign_id)
         last = int(current.get_column("attempt").max())  # type: ignore[arg-type]
-        update: dict[str, Any] = {"attempt": last + 1, "dry_run": False}
-        update.update({k: v for k, v in {"provider": provider, "base_url": base_url}.items() if v})
-        spec = original.model_copy(update=update)
+        spec = original.model_copy(update={**overrides, "attempt": last + 1, "dry_run": False})
         prov = make_provider(spec.provider, base_url=spec.base_url)
         retriable = pl.col("status") == Status.FAILED.value
         if prov.caps.resend_safe:

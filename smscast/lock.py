@@ -42,6 +42,7 @@ class CampaignLock:
         self.lease = lease
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lost = threading.Event()
+        self.valid_until = 0.0  # this holder's own view of its lease; past it, it must assume the worst
         self._version: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -49,6 +50,14 @@ class CampaignLock:
     def _record(self) -> bytes:
         now = time.time()
         return json.dumps({"owner": self.owner, "acquired_at": now, "expires_at": now + self.lease}).encode()
+
+    def held(self) -> bool:
+        """Whether this run may still act as the campaign's only sender. False once another run took the lock
+        over, and also once the lease ran out without a renewal (storage unreachable, or this process was
+        frozen): by then another run may have taken over without this one being able to see it."""
+        if not self.lost.is_set() and time.time() > self.valid_until:
+            self.lost.set()
+        return not self.lost.is_set()
 
     def acquire(self) -> None:
         current = storage.get_versioned(self.uri)
@@ -66,20 +75,26 @@ class CampaignLock:
         if version is None:
             raise CampaignLockedError(f"campaign {self.campaign_id!r} was locked by another run a moment ago")
         self._version = version
+        # Counted from before the write, so our view never outlasts the lease others read.
+        self.valid_until = time.time() + self.lease - 1.0
         self._thread = threading.Thread(target=self._heartbeat, name=f"lock-{self.campaign_id}", daemon=True)
         self._thread.start()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.lease / 3):
+            started = time.time()
             try:
                 version = storage.put_if(self.uri, self._record(), self._version)
-                if version is None:
-                    self.lost.set()
-                    return
-                self._version = version
             except Exception:
-                # A storage hiccup: try again next beat; the lease has two more beats of slack.
+                # A storage hiccup: try again next beat. If the lease runs out meanwhile, `held()` says so.
+                if not self.held():
+                    return
                 continue
+            if version is None:
+                self.lost.set()
+                return
+            self._version = version
+            self.valid_until = started + self.lease - 1.0
 
     def release(self) -> None:
         self._stop.set()

@@ -63,9 +63,9 @@ class Stop:
     """The campaign-wide stop signal: set by the first batch that meets a campaign-stopping refusal, or by
     the lock's heartbeat if this run lost its lock. Batches check it before every request."""
 
-    def __init__(self, *watched: threading.Event) -> None:
+    def __init__(self, *watched: Callable[[], bool]) -> None:
         self._event = threading.Event()
-        self._watched = watched
+        self._watched = watched  # each returns True while sending may go on (e.g. CampaignLock.held)
         self.code: str | None = None
         self.reason: str | None = None
 
@@ -75,8 +75,10 @@ class Stop:
             self._event.set()
 
     def is_set(self) -> bool:
-        if not self._event.is_set() and any(e.is_set() for e in self._watched):
-            self.set("lock_lost", "another run took over this campaign's lock; this run stopped sending")
+        if not self._event.is_set() and not all(ok() for ok in self._watched):
+            self.set(
+                "lock_lost", "another run took over this campaign (or may have: this run's lease ran out)"
+            )
         return self._event.is_set()
 
 

@@ -486,3 +486,11 @@ def _digest(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def write_parquet_once(df: pl.DataFrame, uri: str) -> bool:
+    """Write `df` only if nothing is at `uri` yet (a conditional create). False if something already was:
+    a record written by another run is never overwritten."""
+    buffer = io.BytesIO()
+    df.write_parquet(buffer)
+    return put_if(uri, buffer.getvalue(), None) is not None

@@ -14,7 +14,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from smscast import progress, storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import CampaignStopError
-from smscast.lock import CampaignLock
+from smscast.lock import CampaignLock, CampaignLockedError
 from tasks.events import emit_campaign_finished
 from tasks.manifest import Manifest
 from tasks.persist import persist_results
@@ -40,7 +40,7 @@ def dispatch(
     def publish_progress(pct: float) -> None:
         update_progress_artifact(artifact, pct)
 
-    stop = progress.Stop(*((lock.lost,) if lock is not None else ()))
+    stop = progress.Stop(*((lock.held,) if lock is not None else ()))
     runtime = progress.Runtime(
         progress.Progress(manifest.rows_to_send, logger, publish=publish_progress), stop
     )
@@ -51,6 +51,11 @@ def dispatch(
             reports = [f.result() for f in futures]
     finally:
         progress.unregister(key)
+    if stop.code == "lock_lost":
+        # Another run owns the campaign now: write nothing (its record stands), send nothing, fail loudly.
+        raise CampaignLockedError(
+            f"campaign {spec.campaign_id}: {stop.reason}; this run stopped and wrote nothing"
+        )
     with stage(seconds, "persist"):
         uri = persist_results(spec, work_root, manifest.shards)
     results = storage.read_parquet(uri)

@@ -4,7 +4,8 @@ With idempotency keys, a batch whose outcome was lost in a crash is simply sent 
 recognises it. Without them, a blind re-send could text everyone in it twice. So before such a batch goes
 out its intent is recorded, and after it its outcome:
 
-    <work>/journal/shard=00003/<batch_id>.intent     written before the first request
+    <work>/journal/shard=00003/<batch_id>.intent     written before each request, withdrawn when the answer
+                                                     proves it was not processed (429, 503, no connection)
     <work>/journal/shard=00003/<batch_id>.parquet    its rows' outcomes, written after the last
 
 A resumed shard then sorts its batches: outcome recorded -> keep it; intent only -> `unknown` (it may have
@@ -43,6 +44,10 @@ class Journal:
 
     def intend(self, batch: Batch) -> None:
         storage.put_bytes(self._intent(batch.batch_id), datetime.now(UTC).isoformat().encode())
+
+    def forget(self, batch: Batch) -> None:
+        """The request was refused unprocessed (429, 503, never connected): nothing can have been sent."""
+        storage.delete(self._intent(batch.batch_id))
 
     def record(self, batch: Batch, parts: list[SentBatch]) -> None:
         storage.write_parquet(outcomes_frame(parts), self._outcome(batch.batch_id))

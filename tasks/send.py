@@ -130,7 +130,14 @@ def send_shard(spec: CampaignSpec, work_root: str, shard: ShardRef, runtime_key:
     # Providers without idempotency keep a per-batch journal, so a crash never leads to a blind re-send.
     journal = None if provider.caps.resend_safe else Journal(f"{work_root}/journal/shard={shard.shard:05d}")
     outcomes, requests = asyncio.run(send_rows(provider, planned, spec, runtime=runtime, journal=journal))
-    storage.write_parquet(result_rows(spec, planned, outcomes), part)
+    if runtime is not None and runtime.abort.code == "lock_lost":
+        logger.warning(
+            "shard %d: another run owns the campaign now; not recording this run's view", shard.shard
+        )
+        return ShardReport(shard.shard, outcomes.height, _counts(outcomes), requests)
+    if not storage.write_parquet_once(result_rows(spec, planned, outcomes), part):
+        # Another run recorded this shard first (we stalled past our lease). Its record stands.
+        logger.warning("shard %d was recorded by another run; keeping that record", shard.shard)
     counts = _counts(outcomes)
     logger.info(
         "shard %d: %d rows in %d batches · %s",

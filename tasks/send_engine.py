@@ -72,6 +72,8 @@ class BatchJournal(Protocol):
 
     def intend(self, batch: Batch) -> None: ...
 
+    def forget(self, batch: Batch) -> None: ...
+
     def record(self, batch: Batch, parts: list[SentBatch]) -> None: ...
 
 
@@ -121,7 +123,7 @@ class ShardSender:
     async def send_batch(self, batch: Batch, *, top: bool = False) -> list[SentBatch]:
         attempt = throttled = 0
         maybe_accepted = False
-        intended = not (top and self.journal is not None)
+        journalled = False  # whether this batch's intent is on record (top-level batches, with a journal)
         while True:
             submitted = datetime.now(UTC)
             try:
@@ -133,12 +135,16 @@ class ShardSender:
                         return self._all(
                             batch, Status.FAILED, "aborted", "campaign stopped: provider refused credentials"
                         )
-                    if not intended:  # the moment before it may reach the provider, not when it was queued
-                        await asyncio.to_thread(self.journal.intend, batch)  # type: ignore[union-attr]
-                        intended = True
+                    if top and self.journal is not None and not journalled:
+                        # The moment before it may reach the provider, not when it was queued.
+                        await asyncio.to_thread(self.journal.intend, batch)
+                        journalled = True
                     response = await transport.send(self.client, request, self.caps.name)
                 outcomes = self.provider.parse_response(batch, response)
             except RateLimitedError as exc:
+                if journalled:
+                    await self._withdraw(batch)
+                    journalled = False
                 self._count("429")
                 throttled += 1
                 self.bucket.penalise(exc.retry_after)
@@ -167,7 +173,10 @@ class ShardSender:
                 if attempt >= self.policy.max_attempts:
                     return self._give_up(batch, exc, maybe_accepted)
                 await asyncio.sleep(self.policy.backoff(attempt))
-            except TransientError as exc:
+            except TransientError as exc:  # never sent, or a 5xx: the provider did not take it
+                if journalled:
+                    await self._withdraw(batch)
+                    journalled = False
                 self._count(exc.code)
                 attempt += 1
                 if attempt >= self.policy.max_attempts:
@@ -183,6 +192,12 @@ class ShardSender:
                         batch.batch_id, batch.rows.get_column("row_index").to_list(), outcomes, submitted
                     )
                 ]
+
+    async def _withdraw(self, batch: Batch) -> None:
+        """After an answer that proves the request was not processed, withdraw the journal's intent, so that a
+        crash during the backoff leaves the batch to be sent rather than in doubt."""
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.forget, batch)
 
     def _splittable(self, batch: Batch) -> bool:
         return len(batch) >= max(2, 2 * self.caps.min_rows)

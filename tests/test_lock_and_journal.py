@@ -149,3 +149,71 @@ def test_journal_resume_keeps_recorded_batches_marks_started_ones_unknown_and_se
     # Every batch now has its outcome on record: a third run sends nothing.
     posted.clear()
     assert run().height == 40 and posted == []
+
+
+def test_result_parts_are_write_once(results: str) -> None:
+    uri = f"{results}/campaign=c/attempt=1/part-s00000.parquet"
+    assert storage.write_parquet_once(pl.DataFrame({"a": [1]}), uri)
+    assert not storage.write_parquet_once(pl.DataFrame({"a": [2]}), uri)  # a stale run cannot overwrite
+    assert storage.read_parquet(uri)["a"].to_list() == [1]
+
+
+def test_a_lock_whose_renewals_fail_stops_being_held_when_its_lease_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = CampaignLock(str(tmp_path / "res"), "c", lease=1.5)
+    lock.acquire()
+    try:
+        assert lock.held()
+        monkeypatch.setattr(storage, "put_if", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
+        time.sleep(1.0)
+        assert not lock.held() and lock.lost.is_set()  # 1.5 s lease, 1 s margin: gone after ~0.5 s
+    finally:
+        lock.release()
+
+
+def test_the_journal_withdraws_an_intent_when_the_answer_proves_nothing_was_sent() -> None:
+    provider = NoIdempotency(ProviderSettings(base_url="http://x.test", api_key=Secret("k")))
+    spec = CampaignSpec(campaign_id="w", source="s", results="r", body="hi", batch_size=10, rate=10_000)
+    df = pl.DataFrame({"row_index": list(range(10)), "phone_raw": [f"+4477009{i:05d}" for i in range(10)]})
+    rows = plan_campaign(
+        validate_recipients(df, spec, provider.caps, provider), spec, provider.caps, provider
+    ).rows
+    calls: list[str] = []
+
+    class Spy:
+        def intend(self, batch: object) -> None:
+            calls.append("intend")
+
+        def forget(self, batch: object) -> None:
+            calls.append("forget")
+
+        def record(self, batch: object, parts: object) -> None:
+            calls.append("record")
+
+        def recover(self, batches: list[object]) -> object:
+            from tasks.journal import Recovered
+
+            return Recovered([], [], batches)  # type: ignore[arg-type]
+
+    answers = iter([httpx.Response(503), httpx.Response(429, headers={"Retry-After": "0"})])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        try:
+            return next(answers)
+        except StopIteration:
+            n = len(json.loads(request.content)["messages"])
+            return httpx.Response(
+                200,
+                json={
+                    "batch": "B",
+                    "results": [{"index": i, "status": "accepted", "message_id": f"m{i}"} for i in range(n)],
+                },
+            )
+
+    ratelimit._BUCKETS.clear()
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    fast = RetryPolicy(backoff_base=0.001, backoff_cap=0.01)
+    out = asyncio.run(send_rows(provider, rows, spec, client=client, journal=Spy(), policy=fast))[0]  # type: ignore[arg-type]
+    assert set(out["status"]) == {"accepted"}
+    assert calls == ["intend", "forget", "intend", "forget", "intend", "record"]

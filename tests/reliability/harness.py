@@ -556,8 +556,11 @@ class Soak:
             plan = "startup"
         stats = self.stats()
         before = int(stats["accepted"]) + int(stats["duplicates"])
-        # With idempotency a resumed shard sends all its rows again; without, only those not journalled.
-        remaining = c.n_valid - (0 if self.setup.resend_safe else int(stats["accepted"]))
+        # With idempotency a resumed shard sends all its rows again; without, only batches never started.
+        remaining = c.n_valid
+        if not self.setup.resend_safe:
+            started = [f for f in storage.list_files(f"{self.work_dir(c)}/journal/") if f.endswith(".intent")]
+            remaining = max(1, c.n_valid - len(started) * self.batch_size(c))
         if fraction is None:
             fraction = rng.uniform(0.1, 0.9)
         target = before + max(1, int(fraction * max(1, remaining)))
