@@ -208,7 +208,7 @@ PROVIDERS: dict[str, ProviderSetup] = {
             resend_safe=False,
             transient_at_send=False,  # accepted; Retrieve Batch Messages reports the failure later
             template="soak_campaign",
-        ),  # fmt: skip
+        ),
         ProviderSetup(
             "instasent",
             "instasent",
@@ -677,7 +677,12 @@ def ledger_frame(client: SandboxClient, emulator: str) -> pl.DataFrame:
 
 
 def check_campaign(
-    soak: Soak, c: Campaign, *, reject_suffixes: Sequence[str] = (), expect_complete: bool = True
+    soak: Soak,
+    c: Campaign,
+    *,
+    reject_suffixes: Sequence[str] = (),
+    transient_suffixes: Sequence[str] = (),
+    expect_complete: bool = True,
 ) -> Verdict:
     """Every input row has exactly one current result; the ledger holds each phone at most once; every
     accepted row is in the ledger exactly once (with the message id the results carry); nothing refused,
@@ -693,8 +698,9 @@ def check_campaign(
             if not storage.exists(f"{soak.attempt_dir(c, attempt)}/_SUCCESS"):
                 problems.append(f"attempt {attempt} has no _SUCCESS")
     ledger = ledger_frame(soak.client, soak.emu)
-    per_phone = ledger.group_by("to").agg(n=pl.len(), message_id=pl.col("message_id").first(),
-                                          batch=pl.col("batch").first())  # fmt: skip
+    per_phone = ledger.group_by("to").agg(
+        n=pl.len(), message_id=pl.col("message_id").first(), batch=pl.col("batch").first()
+    )
     duplicates = ledger.height - per_phone.height
     if duplicates:
         twice = per_phone.filter(pl.col("n") > 1)["to"].head(5).to_list()
@@ -706,8 +712,10 @@ def check_campaign(
     joined = accepted.join(per_phone, left_on="phone", right_on="to", how="left")
     not_once = joined.filter(pl.col("n").is_null() | (pl.col("n") != 1))
     if not_once.height:
-        problems.append(f"{not_once.height} accepted rows not in the ledger exactly once, e.g. "
-                        f"{not_once['phone'].head(5).to_list()}")  # fmt: skip
+        problems.append(
+            f"{not_once.height} accepted rows not in the ledger exactly once, e.g. "
+            f"{not_once['phone'].head(5).to_list()}"
+        )
     with_id = joined.filter(pl.col("provider_message_id").is_not_null() & pl.col("message_id").is_not_null())
     wrong_id = with_id.filter(pl.col("provider_message_id") != pl.col("message_id"))
     if wrong_id.height:
@@ -751,8 +759,10 @@ def check_campaign(
     refused_ok = ["rejected"] if setup.resend_safe else ["rejected", "unknown"]
     wrongly_accepted = valid.filter(pl.col("_must_reject") & ~pl.col("status").is_in(refused_ok))
     if wrongly_accepted.height:
-        problems.append(f"{wrongly_accepted.height} rows the provider refuses ended "
-                        f"{wrongly_accepted['status'].unique().to_list()}")  # fmt: skip
+        problems.append(
+            f"{wrongly_accepted.height} rows the provider refuses ended "
+            f"{wrongly_accepted['status'].unique().to_list()}"
+        )
     rightly_refused = pl.col("_must_reject")
     if setup.marker_rejects and c.markers:
         # A whole-batch refusal cannot be narrowed below 2 x the provider's minimum: the marker row's last
@@ -767,6 +777,16 @@ def check_campaign(
         problems.append(
             f"{lost.height} valid rows lost: {lost.group_by('status', 'error_code').len().rows()}"
         )
+    if setup.transient_at_send and transient_suffixes:
+        # Refused for now at send time: they must have gone through `smscast retry` (attempt 2 or later).
+        transient = valid.filter(
+            pl.col("phone").str.ends_with(transient_suffixes[0]) & ~pl.col("_must_reject")
+        )
+        first_attempt = transient.filter(pl.col("attempt") < 2)
+        if transient.is_empty() or first_attempt.height:
+            problems.append(
+                f"transient rows: {transient.height}, of which {first_attempt.height} never re-sent by retry"
+            )
     unknown_in_ledger = len(set(unknown["phone"].to_list()) & in_ledger)
     stats = soak.stats()
     return Verdict(
@@ -840,13 +860,32 @@ class Report:
                     t.kill_points += 1
                     t.kills_landed.append(r.landed if r.killed and r.landed else "missed")
 
+    def add_interruption(self, provider: str, landed: str) -> None:
+        """A kill or a stall made by hand (not through `Soak.run_and_kill`)."""
+        t = self.tally(provider)
+        with self.lock:
+            t.kill_points += 1
+            t.kills_landed.append(landed)
+
     def note(self, line: str) -> None:
         with self.lock:
             self.lines.append(line)
 
     def table(self) -> str:
-        head = ("provider", "kill pts", "landed", "mixes", "dup runs", "campaigns", "rows", "duplicates",
-                "losses", "unknown (in ledger)", "re-sends recognised", "backoff")  # fmt: skip
+        head = (
+            "provider",
+            "kill pts",
+            "landed",
+            "mixes",
+            "dup runs",
+            "campaigns",
+            "rows",
+            "duplicates",
+            "losses",
+            "unknown (in ledger)",
+            "re-sends recognised",
+            "backoff",
+        )
         rows = []
         for name in PROVIDERS:
             t = self.tallies.get(name)

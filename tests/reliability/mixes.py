@@ -72,7 +72,7 @@ MIXES: dict[str, Mix] = {
                 "next_drop_after": 2,
                 "rate_drop_before": 0.02,
                 "rate_drop_after": 0.02,
-            },  # fmt: skip
+            },
         ),
         Mix("rejections", lambda s: {"reject_suffixes": [s.setup.reject_suffix]}, rejects=True),
         Mix("transient", lambda s: {"transient_suffixes": [s.setup.transient_suffix]}),
@@ -88,7 +88,7 @@ MIXES: dict[str, Mix] = {
                 "timeout_delay_s": 3,
                 "reject_suffixes": [s.setup.reject_suffix],
                 "transient_suffixes": [s.setup.transient_suffix],
-            },  # fmt: skip
+            },
             args=("--request-timeout", "1"),
             rejects=True,
         ),

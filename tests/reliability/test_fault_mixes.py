@@ -53,7 +53,12 @@ def run_mix(soak: Soak, report: Report, mix: Mix, sizes: Sizes, *, long: bool) -
         if mix.name == "ratelimit":
             backoff = throttling(soak, c)
     soak.retry_until_done(c, before_retry=lambda: clear_transient(soak))
-    verdict = check_campaign(soak, c, reject_suffixes=knobs.get("reject_suffixes", ()))
+    verdict = check_campaign(
+        soak,
+        c,
+        reject_suffixes=knobs.get("reject_suffixes", ()),
+        transient_suffixes=knobs.get("transient_suffixes", ()),
+    )
     tally = report.tally(name)
     tally.mixes.append(mix.name)
     if backoff:

@@ -72,7 +72,12 @@ def kill_and_finish(soak: Soak, report: Report, sizes: Sizes, *, long: bool, mix
     soak.client.set_faults(provider=soak.emu, latency_ms=1)  # the rest at full speed
     soak.complete(c)
     soak.retry_until_done(c, before_retry=lambda: clear_transient(soak))
-    verdict = check_campaign(soak, c, reject_suffixes=knobs.get("reject_suffixes", ()))
+    verdict = check_campaign(
+        soak,
+        c,
+        reject_suffixes=knobs.get("reject_suffixes", ()),
+        transient_suffixes=knobs.get("transient_suffixes", ()),
+    )
     report.add_kills(name, c)
     if mix is not None:
         report.tally(name).mixes.append(f"{mix.name}+kill")
