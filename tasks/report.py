@@ -80,8 +80,9 @@ def render(summary: CampaignSummary) -> str:
         f"{head}Campaign {summary.campaign_id} · attempt {summary.attempt} · provider {summary.provider} · "
         f"{summary.rows:,} rows",
         "  " + "  ".join(f"{k}: {v:,}" for k, v in summary.by_status.items() if v or k != "unknown"),
-        f"  segments: {summary.segments_accepted:,} accepted"
-        + (f", {summary.segments_planned:,} planned" if summary.dry_run or summary.segments_planned else ""),
+        f"  segments: {summary.segments_planned:,} planned"
+        if summary.dry_run
+        else f"  segments: {summary.segments_accepted:,} accepted",
     ]
     if summary.by_reason:
         lines.append("  reasons:")
