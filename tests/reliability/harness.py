@@ -562,9 +562,11 @@ class Soak:
             started = [f for f in storage.list_files(f"{self.work_dir(c)}/journal/") if f.endswith(".intent")]
             remaining = max(1, c.n_valid - len(started) * self.batch_size(c))
         if fraction is None:
-            fraction = rng.uniform(0.1, 0.9)
+            fraction = rng.uniform(0.1, 0.9) if rng is not None else 0.5
         target = before + max(1, int(fraction * max(1, remaining)))
         delay = rng.uniform(0.3, 3.0) if rng is not None else 1.0
+        planned_before = storage.exists(f"{self.work_dir(c)}/plan/manifest.json")
+        parts_before = len([f for f in storage.list_files(parts_dir) if "/part-s" in f])
         run = self.start(c, "send", lease=lease)
         while run.poll() is None:
             if time.monotonic() - run.started > timeout:
@@ -586,10 +588,8 @@ class Soak:
             time.sleep(0.005 if plan in ("plan", "persist") else 0.02)
         landed = None
         if run.killed:
-            landed = self.phase_on_disk(c)
-            if landed == "send":
-                done = self.processed() - before
-                landed = f"send@{min(100, int(100 * done / max(1, remaining)))}%"
+            time.sleep(0.3)  # let the sandbox finish what was in flight before judging progress
+            landed = self._landed(c, run, planned_before, parts_before, before, remaining)
         rec = RunRecord(
             "send",
             run.poll(),
@@ -602,6 +602,22 @@ class Soak:
         c.runs.append(rec)
         self.client.health()  # the sandbox survived the kill
         return rec
+
+    def _landed(
+        self, c: Campaign, run: CliRun, planned_before: bool, parts_before: int, before: int, remaining: int
+    ) -> str:
+        """Where a kill landed, from what this run changed: it had not taken the campaign's lock yet
+        (`startup`: imports, Prefect's temporary API), it was planning, sending (and how far), or persisting."""
+        raw = storage.get_versioned(lock_uri(self.results, c.cid))
+        owner = str(json.loads(raw[0]).get("owner", "")) if raw is not None else ""
+        if f":{run.pid}:" not in owner:
+            return "startup"
+        if len([f for f in storage.list_files(f"{self.attempt_dir(c)}/") if "/part-s" in f]) > parts_before:
+            return "persist"
+        done = self.processed() - before
+        if done > 0:
+            return f"send@{min(100, int(100 * done / max(1, remaining)))}%"
+        return "plan" if not planned_before else "send@0%"
 
     def complete(self, c: Campaign, max_runs: int = 6) -> None:
         """Re-run `smscast send` with the same campaign id until it completes, waiting out a dead run's

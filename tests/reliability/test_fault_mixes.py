@@ -40,7 +40,8 @@ def run_mix(soak: Soak, report: Report, mix: Mix, sizes: Sizes, *, long: bool) -
         long=long,
         extra_args=mix.args,
         markers=markers_for(soak, mix, n),
-        batch_size=mix.batch_size,
+        # Batches of 100 also in the long run: enough requests per campaign for the per-request fault rates.
+        batch_size=mix.batch_size or soak.setup.batch_size,
         rate=mix.rate,
     )
     knobs = apply(soak, mix, rng.randrange(1 << 30))

@@ -64,8 +64,10 @@ def kill_and_finish(soak: Soak, report: Report, sizes: Sizes, *, long: bool, mix
     phases = kill_phases(name, sizes.kills, rng, long)
     for phase in phases:
         soak.wait_out_lease(c)
+        if soak.phase_on_disk(c) == "persist":  # everything sent and recorded: only a start-up is left
+            phase = "startup"
         rec = soak.run_and_kill(c, phase, rng)
-        print(f"{name}: kill at {phase}: landed {rec.landed} after {rec.seconds:.1f}s {rec.note}")
+        print(f"{name}: kill at {rec.kill_plan}: landed {rec.landed} after {rec.seconds:.1f}s {rec.note}")
         if not rec.killed:
             assert rec.rc == 0, f"an unkilled run failed: {rec.note}\n{soak._last_log_tail()}"
             break  # the campaign completed before the moment came
