@@ -130,15 +130,19 @@ class ShardSender:
                 request = self.provider.build_request(batch)
                 await self.bucket.acquire()
                 async with self.sem:
-                    # Checked inside the slot: batches queued behind a credentials failure must not go out.
-                    if self.abort.is_set():
-                        return self._all(
-                            batch, Status.FAILED, "aborted", "campaign stopped: provider refused credentials"
-                        )
-                    if top and self.journal is not None and not journalled:
+                    if top and self.journal is not None and not journalled and not self.abort.is_set():
                         # The moment before it may reach the provider, not when it was queued.
                         await asyncio.to_thread(self.journal.intend, batch)
                         journalled = True
+                    # Checked last, right before the request: batches queued behind a campaign stop must not
+                    # go out, nor may a run that was frozen past its lease (a lost worker) on waking up.
+                    if self.abort.is_set():
+                        return self._all(
+                            batch,
+                            Status.FAILED,
+                            "aborted",
+                            f"not sent: campaign stopped ({self.abort.reason})",
+                        )
                     response = await transport.send(self.client, request, self.caps.name)
                 outcomes = self.provider.parse_response(batch, response)
             except RateLimitedError as exc:
