@@ -42,6 +42,8 @@ class CampaignLock:
         self.lease = lease
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lost = threading.Event()
+        # Stop sending a little before others may take over: clocks and in-flight requests need the slack.
+        self._margin = min(1.0, lease / 4)
         self.valid_until = 0.0  # this holder's own view of its lease; past it, it must assume the worst
         self._version: str | None = None
         self._stop = threading.Event()
@@ -76,7 +78,7 @@ class CampaignLock:
             raise CampaignLockedError(f"campaign {self.campaign_id!r} was locked by another run a moment ago")
         self._version = version
         # Counted from before the write, so our view never outlasts the lease others read.
-        self.valid_until = time.time() + self.lease - 1.0
+        self.valid_until = time.time() + self.lease - self._margin
         self._thread = threading.Thread(target=self._heartbeat, name=f"lock-{self.campaign_id}", daemon=True)
         self._thread.start()
 
@@ -94,7 +96,7 @@ class CampaignLock:
                 self.lost.set()
                 return
             self._version = version
-            self.valid_until = started + self.lease - 1.0
+            self.valid_until = started + self.lease - self._margin
 
     def release(self) -> None:
         self._stop.set()
