@@ -1,5 +1,5 @@
-"""Two smaller bugs the reliability suite found, fixed since and kept as regression tests. Both are small next to the four
-crash-safety bugs of test_crash_safety.py, fixed since:
+"""Two smaller bugs the reliability suite found, fixed since and kept as regression tests (the four
+crash-safety bugs are in test_crash_safety.py):
 
 * test_a_lease_of_one_second_or_less_is_held_once_acquired
       CampaignLock keeps a fixed 1 s safety margin (`valid_until = now + lease - 1.0`): with
