@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import polars as pl
-import pytest
 
 from providers.textingline import TextinglineProvider
 from smscast import ratelimit
