@@ -65,3 +65,35 @@ def env(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def prefect_harness() -> Iterator[None]:
+    """Prefect's test harness (a temporary API for the module's flow runs)."""
+    import os
+
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@contextmanager
+def provider_sandbox(provider: str, key: str, **extra_env: str) -> Iterator[Any]:
+    """A sandbox serving one provider's emulator that accepts `key`, with SMSCAST_<PROVIDER>_API_KEY (and
+    `extra_env`) set for as long as it runs."""
+    import pytest
+
+    from sandbox.server import SandboxServer
+    from smscast.settings import env_prefix
+
+    with SandboxServer(emulators=[provider], api_keys={provider: key}) as server:
+        mp = pytest.MonkeyPatch()
+        mp.setenv(f"{env_prefix(provider)}_API_KEY", key)
+        for name, value in extra_env.items():
+            mp.setenv(name, value)
+        try:
+            yield server
+        finally:
+            mp.undo()

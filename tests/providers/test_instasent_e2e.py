@@ -4,13 +4,12 @@ loopback, and the results Parquet checked row for row against the sandbox ledger
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
+from support import prefect_harness, provider_sandbox
 
 from flows.campaign import send_campaign
 from sandbox.server import SandboxServer
@@ -25,20 +24,14 @@ N = 60
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api() -> Iterator[None]:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_harness():
         yield
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(emulators=["instasent"], api_keys={"instasent": KEY}) as server:
-        mp = pytest.MonkeyPatch()
-        mp.setenv("SMSCAST_INSTASENT_API_KEY", KEY)
-        try:
-            yield server
-        finally:
-            mp.undo()
+    with provider_sandbox("instasent", KEY) as server:
+        yield server
 
 
 def write_csv(path: Path) -> Path:

@@ -5,13 +5,12 @@ the sandbox ledger."""
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
+from support import prefect_harness, provider_sandbox
 
 from flows.campaign import send_campaign
 from sandbox.server import SandboxServer
@@ -27,21 +26,15 @@ LANGS = ("english", "chinese", "malay", "tamil")
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api() -> Iterator[None]:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_harness():
         yield
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(emulators=["postman"], api_keys={"postman": KEY}) as server:
-        mp = pytest.MonkeyPatch()
-        mp.setenv("SMSCAST_POSTMAN_API_KEY", KEY)
-        mp.setenv("SMSCAST_POSTMAN_TEST_ENV", "1")  # the adapter plans files of at most 20 rows
-        try:
-            yield server
-        finally:
-            mp.undo()
+    # Postman's test environment: the adapter plans files of at most 20 rows.
+    with provider_sandbox("postman", KEY, SMSCAST_POSTMAN_TEST_ENV="1") as server:
+        yield server
 
 
 def write_csv(path: Path) -> Path:

@@ -4,13 +4,12 @@ emulator on loopback, and the results Parquet checked row for row against the sa
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
+from support import prefect_harness, provider_sandbox
 
 from flows.campaign import send_campaign
 from flows.retry import retry_failed
@@ -27,20 +26,14 @@ LATER = "2026-05-01T08:00:00Z"
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api() -> Iterator[None]:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_harness():
         yield
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(emulators=["robase"], api_keys={"robase": KEY}) as server:
-        mp = pytest.MonkeyPatch()
-        mp.setenv("SMSCAST_ROBASE_API_KEY", KEY)
-        try:
-            yield server
-        finally:
-            mp.undo()
+    with provider_sandbox("robase", KEY) as server:
+        yield server
 
 
 def write_csv(path: Path) -> Path:

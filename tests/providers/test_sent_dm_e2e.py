@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
+from support import prefect_harness, provider_sandbox
 
 from flows.campaign import send_campaign
 from sandbox.server import SandboxServer
@@ -27,20 +26,14 @@ TIERS = ("gold", "silver", "bronze")
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api() -> Iterator[None]:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_harness():
         yield
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(emulators=["sent-dm"], api_keys={"sent-dm": KEY}) as server:
-        mp = pytest.MonkeyPatch()
-        mp.setenv("SMSCAST_SENT_DM_API_KEY", KEY)
-        try:
-            yield server
-        finally:
-            mp.undo()
+    with provider_sandbox("sent-dm", KEY) as server:
+        yield server
 
 
 def write_csv(path: Path) -> Path:
