@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import re
 import time
 import urllib.parse
@@ -24,7 +25,17 @@ import orjson
 import polars as pl
 
 from smscast.campaign import CampaignSpec
-from smscast.errors import AuthError, BatchRejectedError, ConfigError, RateLimitedError, ServerError
+from smscast.errors import (
+    AmbiguousError,
+    AuthError,
+    BatchRejectedError,
+    CampaignStopError,
+    ConfigError,
+    RateLimitedError,
+    SendError,
+    ServerError,
+    TransientError,
+)
 from smscast.settings import ProviderSettings
 from smscast.status import Status
 
@@ -159,11 +170,36 @@ class StatusLookup:
 
 
 class Provider:
-    """Base class. Subclasses set `caps` and `STATUS_MAP` and implement `build_request` and `parse_response`."""
+    """Base class. Subclasses set `caps`, `STATES` and `REFUSALS` and implement `build_request` and
+    `parse_response`.
+
+    A provider speaks of a row in two different ways, and a word missing from our tables means opposite
+    things in each, so there are two tables and two rules:
+
+    * a refusal: "I did not take this row (or this request), code X" (robase's `error.type`, the sandbox's
+      `code`, textingline's 33xxx). Whatever X is, the provider said no: the row was not accepted. A code in
+      `REFUSALS` gets its status there (FAILED for the transient ones); any other code is REJECTED, with the
+      code and the provider's message kept (`refused`, `refusal_status`). Never UNKNOWN.
+    * a state: "I hold this message and it is X" (robase's `sms.status`, Postman's `latestStatus`). A state
+      missing from `STATES` may well mean accepted, so it is UNKNOWN (`state_status`): reconcile, do not
+      re-send blindly.
+
+    A non-2xx answer the module has no specific handling for refuses the whole request: `http_refusal`.
+    """
 
     caps: ClassVar[Capabilities]
-    # Provider code -> our status. Codes not in the table become UNKNOWN (see `status_for`).
-    STATUS_MAP: ClassVar[Mapping[str, Status]] = {}
+    # The provider's message/batch states -> our status. An unlisted state is UNKNOWN (see `state_status`).
+    STATES: ClassVar[Mapping[str, Status]] = {}
+    # The provider's refusal codes whose status is not plain REJECTED, and the documented ones for the
+    # reader. An unlisted code is REJECTED (see `refusal_status`). Only REJECTED or FAILED may appear here.
+    REFUSALS: ClassVar[Mapping[str, Status]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # At class definition, so that no table can ever turn an explicit refusal into "maybe accepted".
+        wrong = {code: s for code, s in cls.REFUSALS.items() if s not in (Status.REJECTED, Status.FAILED)}
+        if wrong:
+            raise TypeError(f"{cls.__name__}.REFUSALS: a refusal is REJECTED or FAILED, not {wrong}")
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
@@ -223,21 +259,56 @@ class Provider:
     def redact(self, text: str) -> str:
         """`text` without this provider's key in any form a server might echo (a debug proxy or WAF page that
         reflects request headers): as given, its parts, and base64 / percent-encoded."""
-        key = self.settings.api_key.reveal() if self.settings.api_key else ""
-        if len(key) < 4:
-            return text
-        forms = {key, *(p for p in key.split(":") if len(p) >= 4)}
-        forms |= {base64.b64encode(f.encode()).decode() for f in list(forms)}
-        forms |= {urllib.parse.quote(f, safe="") for f in list(forms)}
-        for form in sorted(forms, key=len, reverse=True):
+        for form in self._key_forms:
             text = text.replace(form, "********")
         return text
 
+    @functools.cached_property
+    def _key_forms(self) -> tuple[str, ...]:
+        # Computed once per instance: `refused` redacts every refused row's message on the hot path.
+        key = self.settings.api_key.reveal() if self.settings.api_key else ""
+        if len(key) < 4:
+            return ()
+        forms = {key, *(p for p in key.split(":") if len(p) >= 4)}
+        forms |= {base64.b64encode(f.encode()).decode() for f in list(forms)}
+        forms |= {urllib.parse.quote(f, safe="") for f in list(forms)}
+        return tuple(sorted(forms, key=len, reverse=True))
+
     @classmethod
-    def status_for(cls, code: str | None) -> Status:
-        if code is None:
+    def state_status(cls, state: str | None) -> Status:
+        """Our status for a state the provider reports of a message it holds. Unlisted (or absent): UNKNOWN,
+        since the provider has the message and we cannot read its fate."""
+        if state is None:
             return Status.UNKNOWN
-        return cls.STATUS_MAP.get(code, Status.UNKNOWN)
+        return cls.STATES.get(state, Status.UNKNOWN)
+
+    @classmethod
+    def refusal_status(cls, code: str | None) -> Status:
+        """Our status for a code the provider refused a row or a request with. Unlisted (or absent):
+        REJECTED. The provider said no, so the row was not accepted; only its own document can make a code
+        transient (FAILED, listed in REFUSALS)."""
+        if code is None:
+            return Status.REJECTED
+        return cls.REFUSALS.get(code, Status.REJECTED)
+
+    def refused(
+        self,
+        code: str,
+        message: str | None = None,
+        *,
+        provider_message_id: str | None = None,
+        provider_batch_ref: str | None = None,
+    ) -> RowOutcome:
+        """The outcome of a row the provider explicitly refused with `code`: the code's status (REJECTED
+        unless REFUSALS says otherwise), the code and the provider's message kept, the message redacted
+        (it is server text, which a misbehaving gateway can fill with our credentials)."""
+        return RowOutcome(
+            self.refusal_status(code),
+            code,
+            self.redact(message) if message else message,
+            provider_message_id,
+            provider_batch_ref,
+        )
 
     def raise_for_transport_status(self, response: httpx.Response) -> None:
         """The HTTP statuses every provider shares: 401/403, 429, 5xx. Provider-specific 4xx are the
@@ -260,6 +331,46 @@ class Provider:
             code=code,
             retryable_split=split,
         )
+
+    def http_refusal(
+        self, response: httpx.Response, code: str | None, message: str, *, split: bool = False
+    ) -> SendError:
+        """The error for a non-2xx answer (after `raise_for_transport_status`) the module has no more specific
+        handling for. The provider did not take the request: its rows are REJECTED with the provider's code
+        (else `http_<status>`), bisected only where the module knows a row can cause the refusal (a guess
+        would cost up to 2n-1 requests per batch). Exceptions, none UNKNOWN unless it may be accepted:
+
+        * a code REFUSALS lists as transient: retried, then FAILED.
+        * 404/405: the endpoint is wrong, not the rows: the campaign stops, its rows `failed` (retriable).
+        * 408: by HTTP's definition the server did not receive the whole request in time, so it acted on
+          none of it: retried like a request that never got through, then FAILED. Rows are not its cause.
+        * 409 Conflict, from a provider that de-duplicates on our keys: its usual meaning (sent.dm's
+          "concurrent modification", the IETF Idempotency-Key draft's "still processing a request with this
+          key") is an earlier attempt in flight, which may be accepted: ambiguous, re-sent with the same
+          keys, UNKNOWN if it never resolves. Without keys (Postman) it can only refuse this request.
+        """
+        status = response.status_code
+        code = code or f"http_{status}"
+        name = self.caps.name
+        if status == 408:
+            return TransientError(
+                f"{name}: HTTP 408, the request did not reach the provider whole", code=code
+            )
+        if status in (404, 405):
+            # Not a refusal of these rows: nothing answers where we post (a wrong base URL or path). Every
+            # batch would meet it, so the campaign stops and its rows stay `failed`, sent once it is fixed.
+            return CampaignStopError(
+                f"{name}: HTTP {status}, no such endpoint: check the provider's base URL", code=code
+            )
+        if status == 409 and self.caps.resend_safe:
+            return AmbiguousError(
+                f"{name}: HTTP 409 {code}, a request with the same key may be in flight", code=code
+            )
+        if self.refusal_status(code) is Status.FAILED:
+            return TransientError(
+                f"{name}: request refused for now (HTTP {status}, {code}): {self.redact(message)}", code=code
+            )
+        return self.reject_batch(response, code, message, split=split)
 
 
 def retry_after(response: httpx.Response) -> float | None:

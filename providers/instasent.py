@@ -26,9 +26,11 @@ Quirks this module handles, each from the document:
 * "errors — one object per rejected item … The order mirrors the input array position of the rejected
   items", and carries no index. Accepted entities are matched to rows by the `clientId` they echo; the rows
   without an entity are the refused ones, and the errors are given to them in input order. When the counts do
-  not add up (entities + errors != items, an entity without our clientId…) the rows we cannot place are
-  `unknown`: never silently accepted, never lost.
-* Per-field messages become `error_code` (`to:invalid`, `text:needs_unicode`, …) and `error_message`.
+  not add up, the rows we cannot place are never silently accepted nor lost: `unknown` if an entity is not
+  matched to a row (it may be one of them), else `failed` (every accepted message is accounted for, so they
+  were not accepted; a re-send with the same clientIds gets each its own answer).
+* Per-field messages become `error_code` (`to:invalid`, `text:needs_unicode`, …) and `error_message`; every
+  refused item is `rejected`, whatever its field or message.
 * A 201 "does not mean every item was accepted": each row's status comes from the two arrays, never from the
   HTTP status.
 
@@ -108,7 +110,7 @@ class InstasentProvider(Provider):
     # A message's `status`, on an entity or a DLR (Instasent's DLR status list; `enqueued` ASSUMED for a fresh
     # entity). Entities are accepted messages by the document's definition, so an entity whose status is
     # absent or not in this table is still accepted; the table only turns a known negative status into ours.
-    STATUS_MAP: ClassVar[Mapping[str, Status]] = {
+    STATES: ClassVar[Mapping[str, Status]] = {
         "enqueued": Status.ACCEPTED,
         "sent": Status.ACCEPTED,
         "accepted": Status.ACCEPTED,
@@ -172,7 +174,7 @@ class InstasentProvider(Provider):
             # can fix any of them.
             payload = json_body(response)
             message = str(payload.get("message", "")) if isinstance(payload, dict) else ""
-            raise self.reject_batch(response, f"http_{status}", message, split=False)
+            raise self.http_refusal(response, None, message, split=False)
         payload = json_body(response)
         if (
             not isinstance(payload, dict)
@@ -195,7 +197,7 @@ class InstasentProvider(Provider):
                 refused.append(i)
                 continue
             provider_status = entity.get("status")
-            mapped = self.STATUS_MAP.get(provider_status) if isinstance(provider_status, str) else None
+            mapped = self.STATES.get(provider_status) if isinstance(provider_status, str) else None
             final = mapped or Status.ACCEPTED
             out[i] = RowOutcome(
                 status=final,
@@ -203,25 +205,40 @@ class InstasentProvider(Provider):
                 provider_message_id=None if entity.get("id") is None else str(entity.get("id")),
             )
         matched = len(keys) - len(refused)
-        if len(errors) == len(refused) and matched + len(errors) == len(keys) and len(entities) == matched:
+        counted = f"{len(entities)} entities ({matched} matched by clientId) and {len(errors)} errors"
+        if len(entities) != matched:
+            # An entity that is not matched to our rows (no clientId, or another one) may be one of these
+            # rows, accepted: this row's fate cannot be told.
+            for i in refused:
+                out[i] = RowOutcome(
+                    Status.UNKNOWN, "response_mismatch", f"{counted} for {len(keys)} items; fate unknown"
+                )
+        elif len(errors) == len(refused):
             # Errors follow the input order of the rejected items.
             for i, err in zip(refused, errors, strict=True):
                 out[i] = self.row_error(err)
         else:
-            message = (
-                f"response does not add up: {len(entities)} entities ({matched} matched by clientId) and "
-                f"{len(errors)} errors for {len(keys)} items; this row's fate is unknown"
-            )
+            # Every accepted message is accounted for, so these rows were not accepted; but which error is
+            # whose cannot be told. Not accepted and clientId-keyed: `failed`, a re-send is harmless and
+            # gets each row its own answer.
             for i in refused:
-                out[i] = RowOutcome(Status.UNKNOWN, "response_mismatch", message)
+                out[i] = RowOutcome(
+                    Status.FAILED,
+                    "response_mismatch",
+                    f"{counted} for {len(keys)} items: not accepted, but which error is this row's is unclear",
+                )
         return [o or RowOutcome(Status.UNKNOWN, "missing_in_response") for o in out]
 
-    @staticmethod
-    def row_error(err: Any) -> RowOutcome:
-        """One `errors` item -> a rejected row with `field:kind` codes and the provider's own messages."""
+    def row_error(self, err: Any) -> RowOutcome:
+        """One `errors` item -> a rejected row with `field:kind` codes and the provider's own messages (an
+        item without `fields` but with a `code` keeps that code)."""
         fields = err.get("fields") if isinstance(err, dict) else None
         if not isinstance(fields, dict) or not fields:
-            return RowOutcome(Status.REJECTED, "item:invalid", str(err)[:500])
+            code = err.get("code") if isinstance(err, dict) else None
+            if isinstance(code, str | int) and not isinstance(code, bool) and str(code):
+                message = err.get("message")
+                return self.refused(str(code), None if message is None else str(message)[:500])
+            return self.refused("item:invalid", str(err)[:500])
         codes: list[str] = []
         messages: list[str] = []
         for name, raw in fields.items():
@@ -232,7 +249,7 @@ class InstasentProvider(Provider):
         if codes == ["clientId:duplicate"]:
             # ASSUMED fallback (module docstring): the message exists already under this clientId.
             return RowOutcome(Status.ACCEPTED, code, "; ".join(messages))
-        return RowOutcome(Status.REJECTED, code, "; ".join(messages))
+        return self.refused(code, "; ".join(messages))
 
 
 def _kind(message: str) -> str:

@@ -198,7 +198,7 @@ class PostmanProvider(Provider):
 
     # latestStatus of a message (Postman v2 message statuses). Everything short of `failure` means Postman has
     # the message; `failure` is not charged and must be re-sent by hand ("Postman will not retry").
-    STATUS_MAP: ClassVar[Mapping[str, Status]] = {
+    STATES: ClassVar[Mapping[str, Status]] = {
         "created": Status.ACCEPTED,
         "enqueued": Status.ACCEPTED,
         "sending": Status.ACCEPTED,
@@ -339,7 +339,7 @@ class PostmanProvider(Provider):
                 and not message.startswith(HEADER_MISMATCH)
                 and not message.startswith(FILE_TOO_LARGE)
             )
-            raise self.reject_batch(response, code, message, split=split)
+            raise self.http_refusal(response, code, message, split=split)
         payload = json_body(response)
         if not isinstance(payload, dict):
             raise AmbiguousError(f"postman: unreadable HTTP {status} response", code="unreadable_response")
@@ -402,7 +402,7 @@ class PostmanProvider(Provider):
             error_code = last.get("errorCode") or (nested.get("code") if isinstance(nested, dict) else None)
         return StatusLookup(
             phone="+" + str(message.get("recipient", "")),
-            status=self.status_for(latest),
+            status=self.state_status(latest),
             provider_status=latest,
             provider_message_id=message.get("id"),
             error_code=None if latest != "failure" else error_code,

@@ -37,7 +37,9 @@ Quirks that shape this module:
   with Retry-After (ASSUMED), and without one the engine waits a token's time.
 * Error `type`s: the document names `phone_invalid` only. The others, the whole-request refusals (401,
   422 `batch_too_large`, …) and their body `{"success": false, "error": {type, message, field}}` are
-  ASSUMED, in the shape of the per-row error object (see sandbox/emulators/robase.py).
+  ASSUMED, in the shape of the per-row error object (see sandbox/emulators/robase.py). A row with an
+  `error` of a type we do not list is `rejected` with that type and message, never `unknown`: robase said
+  it did not take the row, and no sms exists for it.
 """
 
 from __future__ import annotations
@@ -104,8 +106,9 @@ class RobaseProvider(Provider):
         "batch-level send_at and template.",
     )
 
-    STATUS_MAP: ClassVar[Mapping[str, Status]] = {
-        # sms.status of an accepted row.
+    # sms.status of a row robase created an sms for. Another status: unknown (the sms exists, its fate is
+    # not readable), never lost: the row's key makes a re-send answer this same sms.
+    STATES: ClassVar[Mapping[str, Status]] = {
         "queued": Status.ACCEPTED,
         "scheduled": Status.ACCEPTED,  # accepted with a send_at
         "sending": Status.ACCEPTED,
@@ -113,7 +116,13 @@ class RobaseProvider(Provider):
         "delivered": Status.ACCEPTED,
         "failed": Status.REJECTED,  # an sms that exists but already failed: robase will not retry it
         "undelivered": Status.REJECTED,
-        # error.type of a refused row. Permanent: the same row would be refused again.
+    }
+
+    # error.type of a refused row (or of a refused request). The document names only phone_invalid, and a
+    # real account answers more (phone_blocked, opted_out, country_not_supported, …): any type not listed
+    # here is `rejected` with robase's type and message, since robase said it did not take the row.
+    REFUSALS: ClassVar[Mapping[str, Status]] = {
+        # Permanent: the same row would be refused again.
         "phone_invalid": Status.REJECTED,  # the document's own example
         "body_required": Status.REJECTED,
         "body_too_long": Status.REJECTED,
@@ -207,11 +216,11 @@ class RobaseProvider(Provider):
         if response.status_code >= 300:
             err = payload.get("error") if isinstance(payload, dict) else None
             err = err if isinstance(err, dict) else {}
-            code = str(err.get("type") or f"http_{response.status_code}")
+            code = str(err.get("type") or "") or None
             message = str(err.get("message") or "")
             if err.get("field"):
                 message = f"{message} (field {err['field']})"
-            raise self.reject_batch(response, code, message, split=code in SPLITTABLE)
+            raise self.http_refusal(response, code, message, split=code in SPLITTABLE)
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
             # A 200 we cannot read: rows may well have been accepted.
@@ -227,7 +236,7 @@ class RobaseProvider(Provider):
             sms, error = item.get("sms"), item.get("error")
             if isinstance(sms, dict):
                 code = str(sms.get("status") or "queued")
-                status = self.status_for(code)
+                status = self.state_status(code)
                 sms_id = sms.get("id")
                 outcomes[i] = RowOutcome(
                     status,
@@ -236,11 +245,11 @@ class RobaseProvider(Provider):
                     provider_message_id=str(sms_id) if sms_id is not None else None,
                 )
             elif isinstance(error, dict):
-                code = str(error.get("type") or "unknown_error")
+                code = str(error.get("type") or "row_error")
                 message = str(error.get("message") or "")
                 if error.get("field"):
                     message = f"{message} (field {error['field']})"
-                outcomes[i] = RowOutcome(self.status_for(code), error_code=code, error_message=message)
+                outcomes[i] = self.refused(code, message)
         return [
             o or RowOutcome(Status.UNKNOWN, "missing_in_response", "row absent from robase's data[]")
             for o in outcomes

@@ -41,11 +41,15 @@ class SandboxProvider(Provider):
         notes="Emulator of our own design; per-row idempotency and per-row rejection.",
     )
 
-    STATUS_MAP: ClassVar[Mapping[str, Status]] = {
-        "accepted": Status.ACCEPTED,
+    STATES: ClassVar[Mapping[str, Status]] = {"accepted": Status.ACCEPTED}
+    # A `rejected` result's code; any other code is REJECTED as well (Provider.refusal_status).
+    REFUSALS: ClassVar[Mapping[str, Status]] = {
         "invalid_number": Status.REJECTED,
         "blocked_number": Status.REJECTED,
+        "body_missing": Status.REJECTED,
         "body_too_long": Status.REJECTED,
+        "invalid_ref": Status.REJECTED,
+        "invalid_message": Status.REJECTED,
         "carrier_unavailable": Status.FAILED,  # the emulator's transient per-row failure
     }
 
@@ -62,13 +66,10 @@ class SandboxProvider(Provider):
         self.raise_for_transport_status(response)
         payload = json_body(response)
         if response.status_code >= 400:
-            err = (payload or {}).get("error") or {}
-            raise self.reject_batch(
-                response,
-                str(err.get("code", f"http_{response.status_code}")),
-                str(err.get("message", "")),
-                split=False,
-            )
+            err = payload.get("error") if isinstance(payload, dict) else None
+            err = err if isinstance(err, dict) else {}
+            # Every 400 of this API is about the request (size, JSON, sender), never one row: no split.
+            raise self.http_refusal(response, _text(err.get("code")), str(err.get("message") or ""))
         if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
             # A 200 we cannot read: the batch may well have been accepted.
             raise AmbiguousError("sandbox: unreadable 200 response", code="unreadable_response")
@@ -80,15 +81,34 @@ class SandboxProvider(Provider):
             i = item.get("index")
             if not isinstance(i, int) or not 0 <= i < n:
                 continue
-            if item.get("status") == "accepted":  # the common case, kept cheap: one tuple per recipient
+            state = item.get("status")
+            if state == "accepted":  # the common case, kept cheap: one tuple per recipient
                 outcomes[i] = RowOutcome(accepted, None, None, item.get("message_id"), ref)
                 continue
-            code = str(item.get("code"))
-            outcomes[i] = RowOutcome(
-                self.status_for(code), code, item.get("message"), item.get("message_id"), ref
-            )
+            code = _text(item.get("code"))
+            if state == "rejected" or code is not None:
+                message = item.get("message")
+                outcomes[i] = self.refused(
+                    code or "rejected",
+                    None if message is None else str(message),
+                    provider_message_id=item.get("message_id"),
+                    provider_batch_ref=ref,
+                )
+            else:  # a state we do not know, without a refusal code: it may mean accepted
+                outcomes[i] = RowOutcome(
+                    self.state_status(_text(state)),
+                    _text(state),
+                    "sandbox result status not recognised",
+                    item.get("message_id"),
+                    ref,
+                )
         # A row the response does not mention was sent, with no word on it: unknown, not lost.
         return [
             o or RowOutcome(Status.UNKNOWN, "missing_in_response", "row absent from the response")
             for o in outcomes
         ]
+
+
+def _text(value: object) -> str | None:
+    """A code from JSON as text; None when absent or empty (never the string "None")."""
+    return None if value is None or value == "" else str(value)

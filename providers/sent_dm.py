@@ -27,7 +27,8 @@ Quirks that shape this module:
   missing from `data.recipients` is `rejected` with our code `recipient_rejected` (not `unknown`: the
   answer is explicit about what it accepted, and a re-send of the same request would replay the same
   answer under the same Idempotency-Key). Outcomes are matched to rows by `to`: phones are unique in a
-  campaign (validation quarantines duplicates), and the response carries no index.
+  campaign (validation quarantines duplicates), and the response carries no index. A listed recipient
+  without a `message_id` but with an `error` of its own (not in the document) is `rejected` with its code.
 * Idempotency is one key per request, in the `Idempotency-Key` header ("Send via Idempotency-Key header,
   not request body"). We send the plan's batch key. sent.dm's idempotency reference (docs.sent.dm, API
   reference → Idempotency; not part of the shared document) allows 1–255 characters of [A-Za-z0-9_-] and
@@ -109,17 +110,19 @@ class SentDmProvider(Provider):
         "refused recipients are omitted from data.recipients.",
     )
 
-    STATUS_MAP: ClassVar[Mapping[str, Status]] = {
-        # data.status of a 200: the batch-level state of the recipients it lists.
+    # data.status of a 200: the batch-level state of the recipients it lists (each with a message id). An
+    # unlisted state is `unknown` for them: they have messages, whose fate we cannot read.
+    STATES: ClassVar[Mapping[str, Status]] = {
         "QUEUED": Status.ACCEPTED,
         "ACCEPTED": Status.ACCEPTED,
         "PROCESSING": Status.ACCEPTED,
         "SENT": Status.ACCEPTED,
         "DELIVERED": Status.ACCEPTED,
         "REJECTED": Status.REJECTED,
-        # Ours, for a recipient left out of data.recipients ("Some recipients were rejected").
-        REJECTED_CODE: Status.REJECTED,
     }
+    # Ours, for a recipient left out of data.recipients ("Some recipients were rejected"); any code a
+    # recipient entry carries itself is `rejected` too (Provider.refusal_status).
+    REFUSALS: ClassVar[Mapping[str, Status]] = {REJECTED_CODE: Status.REJECTED}
 
     # ---- campaign-level rules -----------------------------------------------------------------------------
 
@@ -216,7 +219,7 @@ class SentDmProvider(Provider):
         raw_status = data.get("status")
         # Listed recipients were accepted (they have message ids); the batch status says how far along.
         code = str(raw_status).upper() if raw_status is not None else "QUEUED"
-        listed_status = self.status_for(code)
+        listed_status = self.state_status(code)
 
         by_phone: dict[str, Mapping[str, Any]] = {}
         for item in recipients:
@@ -227,8 +230,7 @@ class SentDmProvider(Provider):
             item = by_phone.get(_digits(str(phone)))
             if item is None:
                 outcomes.append(
-                    RowOutcome(
-                        Status.REJECTED,
+                    self.refused(
                         REJECTED_CODE,
                         "sent.dm left this recipient out of data.recipients (the document's 'Some "
                         "recipients were rejected'); it gives no reason",
@@ -237,6 +239,10 @@ class SentDmProvider(Provider):
                 )
                 continue
             message_id = item.get("message_id")
+            refusal = _recipient_error(item) if message_id is None else None
+            if refusal is not None:
+                outcomes.append(self.refused(*refusal, provider_batch_ref=ref))
+                continue
             accepted = listed_status is Status.ACCEPTED
             outcomes.append(
                 RowOutcome(
@@ -252,14 +258,26 @@ class SentDmProvider(Provider):
     def _refusal(self, response: httpx.Response, payload: Any) -> Exception:
         err = payload.get("error") if isinstance(payload, dict) else None
         err = err if isinstance(err, dict) else {}
-        code = str(err.get("code") or f"http_{response.status_code}")
+        code = str(err.get("code") or "") or None
         message = str(err.get("message") or "")
-        if response.status_code == 409:
-            # "Resource conflict … concurrent modification": the same key is still being processed (an
-            # earlier attempt whose answer we lost). It may be accepted; the same key makes a re-send safe.
-            return AmbiguousError(f"sent-dm: HTTP 409 {code}, request with this key in flight", code=code)
+        # A 409 is sent.dm's "Resource conflict … concurrent modification": the same Idempotency-Key is still
+        # being processed, so the request may be accepted; `http_refusal` makes it ambiguous (re-sent with
+        # the same key). Any other refusal leaves the request's recipients `rejected`.
         split = _names_recipients(err.get("details"))
-        return self.reject_batch(response, code, message, split=split)
+        return self.http_refusal(response, code, message, split=split)
+
+
+def _recipient_error(item: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """(code, message) of a listed recipient that has no message id but an error of its own. The document
+    shows none; should sent.dm answer one, in its error object's shape `{code, message}` (or a bare code),
+    the recipient was refused, not accepted and not `unknown`."""
+    error = item.get("error")
+    if isinstance(error, dict) and error.get("code"):
+        message = error.get("message")
+        return str(error["code"]), None if message is None else str(message)
+    if isinstance(error, str) and error:
+        return error, None
+    return None
 
 
 def _names_recipients(details: Any) -> bool:

@@ -164,8 +164,8 @@ class TextinglineProvider(Provider):
         notes="Basic auth key_id:secret; 10-5000 recipients; whole-batch refusals; async job brc_…; 5/min.",
     )
 
-    STATUS_MAP: ClassVar[Mapping[str, Status]] = {
-        # per-recipient statuses of the (ASSUMED) batch status endpoint
+    # per-recipient statuses of the (ASSUMED) batch status endpoint
+    STATES: ClassVar[Mapping[str, Status]] = {
         "queued": Status.ACCEPTED,
         "sending": Status.ACCEPTED,
         "sent": Status.ACCEPTED,
@@ -173,6 +173,10 @@ class TextinglineProvider(Provider):
         "duplicate": Status.ACCEPTED,  # an earlier request with the same recipient key carries it
         "undelivered": Status.REJECTED,  # the carrier refused it for good
         "failed": Status.FAILED,  # failed sends do not consume the key: re-sendable
+    }
+
+    # The vendor's error codes. A code not listed is `rejected` (Provider.refusal_status): textingline said no.
+    REFUSALS: ClassVar[Mapping[str, Status]] = {
         # whole-batch refusals caused by rows (bisected; what is left is rejected)
         **{code: Status.REJECTED for code in ROW_CODES},
         "33005": Status.REJECTED,  # a required field missing or invalid: the request, not a row
@@ -240,7 +244,9 @@ class TextinglineProvider(Provider):
             if code in ROW_CODES:
                 raise self.reject_batch(response, code or "", message, split=True)
             self.raise_for_transport_status(response)  # 401 (33001), other 403s, 429 (33002), 5xx
-            raise self.reject_batch(response, code or f"http_{status}", message, split=False)
+            # Any other code, known or not: the batch is refused as it stands, and no split (at 5 requests a
+            # minute, bisecting on a guess would cost hours for a refusal no row may cause).
+            raise self.http_refusal(response, code, message, split=False)
         if status >= 300 or not isinstance(payload, dict):
             raise AmbiguousError(
                 f"textingline: unreadable HTTP {status} response", code="unreadable_response"
@@ -351,10 +357,14 @@ class TextinglineProvider(Provider):
             provider_status = str(raw) if raw is not None else ""
             error = item.get("errorCode")
             message_id = item.get("messageId")
+            status = self.state_status(provider_status or None)
+            if status is Status.UNKNOWN and error is not None:
+                # A status we do not know, with an error code: the recipient was refused with that code.
+                status = self.refusal_status(str(error))
             out.append(
                 StatusLookup(
                     phone=item["to"],
-                    status=self.status_for(provider_status or None),
+                    status=status,
                     provider_status=provider_status,
                     provider_message_id=str(message_id) if message_id else None,
                     error_code=str(error) if error is not None else None,

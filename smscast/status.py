@@ -1,7 +1,16 @@
 """The closed vocabulary of per-recipient statuses (DESIGN.md, results dataset).
 
-Every provider code maps onto one of these; a code we do not know maps to UNKNOWN rather than raising,
-because an unrecognised answer from a provider means "we cannot say whether it was sent".
+Every provider answer maps onto one of these, by one of two rules (providers/base.py, `Provider`):
+
+* an explicit refusal ("not this row, code X") is never UNKNOWN: a code we do not know is REJECTED, with the
+  provider's code and message kept, because the provider said it did not take the row; only its own document
+  can make a code transient (FAILED);
+* a state of a message the provider holds ("queued", "delivered", …) that we do not know is UNKNOWN, because
+  it may well mean accepted and we cannot tell.
+
+UNKNOWN is kept for exactly that: the provider may have accepted the row and we cannot tell (a lost answer,
+an unreadable 2xx, a state we cannot read). A non-2xx answer refuses the whole request: its rows are REJECTED
+(FAILED where the request never got through whole, HTTP 408).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from smscast.errors import (
     AmbiguousError,
     AuthError,
     BatchRejectedError,
+    CampaignStopError,
     ConfigError,
     RateLimitedError,
     ServerError,
@@ -184,14 +185,15 @@ def test_partial_failure_errors_follow_the_input_order_of_the_refused_rows() -> 
     assert out[3].provider_message_id is None
 
 
-def test_counts_that_do_not_add_up_leave_the_unplaced_rows_unknown() -> None:
+def test_counts_that_do_not_add_up_leave_the_unplaced_rows_failed_or_unknown() -> None:
     provider = InstasentProvider(SETTINGS)
     batch = batch_of(["a", "b", "c", "d"])
     keys = batch.rows["idempotency_key"].to_list()
-    # 2 entities + 1 error for 4 items: which of rows 1 and 3 was refused cannot be told.
+    # 2 entities + 1 error for 4 items: which of rows 1 and 3 was refused cannot be told, but every accepted
+    # message is ours and accounted for, so neither was accepted: failed (re-sendable), not unknown.
     short = {"entities": [entity(keys[0], 0), entity(keys[2], 2)], "errors": [{"fields": {"to": ["bad"]}}]}
     out = provider.parse_response(batch, created(short))
-    assert [o.status for o in out] == [Status.ACCEPTED, Status.UNKNOWN, Status.ACCEPTED, Status.UNKNOWN]
+    assert [o.status for o in out] == [Status.ACCEPTED, Status.FAILED, Status.ACCEPTED, Status.FAILED]
     assert out[1].error_code == "response_mismatch"
     # An entity that is not ours (or lost its clientId) also breaks the count: never silently accepted.
     odd = {
@@ -214,10 +216,27 @@ def test_entity_statuses_and_the_status_map() -> None:
     out = provider.parse_response(batch, created({"entities": ents, "errors": []}))
     assert [o.status for o in out] == [Status.REJECTED, Status.ACCEPTED, Status.ACCEPTED]
     assert out[0].error_code == "rejected"
-    assert InstasentProvider.status_for("delivered") is Status.ACCEPTED
-    assert InstasentProvider.status_for("expired") is Status.REJECTED
-    assert InstasentProvider.status_for("unknown") is Status.UNKNOWN
-    assert InstasentProvider.status_for("never-heard-of-it") is Status.UNKNOWN
+    assert InstasentProvider.state_status("delivered") is Status.ACCEPTED
+    assert InstasentProvider.state_status("expired") is Status.REJECTED
+    assert InstasentProvider.state_status("unknown") is Status.UNKNOWN
+    assert InstasentProvider.state_status("never-heard-of-it") is Status.UNKNOWN
+
+
+def test_every_refused_item_is_rejected_with_its_code() -> None:
+    provider = InstasentProvider(SETTINGS)
+    batch = batch_of(["a", "b", "c"])
+    keys = batch.rows["idempotency_key"].to_list()
+    errors = [
+        {"fields": {"country": ["Destination country not supported"]}},  # a field we never send
+        {"code": "opted_out", "message": "The recipient opted out"},  # no fields, a code of its own
+    ]
+    out = provider.parse_response(batch, created({"entities": [entity(keys[1], 1)], "errors": errors}))
+    assert [(o.status, o.error_code) for o in out] == [
+        (Status.REJECTED, "country:invalid"),
+        (Status.ACCEPTED, None),
+        (Status.REJECTED, "opted_out"),
+    ]
+    assert out[2].error_message == "The recipient opted out"
 
 
 def test_a_duplicate_client_id_error_means_already_accepted() -> None:
@@ -233,7 +252,7 @@ def test_a_duplicate_client_id_error_means_already_accepted() -> None:
     assert out[1].error_code == "clientId:duplicate"
 
 
-@pytest.mark.parametrize("status", [400, 413, 422, 404])
+@pytest.mark.parametrize("status", [400, 413, 422])
 def test_whole_request_refusals_are_not_split(status: int) -> None:
     provider = InstasentProvider(SETTINGS)
     with pytest.raises(BatchRejectedError) as exc:
@@ -241,6 +260,13 @@ def test_whole_request_refusals_are_not_split(status: int) -> None:
             batch_of(["a"]), httpx.Response(status, json={"message": "Request Too Large"})
         )
     assert not exc.value.retryable_split and exc.value.code == f"http_{status}"
+
+
+def test_no_such_endpoint_stops_the_campaign() -> None:
+    provider = InstasentProvider(SETTINGS)
+    with pytest.raises(CampaignStopError) as exc:
+        provider.parse_response(batch_of(["a"]), httpx.Response(404, json={"message": "Not Found"}))
+    assert exc.value.code == "http_404" and "base URL" in str(exc.value)
 
 
 def test_auth_balance_rate_limit_and_server_errors() -> None:

@@ -261,11 +261,11 @@ def test_unreadable_or_invalid_201() -> None:
 
 
 def test_status_map_with_an_unknown_code() -> None:
-    assert PostmanProvider.status_for("success") is Status.ACCEPTED
-    assert PostmanProvider.status_for("sent_to_telco") is Status.ACCEPTED
-    assert PostmanProvider.status_for("failure") is Status.FAILED
-    assert PostmanProvider.status_for("vanished") is Status.UNKNOWN
-    assert PostmanProvider.status_for(None) is Status.UNKNOWN
+    assert PostmanProvider.state_status("success") is Status.ACCEPTED
+    assert PostmanProvider.state_status("sent_to_telco") is Status.ACCEPTED
+    assert PostmanProvider.state_status("failure") is Status.FAILED
+    assert PostmanProvider.state_status("vanished") is Status.UNKNOWN
+    assert PostmanProvider.state_status(None) is Status.UNKNOWN
 
 
 # ---- pre-send rules --------------------------------------------------------------------------------------

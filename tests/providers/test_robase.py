@@ -16,7 +16,14 @@ from providers.base import Batch
 from providers.robase import RobaseProvider
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
-from smscast.errors import AmbiguousError, AuthError, BatchRejectedError, ConfigError, RateLimitedError
+from smscast.errors import (
+    AmbiguousError,
+    AuthError,
+    BatchRejectedError,
+    ConfigError,
+    RateLimitedError,
+    TransientError,
+)
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from tasks.plan import plan_campaign
@@ -207,26 +214,42 @@ def test_partial_success_maps_each_row_by_index() -> None:
         Status.ACCEPTED,
         Status.REJECTED,
         Status.FAILED,
-        Status.UNKNOWN,
-        Status.UNKNOWN,
-        Status.UNKNOWN,
+        Status.REJECTED,  # an error type we do not know is still robase refusing the row
+        Status.UNKNOWN,  # an sms (it exists) in a state we do not know
+        Status.UNKNOWN,  # no word on the row
     ]
     assert (
         out[1].error_code == "phone_invalid" and out[1].error_message == "phone_invalid happened (field to)"
     )
     assert out[2].error_code == "carrier_unavailable"
     assert out[3].error_code == "quantum_interference"
+    assert out[3].error_message == "quantum_interference happened (field to)"
     assert out[4].error_code == "teleported" and out[4].provider_message_id == "sms_4"
     assert out[5].error_code == "missing_in_response"
 
 
 def test_status_map() -> None:
-    assert RobaseProvider.status_for("queued") is Status.ACCEPTED
-    assert RobaseProvider.status_for("scheduled") is Status.ACCEPTED
+    assert RobaseProvider.state_status("queued") is Status.ACCEPTED
+    assert RobaseProvider.state_status("scheduled") is Status.ACCEPTED
+    assert RobaseProvider.state_status("undelivered") is Status.REJECTED
+    assert RobaseProvider.state_status("no_such_state") is Status.UNKNOWN
     for kind in ("phone_invalid", "body_too_long", "template_not_found", "idempotency_key_conflict"):
-        assert RobaseProvider.status_for(kind) is Status.REJECTED
-    assert RobaseProvider.status_for("carrier_unavailable") is Status.FAILED
-    assert RobaseProvider.status_for("no_such_type") is Status.UNKNOWN
+        assert RobaseProvider.refusal_status(kind) is Status.REJECTED
+    assert RobaseProvider.refusal_status("carrier_unavailable") is Status.FAILED
+    # The codes, absent from the document: refused, so rejected, never unknown.
+    unlisted: tuple[str | None, ...] = ("phone_blocked", "opted_out", "country_not_supported", None)
+    for unlisted_kind in unlisted:
+        assert RobaseProvider.refusal_status(unlisted_kind) is Status.REJECTED
+
+
+def test_an_unknown_error_type_is_rejected_with_its_message_redacted() -> None:
+    p = RobaseProvider(ProviderSettings(base_url="http://robase.test", api_key=Secret("rb_live_secret_123")))
+    resp = answer(sms(0), {"index": 1, "error": {"type": "opted_out", "message": "echo rb_live_secret_123"}})
+    out = p.parse_response(one_batch(2), resp)
+    assert (out[1].status, out[1].error_code) == (Status.REJECTED, "opted_out")
+    assert out[1].error_message == "echo ********"
+    untyped = p.parse_response(one_batch(1), answer({"index": 0, "error": {"message": "no"}}))
+    assert (untyped[0].status, untyped[0].error_code) == (Status.REJECTED, "row_error")
 
 
 def request_error(status: int, kind: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -243,6 +266,10 @@ def test_whole_request_refusals() -> None:
         with pytest.raises(BatchRejectedError) as exc:
             p.parse_response(batch, request_error(422, kind))
         assert exc.value.code == kind and not exc.value.retryable_split
+    # A type robase's table makes transient is retried (then `failed`), not rejected for good.
+    with pytest.raises(TransientError) as transient:
+        p.parse_response(batch, request_error(402, "insufficient_balance"))
+    assert transient.value.code == "insufficient_balance"
     with pytest.raises(AuthError):
         p.parse_response(batch, request_error(401, "unauthorized"))
     with pytest.raises(RateLimitedError) as rl:

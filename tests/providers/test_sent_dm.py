@@ -20,6 +20,7 @@ from smscast.errors import (
     AmbiguousError,
     AuthError,
     BatchRejectedError,
+    CampaignStopError,
     ConfigError,
     RateLimitedError,
     ServerError,
@@ -227,10 +228,11 @@ def test_recipients_are_matched_whatever_the_spelling_of_to() -> None:
 
 
 def test_status_mapping_and_unknown_codes() -> None:
-    assert SentDmProvider.status_for("QUEUED") is Status.ACCEPTED
-    assert SentDmProvider.status_for(REJECTED_CODE) is Status.REJECTED
-    assert SentDmProvider.status_for("SOMETHING_NEW") is Status.UNKNOWN
-    assert SentDmProvider.status_for(None) is Status.UNKNOWN
+    assert SentDmProvider.state_status("QUEUED") is Status.ACCEPTED
+    assert SentDmProvider.refusal_status(REJECTED_CODE) is Status.REJECTED
+    assert SentDmProvider.refusal_status("RECIPIENT_OPTED_OUT") is Status.REJECTED
+    assert SentDmProvider.state_status("SOMETHING_NEW") is Status.UNKNOWN
+    assert SentDmProvider.state_status(None) is Status.UNKNOWN
     batch = one_batch(2)
     out = provider().parse_response(batch, ok_response(batch, status="PENDING_REVIEW"))
     assert [o.status for o in out] == [Status.UNKNOWN, Status.UNKNOWN]
@@ -264,7 +266,8 @@ def test_status_mapping_and_unknown_codes() -> None:
             "VALIDATION_001",
             False,
         ),
-        (envelope(404, "RESOURCE_001"), BatchRejectedError, "RESOURCE_001", False),
+        # An unknown template (or endpoint): every batch would meet it, so the campaign stops.
+        (envelope(404, "RESOURCE_001"), CampaignStopError, "RESOURCE_001", None),
         (envelope(422, "IDEMPOTENCY_001"), BatchRejectedError, "IDEMPOTENCY_001", False),
         (envelope(200, "VALIDATION_001"), BatchRejectedError, "VALIDATION_001", False),
         (envelope(409, "CONFLICT_001"), AmbiguousError, "CONFLICT_001", None),

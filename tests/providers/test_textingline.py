@@ -256,17 +256,18 @@ def test_other_refusals() -> None:
     assert not isinstance(auth.value, AccountRefusedError)
     with pytest.raises(ServerError):
         p.parse_response(batch, vendor_error(500, 33000))
-    with pytest.raises(BatchRejectedError) as unknown:
+    with pytest.raises(CampaignStopError) as nowhere:  # a wrong base URL: every batch would meet it
         p.parse_response(batch, httpx.Response(404, text="not found"))
-    assert unknown.value.code == "http_404" and not unknown.value.retryable_split
+    assert nowhere.value.code == "http_404"
 
 
 def test_status_map() -> None:
-    sf = TextinglineProvider.status_for
+    sf, rf = TextinglineProvider.state_status, TextinglineProvider.refusal_status
     assert [sf(s) for s in ("queued", "sent", "delivered", "duplicate")] == [Status.ACCEPTED] * 4
     assert sf("undelivered") is Status.REJECTED and sf("failed") is Status.FAILED
-    assert sf("33019") is Status.REJECTED and sf("33012") is Status.FAILED
     assert sf("teleported") is Status.UNKNOWN and sf(None) is Status.UNKNOWN
+    assert rf("33019") is Status.REJECTED and rf("33012") is Status.FAILED
+    assert rf("33099") is Status.REJECTED  # a code of the vendor's we do not list: still a refusal
 
 
 def test_lookup_status_reads_per_recipient_statuses() -> None:
@@ -289,6 +290,8 @@ def test_lookup_status_reads_per_recipient_statuses() -> None:
                     },
                     {"to": "+447700900003", "messageId": "msg_3", "status": "failed", "errorCode": 33007},
                     {"to": "+447700900004", "messageId": "msg_4", "status": "teleported"},
+                    {"to": "+447700900005", "status": "blocked", "errorCode": 33099},
+                    {"to": "+447700900006", "status": "held", "errorCode": "33007"},
                 ],
             },
         )
@@ -305,6 +308,9 @@ def test_lookup_status_reads_per_recipient_statuses() -> None:
         (Status.REJECTED, "undelivered", "33010"),
         (Status.FAILED, "failed", "33007"),
         (Status.UNKNOWN, "teleported", None),
+        # A status we do not know that comes with an error code is a refusal: the code decides.
+        (Status.REJECTED, "blocked", "33099"),
+        (Status.FAILED, "held", "33007"),
     ]
     assert found[0].phone == "+447700900001" and found[0].provider_message_id == "msg_1"
 
