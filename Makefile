@@ -3,6 +3,10 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Parallel test workers (pytest-xdist; CI has 2 cores). How the tests are spread over them: tests/conftest.py
+# (a test file stays on one worker, so the servers it starts are started once; long scenarios go first).
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS)
 
 .PHONY: demo test test-all lint bench install
 
@@ -23,11 +27,11 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 test: $(BIN)/.installed lint
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 # The long soak and benchmark-sized tests, on purpose only.
 test-all: $(BIN)/.installed
-	$(BIN)/pytest -m ''
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m ''
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/pipeline.py

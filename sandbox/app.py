@@ -14,8 +14,11 @@ Admin endpoints (no auth; the sandbox binds loopback only):
     GET  /_sandbox/faults                     {"global": {...knobs}, "providers": {name: {...overrides}}}
     POST /_sandbox/faults                     {"provider"?: name, <knob>: value, ...}: partial update; answers
                                               the new state (400 on an unknown knob or a bad value)
-    POST /_sandbox/reset                      ledger, counters, stored responses and knobs back to the start;
-                                              {"keep_faults": true} keeps the current knobs
+    POST /_sandbox/reset                      ledger, counters, stored responses and knobs back to the start,
+                                              the clock running; {"keep_faults": true} keeps the current knobs
+    GET  /_sandbox/clock                      {"frozen": bool, "time": epoch s, "monotonic": s}
+    POST /_sandbox/clock                      {"freeze"?: bool, "advance"?: seconds}: stop or restart the
+                                              sandbox's clock, move it on (sandbox/clock.py); answers its state
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import importlib
 import io
 import os
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import orjson
@@ -33,6 +35,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
+from sandbox.clock import Clock
 from sandbox.emulators import EMULATORS, canonical_provider
 from sandbox.faults import KnobError
 from sandbox.framework import (
@@ -82,7 +85,7 @@ def _error(status: int, code: str, message: str) -> Response:
 class _Admin:
     def __init__(self, state: SandboxState) -> None:
         self.state = state
-        self.started = time.time()
+        self.started = state.clock.monotonic()
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -92,6 +95,8 @@ class _Admin:
             Route("/_sandbox/faults", self.get_faults, methods=["GET"]),
             Route("/_sandbox/faults", self.set_faults, methods=["POST"]),
             Route("/_sandbox/reset", self.reset, methods=["POST"]),
+            Route("/_sandbox/clock", self.get_clock, methods=["GET"]),
+            Route("/_sandbox/clock", self.set_clock, methods=["POST"]),
         ]
 
     def _provider(self, raw: str | None) -> str | None:
@@ -109,7 +114,7 @@ class _Admin:
                 "pid": os.getpid(),
                 "providers": list(self.state.emulators),
                 "entries": len(self.state.ledger),
-                "uptime_s": round(time.time() - self.started, 3),
+                "uptime_s": round(self.state.clock.monotonic() - self.started, 3),
             }
         )
 
@@ -195,6 +200,22 @@ class _Admin:
         self.state.reset(faults=not keep)
         return json_response({"status": "reset", "kept_faults": keep})
 
+    async def get_clock(self, request: Request) -> Response:
+        return json_response(self.state.clock.snapshot())
+
+    async def set_clock(self, request: Request) -> Response:
+        try:
+            payload = orjson.loads(await request.body() or b"{}")
+        except orjson.JSONDecodeError as exc:
+            return _error(400, "invalid_json", str(exc))
+        if not isinstance(payload, dict):
+            return _error(400, "invalid_request", 'a JSON object: {"freeze"?: bool, "advance"?: seconds}')
+        try:
+            self.state.clock.update(payload)
+        except ValueError as exc:
+            return _error(400, "invalid_clock", str(exc))
+        return json_response(self.state.clock.snapshot())
+
 
 def _chunks(entries: Iterator[LedgerEntry]) -> Iterator[list[LedgerEntry]]:
     chunk: list[LedgerEntry] = []
@@ -223,11 +244,11 @@ async def _json_array(entries: Iterator[LedgerEntry]) -> AsyncIterator[bytes]:
     yield b"]"
 
 
-def create_app(config: SandboxConfig | None = None) -> SandboxApp:
+def create_app(config: SandboxConfig | None = None, clock: Clock | None = None) -> SandboxApp:
     """Build the sandbox: the emulators named in `config.emulators` (default: all registered) and the admin
-    endpoints. The shared state is at `app.sandbox`."""
+    endpoints. The shared state is at `app.sandbox`; `clock` (default: real time) is its only time source."""
     config = config or SandboxConfig()
-    state = SandboxState(config)
+    state = SandboxState(config, clock)
     names = config.emulators if config.emulators is not None else tuple(EMULATORS)
     routes: list[BaseRoute] = list(_Admin(state).routes())
     root_paths: dict[tuple[str, str], str] = {}

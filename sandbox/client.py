@@ -103,3 +103,10 @@ class SandboxClient:
 
     def reset(self, *, keep_faults: bool = False) -> None:
         self._json(self._http.post("/_sandbox/reset", content=orjson.dumps({"keep_faults": keep_faults})))
+
+    def clock(self, *, freeze: bool | None = None, advance: float = 0.0) -> dict[str, Any]:
+        """Freeze (or restart) the sandbox's clock and move it on by `advance` seconds; answers its state.
+        A test of a rate limit freezes it, so that a loaded machine's slowness never reads as time passing."""
+        payload: dict[str, Any] = {"advance": advance} | ({} if freeze is None else {"freeze": freeze})
+        result: dict[str, Any] = self._json(self._http.post("/_sandbox/clock", content=orjson.dumps(payload)))
+        return result

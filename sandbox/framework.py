@@ -23,7 +23,8 @@ An emulator module under `sandbox/emulators/` defines one `Emulator` subclass an
 `default_knobs` (the vendor's documented rate limit, say), `row_fault(phone)` / `row_suffixes()` for the
 per-row refusal knobs, `self.ledger.index(name, scope)` + `adder()` for row keys, `self.idempotency` for
 request-level keys (store the first response, replay it), `ledger.batch_positions()` for async status
-lookups (routes made with `endpoint(..., methods=("GET",), faults=False)`), and `reset()` for module state.
+lookups (routes made with `endpoint(..., methods=("GET",), faults=False)`), `reset()` for module state, and
+`self.clock` (sandbox/clock.py) for any reading of time, so that tests can freeze and advance it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from sandbox.clock import Clock
 from sandbox.emulators import canonical_provider
 from sandbox.faults import Faults, Verdict
 from sandbox.ledger import Counters, Ledger
@@ -120,16 +122,19 @@ def fingerprint(body: bytes) -> str:
 class SandboxState:
     """Everything one sandbox process shares between its emulators and the admin endpoints."""
 
-    def __init__(self, config: SandboxConfig | None = None) -> None:
+    def __init__(self, config: SandboxConfig | None = None, clock: Clock | None = None) -> None:
         self.config = config or SandboxConfig()
-        self.ledger = Ledger()
-        self.faults = Faults(self.config.knobs, self.config.provider_knobs)
+        self.clock = clock or Clock()  # the only time source of the sandbox (sandbox/clock.py)
+        self.ledger = Ledger(clock=self.clock.time)
+        self.faults = Faults(self.config.knobs, self.config.provider_knobs, clock=self.clock.monotonic)
         self.idempotency = IdempotencyStore()
         self.emulators: dict[str, Emulator] = {}
         self.held_responses = 0  # responses held back by the timeout knob right now
 
     def reset(self, *, faults: bool = True) -> None:
-        """Forget the ledger, counters and stored responses (and, by default, restore the start knobs)."""
+        """Forget the ledger, counters and stored responses (and, by default, restore the start knobs); a
+        frozen clock runs again, so that no test leaves the next one in a stopped world."""
+        self.clock.resume()
         self.ledger.reset()
         self.idempotency.clear()
         if faults:
@@ -266,6 +271,7 @@ class Emulator:
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
+        self.clock = state.clock  # timestamps in answers: `self.clock.iso()`, never datetime.now()
         self.ledger = state.ledger
         self.faults = state.faults
         self.idempotency = state.idempotency

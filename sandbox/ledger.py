@@ -92,7 +92,10 @@ def _iso(ts: float) -> str:
 
 
 class Ledger:
-    def __init__(self, body_intern_limit: int = BODY_INTERN_LIMIT) -> None:
+    def __init__(
+        self, body_intern_limit: int = BODY_INTERN_LIMIT, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._clock = clock  # wall time for accepted_at (the sandbox's Clock, which tests can freeze)
         self._formats: dict[str, MessageIdFormat] = {}
         self._body_intern_limit = body_intern_limit
         self._seq_base = 0  # entries dropped by earlier resets; seq = base + position + 1
@@ -163,7 +166,7 @@ class Ledger:
         self._b_provider.append(provider)
         self._b_batch.append(batch)
         self._b_key.append(batch_key)
-        self._b_at.append(time.time() if accepted_at is None else accepted_at)
+        self._b_at.append(self._clock() if accepted_at is None else accepted_at)
         self._b_start.append(len(self._e_key))
         self._b_lookup[(provider, batch)] = n
         return n
@@ -361,20 +364,7 @@ class Ledger:
 
     def columns(self, provider: str | None = None, batch: str | None = None) -> dict[str, list[Any]]:
         """The ledger as columns (for Parquet): accepted_at as epoch seconds (float)."""
-        cols: dict[str, list[Any]] = {
-            k: []
-            for k in (
-                "seq",
-                "provider",
-                "batch",
-                "batch_key",
-                "key",
-                "to",
-                "body",
-                "message_id",
-                "accepted_at",
-            )
-        }
+        cols: dict[str, list[Any]] = {k: [] for k in LedgerEntry.__annotations__}
         to_other, e_to, base = self._to_other, self._e_to, self._seq_base
         for b, start, stop in self._snapshot(provider, batch):
             n = stop - start

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class TokenBucket:
@@ -22,7 +22,10 @@ class TokenBucket:
         *,
         min_rate: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`clock` and `sleep` go together: a test gives a fake clock and a sleep that advances it, so waits
+        are exact and cost no real time."""
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.target_rate = rate
@@ -30,6 +33,7 @@ class TokenBucket:
         self.burst = max(1, burst)
         self.min_rate = min_rate if min_rate is not None else max(rate / 64, 0.05)
         self._clock = clock
+        self._sleep = sleep
         self._tokens = float(self.burst)
         self._stamp = clock()
         self._paused_until = 0.0
@@ -52,7 +56,7 @@ class TokenBucket:
 
     async def acquire(self) -> None:
         while (wait := self._reserve()) > 0:
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
 
     def penalise(self, retry_after: float | None) -> None:
         """A 429: pause every caller for Retry-After (or one token's time) and halve the rate."""

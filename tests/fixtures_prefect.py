@@ -132,7 +132,11 @@ class Stack:
 def stack_fixture(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("deployments")
     seaweed.create_bucket(BUCKET)
-    with SandboxServer(default_key=KEY) as sandbox, PrefectServer(tmp / "server") as server:
+    # Start-up bounds are generous: a new database is migrated first, with the other test worker busy too.
+    with (
+        SandboxServer(default_key=KEY) as sandbox,
+        PrefectServer(tmp / "server", startup_timeout=240) as server,
+    ):
         stack = Stack(server, sandbox, seaweed, tmp, tmp / "worker.log")
         # bootstrap: work pool, blocks (from these credentials), prefect deploy --all of the real file.
         boot_env = {**stack.env("bootstrap"), **seaweed.env(), "SMSCAST_SANDBOX_API_KEY": KEY}
@@ -169,7 +173,7 @@ def stack_fixture(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) 
                     with stack.client as client:
                         return bool(client.read_workers_for_work_pool("smscast"))
 
-                wait_for("the worker to come online", worker_online, 60, stack.diagnose)
+                wait_for("the worker to come online", worker_online, 180, stack.diagnose)
                 yield stack
         finally:
             stop_group(worker)

@@ -15,12 +15,15 @@ from servers.seaweedfs import SeaweedS3
 
 # Variables that would override the ones the `seaweed` fixture sets (or point boto3 / polars elsewhere).
 _SHADOWING_AWS_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+# Seconds a server may take to start: a few on an idle machine, far more while the other test worker keeps
+# both cores busy. A server that exits while starting fails at once all the same.
+STARTUP_TIMEOUT = 180.0
 
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     """A started SeaweedFS S3 server; the AWS_* variables point at it for the session, then are restored."""
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), startup_timeout=STARTUP_TIMEOUT)
     server.start()
     env = pytest.MonkeyPatch()
     try:
@@ -48,7 +51,7 @@ def s3_bucket(seaweed: SeaweedS3) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     """A started PostgreSQL; `postgres.dsn` is postgresql://user:password@127.0.0.1:port/smscast."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), startup_timeout=STARTUP_TIMEOUT)
     server.start()
     try:
         yield server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,17 @@ def assert_matches_ledger(
     return current
 
 
+def sandbox_clock(base_url: str, *, freeze: bool | None = None, advance: float = 0.0) -> dict[str, Any]:
+    """Freeze (or restart) a sandbox's clock and move it on; answers its state. A test that asserts what the
+    rate limiter does freezes the clock first, so that the requests all happen "at once" however long a
+    loaded machine takes over them, and refills happen only when the test advances it. `reset` restarts it.
+    """
+    from sandbox.client import SandboxClient
+
+    with SandboxClient(base_url) as client:
+        return client.clock(freeze=freeze, advance=advance)
+
+
 @contextmanager
 def env(**values: str) -> Iterator[None]:
     import os
@@ -67,16 +78,34 @@ def env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+_HARNESS: ExitStack | None = None
+
+
 @contextmanager
 def prefect_harness() -> Iterator[None]:
-    """Prefect's test harness (a temporary API for the module's flow runs)."""
-    import os
+    """Prefect's test harness (a temporary API with its own SQLite database) for the caller's flow runs.
 
-    from prefect.testing.utilities import prefect_test_harness
+    Started by the first module that asks and shared by every later one in this test process (each start
+    costs 15-25 s, more on a busy machine); tests/conftest.py stops it at the end of the session. The flow
+    runs of several modules then share one database: a test must look up its own runs (by id, by campaign),
+    never count all of them."""
+    global _HARNESS
+    if _HARNESS is None:
+        from prefect.testing.utilities import prefect_test_harness
 
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+        stack = ExitStack()
+        # The timeout is generous for a machine whose cores are busy with another worker; a server that
+        # dies while starting fails at once all the same.
+        stack.enter_context(prefect_test_harness(server_startup_timeout=300))
+        _HARNESS = stack
+    yield
+
+
+def stop_prefect_harness() -> None:
+    global _HARNESS
+    if _HARNESS is not None:
+        stack, _HARNESS = _HARNESS, None
+        stack.close()
 
 
 @contextmanager

@@ -259,3 +259,27 @@ def test_bucket_pause_blocks_until_retry_after() -> None:
     assert bucket._reserve() > 0  # tokens were emptied by the penalty; one refills at the halved rate
     now[0] += 0.01
     assert bucket._reserve() == 0
+
+
+def test_bucket_acquire_waits_exactly_the_refill_time() -> None:
+    import asyncio
+
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # a fake clock: waiting costs no real time
+        slept.append(seconds)
+        now[0] += seconds
+
+    async def take(n: int) -> None:
+        for _ in range(n):
+            await bucket.acquire()
+
+    bucket = TokenBucket(4.0, burst=2, clock=lambda: now[0], sleep=sleep)
+    asyncio.run(take(5))
+    assert slept == [pytest.approx(0.25)] * 3  # the burst is free, then one token every 1/4 s
+    assert now[0] == pytest.approx(0.75)
+    bucket.penalise(2.0)
+    asyncio.run(take(1))
+    # The pause, then one token at the halved rate (2/s), counted from the pause's end.
+    assert now[0] == pytest.approx(0.75 + 2.0 + 0.5)

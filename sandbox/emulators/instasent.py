@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -134,7 +133,7 @@ class InstasentEmulator(Emulator):
                 headers={
                     "X-RateLimit-Limit": str(self.faults.knobs(self.name).rate_limit_burst or 1),
                     "X-RateLimit-Remaining": "0",
-                    "X-RateLimit-Reset": str(math.ceil(time.time() + wait)),
+                    "X-RateLimit-Reset": str(math.ceil(self.clock.time() + wait)),
                 },
             )
         if status == 401:

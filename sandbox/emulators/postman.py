@@ -58,8 +58,7 @@ import io
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
@@ -90,18 +89,14 @@ _VENDOR_ERRORS: dict[str, tuple[str, str]] = {
 }
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @dataclass
 class _Message:
     pos: int  # ledger position (message id and recipient live there)
     language: str
     values: dict[str, str]
     status: str  # latestStatus: "success" or "failure"
+    created_at: str
     attempts: int = 1
-    created_at: str = field(default_factory=_now)
     updated_at: str = ""
 
 
@@ -227,13 +222,14 @@ class PostmanEmulator(Emulator):
         add = self.ledger.adder(self.ledger.open_batch(self.name, batch_id, None))
         body_mode = params == ("body",)
         messages: list[_Message] = []
+        created_at = self.clock.iso()
         for row in rows:
             recipient, language = row[0], row[1]
             values = dict(zip(params, row[2:], strict=True))
             body = values["body"] if body_mode else orjson.dumps(values, option=orjson.OPT_SORT_KEYS).decode()
             pos = add(f"+{recipient}", body, None)
             failed = bool(transient_sfx) and recipient.endswith(transient_sfx)
-            messages.append(_Message(pos, language, values, "failure" if failed else "success"))
+            messages.append(_Message(pos, language, values, "failure" if failed else "success", created_at))
         self._batches[batch_id] = _Batch(campaign, messages)
         return json_response({"isValid": True, "batchId": batch_id}, 201)
 
@@ -353,7 +349,7 @@ class PostmanEmulator(Emulator):
                 "Batch cannot be retried as either all messages are successful or all failed messages have "
                 "exceeded the maximum number of attempts.",
             )
-        now = _now()
+        now = self.clock.iso()
         for m in retryable:
             m.attempts += 1
             m.updated_at = now

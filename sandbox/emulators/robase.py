@@ -150,7 +150,7 @@ class RobaseEmulator(Emulator):
         seq0 = ledger.seq(0)
         fmt = ledger.message_id_format(name)
         reject_sfx, transient_sfx = self.row_suffixes()
-        created_at = _iso(datetime.now(UTC))
+        created_at = _iso(self.clock.now())
         batch = ""
         add: Adder | None = None
         data: list[dict[str, Any]] = []

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
@@ -71,10 +70,6 @@ _CODES = {
 }
 
 
-def _iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 class SentDmEmulator(Emulator):
     name = "sent-dm"
     auth = HeaderKeyAuth("x-api-key")
@@ -93,7 +88,8 @@ class SentDmEmulator(Emulator):
 
     def _meta(self) -> dict[str, str]:
         self._request_seq += 1
-        return {"request_id": f"req_{self._request_seq:06d}", "timestamp": _iso_now(), "version": "v3"}
+        stamp = self.clock.iso("microseconds")
+        return {"request_id": f"req_{self._request_seq:06d}", "timestamp": stamp, "version": "v3"}
 
     def error(
         self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None

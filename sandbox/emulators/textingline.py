@@ -53,11 +53,9 @@ decided when the job is created. Everything else is `sent`.
 from __future__ import annotations
 
 import re
-import time
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from starlette.requests import Request
@@ -99,10 +97,6 @@ FRAMEWORK_CODES: dict[str, tuple[int, str]] = {
     "invalid_json": (33005, "Request body is not valid JSON"),
     "service_unavailable": (33000, "An unexpected error occurred"),
 }
-
-
-def _iso_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -263,7 +257,7 @@ class TextinglineEmulator(Emulator):
 
     def _accept(self, sender: str, batch_key: str | None, recipients: list[dict[str, Any]]) -> Job:
         self._batch_seq += 1
-        job = Job(id=f"brc_{self._batch_seq:022d}", sender=sender, created_at=_iso_now())
+        job = Job(id=f"brc_{self._batch_seq:022d}", sender=sender, created_at=self.clock.iso())
         name = self.name
         ledger = self.ledger
         counters = ledger.counters(name)
@@ -280,7 +274,7 @@ class TextinglineEmulator(Emulator):
                 job.repeated_to[i] = r["to"]
                 continue
             if add is None:
-                add = ledger.adder(ledger.open_batch(name, job.id, batch_key, time.time()), index)
+                add = ledger.adder(ledger.open_batch(name, job.id, batch_key), index)
             to = r["to"]
             slots.append(add(to, r.get("body") or None, key))
             if reject_sfx and to.endswith(reject_sfx):

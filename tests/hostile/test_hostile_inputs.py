@@ -28,8 +28,7 @@ from typing import Any
 import polars as pl
 import pytest
 from hostile.corpus import FORMULAS, ITEMS, Item
-from prefect.testing.utilities import prefect_test_harness
-from support import ledger_frame
+from support import ledger_frame, prefect_harness
 
 from flows.campaign import send_campaign
 from providers.base import Batch
@@ -95,7 +94,9 @@ def assert_every_row_once(item: Item, out: pl.DataFrame) -> None:
 def test_load_and_validate(item: Item, corpus_dir: Path, tmp_path: Path) -> None:
     source = item.write(corpus_dir)
     spec = spec_for(item, source, tmp_path / "results")
-    start = time.perf_counter()
+    # CPU seconds of this process, not wall time: a loaded CI machine must not fail a pathology check.
+    # Polars works on every core, so CPU time may run to twice the wall time on two cores: bounds allow it.
+    start = time.process_time()
     try:
         out = validate_recipients(load_recipients(spec), spec, PROVIDER.caps, PROVIDER)
     except Exception as exc:
@@ -104,9 +105,9 @@ def test_load_and_validate(item: Item, corpus_dir: Path, tmp_path: Path) -> None
         assert_clear_error(item, source, exc)
         return
     finally:
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
         if item.max_seconds is not None:
-            assert elapsed < item.max_seconds, f"load + validate took {elapsed:.2f} s"
+            assert elapsed < 2 * item.max_seconds, f"load + validate took {elapsed:.2f} CPU s"
     assert item.rows is not None, f"expected an error, got {out.height} rows"
     assert_every_row_once(item, out)
     by_index = {r["row_index"]: r for r in out.select("row_index", "body", "phone").iter_rows(named=True)}
@@ -180,9 +181,9 @@ def test_a_10mb_body_is_quarantined_by_every_provider(name: str, corpus_dir: Pat
         results=str(tmp_path / "res"),
         **TEXT_PROVIDERS[name],
     )
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds (see test_load_and_validate)
     out = validate_recipients(load_recipients(spec), spec, provider.caps, provider).sort("row_index")
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 10
     assert out["status"].to_list() == ["invalid", None], out.select(
         "row_index", "status", "error_code"
     ).rows()
@@ -226,7 +227,7 @@ SENT = [i for i in ITEMS if i.send]
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60), SandboxServer(default_key=KEY) as server:
+    with prefect_harness(), SandboxServer(default_key=KEY) as server:
         mp = pytest.MonkeyPatch()
         mp.setenv("SMSCAST_SANDBOX_API_KEY", KEY)
         try:

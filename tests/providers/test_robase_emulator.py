@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
+from support import sandbox_clock
 
 from providers.base import Batch
 from providers.robase import RobaseProvider
@@ -120,9 +121,12 @@ def test_row_keys_make_a_resend_create_nothing(admin: SandboxClient, http: httpx
     assert len(admin.ledger(provider="robase")) == 7
 
 
-def test_rate_limit_4_calls_per_second_with_retry_after(admin: SandboxClient, http: httpx.Client) -> None:
+def test_rate_limit_4_calls_per_second_with_retry_after(
+    admin: SandboxClient, http: httpx.Client, server: SandboxServer
+) -> None:
     knobs = admin.faults()["providers"]["robase"]
     assert knobs["rate_limit_rps"] == 4 and knobs["rate_limit_burst"] == 4
+    sandbox_clock(server.base_url, freeze=True)  # the 5 calls happen in the same instant, however slow
     statuses = [post(http, rows(1, start=i)).status_code for i in range(4)]
     assert statuses == [200] * 4
     limited = refused(post(http, rows(1, start=99)), 429, "rate_limited")
@@ -130,6 +134,10 @@ def test_rate_limit_4_calls_per_second_with_retry_after(admin: SandboxClient, ht
     r = post(http, rows(1, start=98))
     assert r.status_code == 429 and r.headers["Retry-After"] == "1"
     assert len(admin.ledger(provider="robase")) == 4
+    sandbox_clock(server.base_url, advance=0.26)  # one token refilled: one call, then refused again
+    assert post(http, rows(1, start=98)).status_code == 200
+    refused(post(http, rows(1, start=97)), 429, "rate_limited")
+    assert len(admin.ledger(provider="robase")) == 5
 
 
 def test_per_row_refusals_and_the_adapter_reading_them(admin: SandboxClient, server: SandboxServer) -> None:

@@ -9,13 +9,14 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
+from support import sandbox_clock
 
 from providers.base import Batch
 from providers.sent_dm import REJECTED_CODE, SentDmProvider
 from sandbox.client import SandboxClient
 from sandbox.server import SandboxServer
 from smscast.campaign import CampaignSpec
-from smscast.errors import BatchRejectedError
+from smscast.errors import BatchRejectedError, CampaignStopError
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 
@@ -115,15 +116,25 @@ def test_repeated_key_replays_and_creates_nothing(admin: SandboxClient, http: ht
     assert_envelope(post(http, payload(phones(1)), key="scb-abc.L"), 400, "VALIDATION_001")
 
 
-def test_rate_limit_is_200_per_minute_with_retry_after(admin: SandboxClient, http: httpx.Client) -> None:
+def test_rate_limit_is_200_per_minute_with_retry_after(
+    admin: SandboxClient, http: httpx.Client, server: SandboxServer
+) -> None:
     knobs = admin.faults()["providers"]["sent-dm"]
     assert knobs["rate_limit_rps"] == pytest.approx(200 / 60) and knobs["rate_limit_burst"] == 200
+    # The sandbox's clock stands still: 200 requests take no time, however slow the machine is.
+    sandbox_clock(server.base_url, freeze=True)
     statuses = [post(http, payload(phones(1, start=i))).status_code for i in range(200)]
     assert statuses == [200] * 200
     limited = post(http, payload(phones(1, start=500)))
     assert_envelope(limited, 429, "RATE_LIMIT_001")
-    assert int(limited.headers["retry-after"]) >= 1
-    assert len(admin.ledger(provider="sent-dm")) == 200
+    assert limited.headers["retry-after"] == "1"  # one token every 0.3 s, in whole seconds rounded up
+    # Just short of a refill: still refused; once 0.3 s have passed, exactly one more gets through.
+    sandbox_clock(server.base_url, advance=0.29)
+    assert post(http, payload(phones(1, start=501))).status_code == 429
+    sandbox_clock(server.base_url, advance=0.02)
+    assert post(http, payload(phones(1, start=502))).status_code == 200
+    assert_envelope(post(http, payload(phones(1, start=503))), 429, "RATE_LIMIT_001")
+    assert len(admin.ledger(provider="sent-dm")) == 201
 
 
 def test_refused_recipients_are_left_out_and_the_adapter_rejects_them(
@@ -171,9 +182,10 @@ def test_whole_request_refusals(admin: SandboxClient, http: httpx.Client, server
 
     missing = post(http, payload(phones(2), template="missing_tmpl"))
     assert_envelope(missing, 404, "RESOURCE_001")
-    with pytest.raises(BatchRejectedError) as exc:
+    # An unknown template: every batch of the campaign would meet it, so the campaign stops (rows `failed`).
+    with pytest.raises(CampaignStopError) as stop:
         prov.parse_response(_dummy_batch(), missing)
-    assert not exc.value.retryable_split
+    assert stop.value.code == "RESOURCE_001"
 
     assert_envelope(post(http, {"to": phones(1)}), 400, "VALIDATION_001")  # no template
     assert_envelope(post(http, {**payload(phones(1)), "channel": ["fax"]}), 400, "VALIDATION_001")

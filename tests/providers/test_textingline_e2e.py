@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
+from support import prefect_harness
 
 from flows.campaign import send_campaign
 from providers.base import StatusLookup
@@ -32,7 +32,7 @@ SENDER = "+18005559876"
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_harness():
         yield
 
 

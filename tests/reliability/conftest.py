@@ -1,31 +1,58 @@
-"""Fixtures of the reliability suite: one sandbox per provider (module scope), the session's report, and the
-per-provider summary printed at the end of the run (and written to <basetemp>/soak-summary.md)."""
+"""Fixtures of the reliability suite: one Prefect API for every `smscast` command of the test process, and
+one sandbox per provider (module scope). The session's report (`soak_report`) and the per-provider summary
+printed at the end of the run live in tests/conftest.py, which also merges the reports of parallel workers.
+
+Every `smscast send` / `retry` the harness runs talks to one `prefect server start` per test process (an
+xdist worker), the way a deployment does, instead of starting Prefect's temporary server for itself: that
+start costs 15-60 s per command on a busy 2-core machine, and a suite of a few dozen commands spent most of
+its time there. A kill still takes the command's whole process tree; the server, like a real one, outlives
+it. `SMSCAST_SOAK_TEMPORARY_API=1` gives each command its own temporary server again (process group, kill and
+all), e.g. for a long soak.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability.harness import KEY, PROVIDERS, START_KNOBS, Report, Sizes, Soak, soak_seed
+from reliability.harness import KEY, PROVIDERS, START_KNOBS, ProviderSetup, Sizes, Soak
 
 from sandbox.server import SandboxServer
+from servers.prefect_server import PrefectServer
 
-REPORT = pytest.StashKey[Report]()
-REPORT_PATH = pytest.StashKey[Path]()
+
+class SharedApiSoak(Soak):
+    """The harness, its commands pointed at the process's Prefect API (None: a temporary one each)."""
+
+    def __init__(
+        self, setup: ProviderSetup, server: SandboxServer, root: Path, lease: float, api_url: str | None
+    ) -> None:
+        super().__init__(setup, server, root, lease)
+        self.api_url = api_url
+
+    def env(self, lease: float | None = None) -> dict[str, str]:
+        env = super().env(lease)
+        if self.api_url is not None:
+            env["PREFECT_API_URL"] = self.api_url
+        return env
 
 
 @pytest.fixture(scope="session")
-def soak_report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Report:
-    config = request.config
-    if REPORT not in config.stash:
-        config.stash[REPORT] = Report()
-        config.stash[REPORT_PATH] = tmp_path_factory.getbasetemp() / "soak-summary.md"
-    return config.stash[REPORT]
+def soak_prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    if os.environ.get("SMSCAST_SOAK_TEMPORARY_API", "").strip() not in ("", "0"):
+        yield None
+        return
+    # Generous: the first start migrates a new database, with the other worker busy on the second core.
+    with PrefectServer(tmp_path_factory.mktemp("prefect-api"), startup_timeout=300) as server:
+        yield server.api_url
 
 
 @pytest.fixture(scope="module")
-def soak(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Soak]:
+def soak(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, soak_prefect_api: str | None
+) -> Iterator[Soak]:
     """Indirectly parametrised with a provider name: that provider's emulator in ONE sandbox process for the
     module, its documented rate limit raised (START_KNOBS), and the harness bound to it."""
     setup = PROVIDERS[request.param]
@@ -33,29 +60,6 @@ def soak(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     with SandboxServer(
         emulators=[setup.emulator], default_key=KEY, provider_knobs={setup.emulator: START_KNOBS}
     ) as server:
-        yield Soak(setup, server, root, lease=Sizes.short().lease)
+        yield SharedApiSoak(setup, server, root, Sizes.short().lease, soak_prefect_api)
         # The sandbox outlived every kill of the module.
         assert server.process is not None and server.process.poll() is None, server.log_tail()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    if REPORT not in config.stash:
-        return
-    report = config.stash[REPORT]
-    if not report.tallies:
-        return
-    text = "\n".join(
-        [
-            f"seed {soak_seed()} (set SMSCAST_SOAK_SEED={soak_seed()} to repeat these kill moments)",
-            "",
-            report.table(),
-            "",
-            "campaigns:",
-            *(f"  {line}" for line in report.lines),
-        ]
-    )
-    terminalreporter.section("smscast reliability summary")
-    terminalreporter.write_line(text)
-    path = config.stash[REPORT_PATH]
-    path.write_text(text + "\n", encoding="utf-8")
-    terminalreporter.write_line(f"\n(written to {path})")
