@@ -12,6 +12,9 @@ The server runs with its background services (scheduler, triggers, actions, even
 what turn events into deployment runs. The UI is off by default: serving it makes the first start copy and
 rewrite its static build, which costs seconds and a test never looks at it.
 
+`detach()` hands a started server over to no one: it keeps running after this object and this process are
+gone (`smscast server start` uses it; `servers.process.terminate_detached_group` stops it later by pid).
+
     python -m servers.prefect_server --dir /tmp/prefect-demo --ui    # foreground; prints PREFECT_API_URL
 """
 
@@ -30,18 +33,31 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from servers.process import free_ports, terminate_group
 
-__all__ = ["PrefectServer", "PrefectServerStartError"]
+__all__ = ["PrefectServer", "PrefectServerStartError", "health_status"]
 
 _HOST = "127.0.0.1"
 # Settings in the caller's environment that would point the server (or its CLI) somewhere else.
 _SHADOWING = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_API_DATABASE_CONNECTION_URL")
+
+
+def health_status(api_url: str, *, timeout: float) -> int | None:
+    """The HTTP status of `GET <api_url>/health`, or None when nothing answers within `timeout` seconds.
+    Proxies are bypassed: a loopback server is never behind the HTTP_PROXY a user may have set."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{api_url}/health", timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
 
 
 class PrefectServerStartError(RuntimeError):
@@ -67,6 +83,8 @@ class PrefectServer:
         startup_timeout: float = 90.0,
         log_level: str = "WARNING",
         extra_env: Mapping[str, str] | None = None,
+        progress: Callable[[str], None] | None = None,
+        progress_every: float = 10.0,
     ) -> None:
         self._given_workdir = Path(workdir).resolve() if workdir is not None else None
         self.workdir: Path | None = self._given_workdir
@@ -75,11 +93,16 @@ class PrefectServer:
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.extra_env = dict(extra_env or {})
+        # Told what the start is waiting for every `progress_every` seconds: a first start migrates a new
+        # database, which takes tens of seconds on a loaded machine, and silence looks like a hang.
+        self.progress = progress
+        self.progress_every = progress_every
         self.port: int | None = None
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._lock = threading.Lock()
+        self._detached: subprocess.Popen[bytes] | None = None
 
     # -- public surface ------------------------------------------------------------------------------------
 
@@ -142,6 +165,26 @@ class PrefectServer:
                 return self
             raise AssertionError("unreachable")
 
+    def detach(self) -> int:
+        """Leave the started server running for good: this object and process no longer own or stop it.
+        Returns its pid, which is also its process group id. The workdir must be one the caller gave."""
+        with self._lock:
+            if self._given_workdir is None:
+                raise RuntimeError(
+                    "a detached server needs a workdir of its own (its temporary one is removed)"
+                )
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                raise RuntimeError("the Prefect server is not running")
+            # Keep the Popen referenced so that collecting it does not warn about a child still running.
+            self._detached, self._proc = proc, None
+            if self._log_file is not None:  # the server holds its own descriptor of the log
+                self._log_file.close()
+                self._log_file = None
+            with contextlib.suppress(Exception):
+                atexit.unregister(self.stop)
+            return proc.pid
+
     def stop(self) -> None:
         with self._lock:
             self._stop_process()
@@ -200,20 +243,23 @@ class PrefectServer:
     def _wait_healthy(self, deadline: float) -> None:
         assert self._proc is not None
         last = "no answer yet"
+        began = time.monotonic()
+        next_note = began + self.progress_every
         while True:
             if self._proc.poll() is not None:
                 raise PrefectServerStartError(
                     f"prefect server exited with code {self._proc.returncode} while starting; "
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
-            try:
-                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-                    last = f"health answered {resp.status}"
-            except (OSError, urllib.error.URLError) as exc:
-                last = type(exc).__name__
-            if time.monotonic() > deadline:
+            status = health_status(self.api_url, timeout=2)
+            if status == 200:
+                return
+            last = f"health answered {status}" if status else "no answer yet"
+            now = time.monotonic()
+            if self.progress is not None and now >= next_note:
+                next_note = now + self.progress_every
+                self.progress(f"still starting after {now - began:.0f}s ({last}); log {self.log_path}")
+            if now > deadline:
                 raise PrefectServerStartError(
                     f"prefect server not healthy after {self.startup_timeout:g}s ({last}); "
                     f"log {self.log_path}:\n{self.log_tail()}"
