@@ -81,8 +81,9 @@ async def send_rows(
     journal: Journal | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Send planned rows (with batch_seq/batch_id/batch_key) and return their outcomes. Usable without
-    Prefect, which is how the unit tests drive it with httpx.MockTransport. With a journal (providers
-    without idempotency), batches recorded by an interrupted earlier run are not sent again."""
+    Prefect, which is how the unit tests drive it with httpx.MockTransport. With a journal, each batch's
+    outcome is recorded as it comes back, and batches recorded by an interrupted earlier run are not sent
+    again (their recorded outcomes are returned); the journal is closed (its writes flushed) on return."""
     caps = provider.caps
     concurrency = per_shard_concurrency(spec, provider)
     bucket = shared_bucket(
@@ -109,7 +110,12 @@ async def send_rows(
     finally:
         if own_client:
             await http.aclose()
-    outcomes = outcomes_frame(sent)
+        if journal is not None:
+            # Even when sending failed: what was answered is recorded for the next run.
+            await asyncio.to_thread(journal.close)
+    # The journal has built this run's outcomes frame as it went; without one (or if it failed), build it now.
+    built = journal.outcomes() if journal is not None else None
+    outcomes = built if built is not None else outcomes_frame(sent)
     if recovered is not None and (recovered.done or recovered.uncertain):
         outcomes = pl.concat([outcomes, *recovered.done, outcomes_frame(recovered.uncertain)])
     return outcomes, sender.requests
@@ -123,12 +129,16 @@ def send_shard(spec: CampaignSpec, work_root: str, shard: ShardRef, runtime_key:
         # A resumed run: this shard finished before the interruption. Its record stands; never re-send.
         done = storage.read_parquet(part)
         logger.info("shard %d already sent (%d rows); skipping", shard.shard, done.height)
+        # What a crash between writing the part and removing the journal left behind.
+        shard_journal(work_root, shard.shard, write_ahead=False).discard()
         return ShardReport(shard.shard, done.height, _counts(done), {}, resumed=True)
     planned = storage.read_parquet(WorkDir(work_root).plan_shard(shard.shard))
     provider = make_provider(spec.provider, base_url=spec.base_url)
     runtime = progress.lookup(runtime_key)
-    # Providers without idempotency keep a per-batch journal, so a crash never leads to a blind re-send.
-    journal = None if provider.caps.resend_safe else Journal(f"{work_root}/journal/shard={shard.shard:05d}")
+    # Every batch's outcome is journalled as it comes back, so that a resumed shard sends only the batches
+    # that were in flight. Providers without idempotency also record each batch's intent before sending it:
+    # there, a batch in flight at a crash is `unknown`, never re-sent blindly.
+    journal = shard_journal(work_root, shard.shard, write_ahead=not provider.caps.resend_safe)
     outcomes, requests = asyncio.run(send_rows(provider, planned, spec, runtime=runtime, journal=journal))
     if runtime is not None and runtime.abort.code == "lock_lost":
         logger.warning(
@@ -138,6 +148,7 @@ def send_shard(spec: CampaignSpec, work_root: str, shard: ShardRef, runtime_key:
     if not storage.write_parquet_once(result_rows(spec, planned, outcomes), part):
         # Another run recorded this shard first (we stalled past our lease). Its record stands.
         logger.warning("shard %d was recorded by another run; keeping that record", shard.shard)
+    journal.discard()  # only now: the part is on record (a crash before this leaves a harmless journal)
     counts = _counts(outcomes)
     logger.info(
         "shard %d: %d rows in %d batches · %s",
@@ -147,6 +158,10 @@ def send_shard(spec: CampaignSpec, work_root: str, shard: ShardRef, runtime_key:
         " ".join(f"{k} {v}" for k, v in sorted(counts.items())),
     )
     return ShardReport(shard.shard, outcomes.height, counts, requests)
+
+
+def shard_journal(work_root: str, shard: int, *, write_ahead: bool) -> Journal:
+    return Journal(f"{work_root}/journal/shard={shard:05d}", write_ahead=write_ahead)
 
 
 def _counts(outcomes: pl.DataFrame) -> dict[str, int]:

@@ -68,7 +68,11 @@ ProgressFn = Callable[[int, dict[str, int]], None]
 
 
 class BatchJournal(Protocol):
-    """tasks/journal.py: intent before a batch's first request, outcome after its last."""
+    """tasks/journal.py: every batch's outcome after its last request, and where `write_ahead` (providers
+    without idempotency) its intent before its first."""
+
+    @property
+    def write_ahead(self) -> bool: ...
 
     def intend(self, batch: Batch) -> None: ...
 
@@ -105,7 +109,7 @@ class ShardSender:
         async def one(batch: Batch) -> list[SentBatch]:
             parts = await self.send_batch(batch, top=True)
             if self.journal is not None:
-                await asyncio.to_thread(self.journal.record, batch, parts)
+                self.journal.record(batch, parts)  # only queued: it never holds up a request
             if self.on_progress is not None:
                 counts: dict[str, int] = {}
                 for part in parts:
@@ -123,20 +127,30 @@ class ShardSender:
     async def send_batch(self, batch: Batch, *, top: bool = False) -> list[SentBatch]:
         attempt = throttled = 0
         maybe_accepted = False
-        journalled = False  # whether this batch's intent is on record (top-level batches, with a journal)
+        journalled = False  # whether this run put the batch's intent on record (top-level, write-ahead)
+        ahead = self.journal if top and self.journal is not None and self.journal.write_ahead else None
         while True:
             submitted = datetime.now(UTC)
             try:
                 request = self.provider.build_request(batch)
                 await self.bucket.acquire()
                 async with self.sem:
-                    if top and self.journal is not None and not journalled and not self.abort.is_set():
+                    if ahead is not None and not journalled and not self.abort.is_set():
                         # The moment before it may reach the provider, not when it was queued.
-                        await asyncio.to_thread(self.journal.intend, batch)
-                        journalled = True
+                        try:
+                            await asyncio.to_thread(ahead.intend, batch)
+                            journalled = True
+                        except Exception:
+                            # Without its intent on record the batch must not go out. A run that lost its
+                            # lock meanwhile (its heir may have removed the journal) stops below; otherwise
+                            # the storage error fails the run loudly.
+                            if not self.abort.is_set():
+                                raise
                     # Checked last, right before the request: batches queued behind a campaign stop must not
                     # go out, nor may a run that was frozen past its lease (a lost worker) on waking up.
                     if self.abort.is_set():
+                        if journalled:  # the intent went on record, the request did not go out
+                            await self._withdraw(batch)
                         return self._all(
                             batch,
                             Status.FAILED,
@@ -156,6 +170,8 @@ class ShardSender:
                     return self._give_up(batch, exc, maybe_accepted)
                 continue
             except CampaignStopError as exc:
+                if journalled:  # refused credentials, quota or credit: the request was not processed
+                    await self._withdraw(batch)
                 self._count(exc.code)
                 self.abort.set(exc.code, self.provider.redact(str(exc)))
                 return self._all(batch, Status.FAILED, exc.code, str(exc))

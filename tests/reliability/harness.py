@@ -510,6 +510,14 @@ class Soak:
             return None
         return float(json.loads(raw[0]).get("expires_at", 0.0))
 
+    def move_lock_elsewhere(self, c: Campaign) -> None:
+        """Make the campaign's lock look as if its holder ran on another machine, where no process can be
+        inspected: only its lease can free it then."""
+        uri = lock_uri(self.results, c.cid)
+        raw = storage.get_versioned(uri)
+        assert raw is not None, "no lock to move"
+        storage.put_bytes(uri, json.dumps({**json.loads(raw[0]), "host": "another-machine"}).encode())
+
     def wait_out_lease(self, c: Campaign) -> float:
         """Sleep until the lock left by a killed run has expired; returns the seconds waited."""
         expiry = self.lock_expiry(c)
@@ -521,8 +529,10 @@ class Soak:
 
     # -- runs --
 
-    def run(self, c: Campaign, kind: str = "send", timeout: float = 900.0) -> RunRecord:
-        run = self.start(c, kind)
+    def run(
+        self, c: Campaign, kind: str = "send", timeout: float = 900.0, lease: float | None = None
+    ) -> RunRecord:
+        run = self.start(c, kind, lease=lease)
         rc = run.wait(timeout)
         rec = RunRecord(kind, rc, time.monotonic() - run.started, note=_last_error(run.output()))
         c.runs.append(rec)
@@ -556,8 +566,9 @@ class Soak:
             plan = "startup"
         stats = self.stats()
         before = int(stats["accepted"]) + int(stats["duplicates"])
-        # With idempotency a resumed shard sends all its rows again; without, only batches never started.
-        remaining = c.n_valid
+        # A resumed shard sends the batches with no recorded outcome: with idempotency, what is not accepted
+        # yet (and the few batches that were in flight); without, the batches never started.
+        remaining = max(1, c.n_valid - int(stats["accepted"]))
         if not self.setup.resend_safe:
             started = [f for f in storage.list_files(f"{self.work_dir(c)}/journal/") if f.endswith(".intent")]
             remaining = max(1, c.n_valid - len(started) * self.batch_size(c))
@@ -620,15 +631,15 @@ class Soak:
         return "plan" if not planned_before else "send@0%"
 
     def complete(self, c: Campaign, max_runs: int = 6) -> None:
-        """Re-run `smscast send` with the same campaign id until it completes, waiting out a dead run's
-        lease."""
+        """Re-run `smscast send` with the same campaign id until it completes. A run killed on this machine
+        is taken over at once; a lock that names another machine is waited out."""
         for _ in range(max_runs):
-            self.wait_out_lease(c)
             rec = self.run(c, "send")
             if rec.rc == 0:
                 return
             if LOCKED_MESSAGE in rec.note:
-                continue  # the lease was still running: wait it out and try again
+                self.wait_out_lease(c)  # the lease of a holder elsewhere was still running
+                continue
             raise AssertionError(f"smscast send failed (rc {rec.rc}): {rec.note}\n{self._last_log_tail()}")
         raise AssertionError(f"campaign {c.cid} did not complete in {max_runs} runs")
 

@@ -2,8 +2,10 @@
 
 1. A second `smscast send` of a campaign that is being sent must refuse ("being sent by another run"), exit
    non-zero and send nothing; the first completes; the ledger has each phone once.
-2. A second run started after the first was SIGKILLed, while its lease still runs, must refuse likewise;
-   one started after the lease has run out resumes the campaign and completes it.
+2. A second run started after the first was SIGKILLed on another machine (made to look so: its lock names
+   another host, where no process can be inspected), while its lease still runs, must refuse likewise; one
+   started after the lease has run out resumes the campaign and completes it. (Killed on this machine, the
+   run is provably dead and is taken over at once: test_immediate_resume.py.)
 
 Postman in the short variant: without idempotency, anything sent twice is twice in the ledger. The long
 variant runs it for every provider.
@@ -70,7 +72,7 @@ def duplicate_runs(soak: Soak, report: Report, rows: int) -> None:
     tally.duplicate_runs += 1
     assert not verdict.problems, verdict.summary() + "\n" + "\n".join(verdict.problems)
 
-    # 2. A run killed with -9, a second run while its lease runs, a third after it.
+    # 2. A run killed with -9 on "another machine", a second run while its lease runs, a third after it.
     d = soak.campaign("dup-dead", rows)
     latency = soak.latency_for(d, 6.0)
     soak.reset(latency_ms=latency)
@@ -81,6 +83,7 @@ def duplicate_runs(soak: Soak, report: Report, rows: int) -> None:
     lease = max(12.0, 1.5 * (settle + 1.5 * to_lock + 3.0))
     killed = soak.run_and_kill(d, "send", rng_for("dup", name), lease=lease)
     assert killed.killed, f"the run to kill completed first: {killed.note}"
+    soak.move_lock_elsewhere(d)
     time.sleep(settle)
     before = total_requests(soak.stats())
     refused = soak.start(d)

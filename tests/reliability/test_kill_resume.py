@@ -2,11 +2,11 @@
 
 Per provider: a campaign sent by a real `smscast send` process, killed with SIGKILL (process group and all,
 Prefect's temporary API included) at seeded random moments — during start-up, while planning, mid-send,
-while persisting — then `smscast send` again with the same campaign id until it completes (each time after
-the dead run's lease has run out), `smscast retry` while rows remain that it would re-send, and the
-invariants: every input row has one current result; no phone twice in the ledger; every accepted row in the
-ledger exactly once; with idempotency every valid row accepted; without (Postman) the interrupted batches
-`unknown`, never re-sent.
+while persisting — then `smscast send` again with the same campaign id until it completes (at once: the
+dead run was on this machine, so its lock is taken over without waiting for its lease), `smscast retry`
+while rows remain that it would re-send, and the invariants: every input row has one current result; no
+phone twice in the ledger; every accepted row in the ledger exactly once; with idempotency every valid row
+accepted; without (Postman) the interrupted batches `unknown`, never re-sent.
 
 Short variant (CI): SMSCAST_SOAK_ROWS=3,000 recipients, SMSCAST_SOAK_KILLS=1 kill per provider, the kill
 moments spread over the phases across providers, and the campaign runs under the `combined` fault mix
@@ -63,7 +63,6 @@ def kill_and_finish(soak: Soak, report: Report, sizes: Sizes, *, long: bool, mix
         soak.reset(latency_ms=latency)
     phases = kill_phases(name, sizes.kills, rng, long)
     for phase in phases:
-        soak.wait_out_lease(c)
         if soak.phase_on_disk(c) == "persist":  # everything sent and recorded: only a start-up is left
             phase = "startup"
         rec = soak.run_and_kill(c, phase, rng)
