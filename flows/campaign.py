@@ -7,6 +7,7 @@ second run of the same campaign from sending while the first is alive.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -18,7 +19,7 @@ from smscast.campaign import CampaignSpec
 from smscast.lock import CampaignLock
 from tasks.dispatch import dispatch, finished
 from tasks.load import load_recipients
-from tasks.manifest import read_manifest, save_spec, write_manifest
+from tasks.manifest import check_same_campaign, read_manifest, save_spec, write_manifest
 from tasks.persist import attempt_dir, done_marker, write_plan
 from tasks.plan import plan_campaign
 from tasks.report import publish, stage, summarise
@@ -33,7 +34,8 @@ plan = task(name="plan", cache_policy=NONE)(plan_campaign)
 
 
 @flow(name="send-campaign", task_runner=shard_runner())
-def send_campaign(spec: CampaignSpec) -> dict[str, Any]:
+def send_campaign(spec: CampaignSpec, wait_for_lock: bool = False) -> dict[str, Any]:
+    """`wait_for_lock`: if another live run is sending this campaign, wait for it rather than fail."""
     logger = get_run_logger()
     provider = make_provider(spec.provider, base_url=spec.base_url, require_key=not spec.dry_run)
     provider.validate_spec(spec)
@@ -48,6 +50,7 @@ def send_campaign(spec: CampaignSpec) -> dict[str, Any]:
             return plan(checked, spec, provider.caps, provider)
 
     if spec.dry_run:  # nothing is written and nothing locked: a dry run may run beside a real one
+        check_same_campaign(spec)  # what the real run would refuse, the dry run refuses too
         summary = summarise(
             make_plan().rows,
             campaign_id=spec.campaign_id,
@@ -60,7 +63,9 @@ def send_campaign(spec: CampaignSpec) -> dict[str, Any]:
         publish(summary, logger)
         return summary.to_dict()
 
-    with CampaignLock(spec.results, spec.campaign_id) as lock:
+    wait = math.inf if wait_for_lock else 0.0
+    with CampaignLock(spec.results, spec.campaign_id, wait=wait, logger=logger) as lock:
+        check_same_campaign(spec)
         if storage.exists(done_marker(spec)):
             return finished(spec, attempt_dir(spec), logger).to_dict()
         work = WorkDir.for_run(spec.results, spec.campaign_id, spec.attempt)

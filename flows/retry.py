@@ -19,11 +19,11 @@ from smscast import storage
 from smscast.errors import ConfigError
 from smscast.lock import CampaignLock
 from smscast.status import Status
-from tasks.current import current_results
+from tasks.current import attempt_files, current_results
 from tasks.dispatch import dispatch, finished
 from tasks.manifest import load_spec, read_manifest, write_manifest
 from tasks.persist import attempt_dir, done_marker, write_plan
-from tasks.plan import plan_campaign
+from tasks.plan import PINNED_KEY, plan_campaign
 from tasks.send import shard_runner
 from tasks.work import WorkDir, unfinished_attempt
 
@@ -49,7 +49,7 @@ def retry_failed(
         logger.info("waiting %.0f s before retrying campaign %s", delay_seconds, campaign_id)
         time.sleep(delay_seconds)
     overrides = {k: v for k, v in {"provider": provider, "base_url": base_url}.items() if v}
-    with CampaignLock(results, campaign_id) as lock:
+    with CampaignLock(results, campaign_id, logger=logger) as lock:
         pending = unfinished_attempt(results, campaign_id)
         if pending is not None:
             # An interrupted attempt is finished first, from its own plan and journal: planning a new one
@@ -104,20 +104,55 @@ def retry_failed(
 
 def _retry_rows(results: str, campaign_id: str, todo: pl.DataFrame) -> pl.DataFrame:
     """The rows to re-send, with their content as attempt 1 planned it (phone, rendered body, variables)."""
-    work = WorkDir.for_run(results, campaign_id, 1)
-    shards = [f for f in storage.list_files(f"{work.root}/plan/", suffix=".parquet") if "/shard=" in f]
-    content = pl.concat([storage.read_parquet(f) for f in shards], how="diagonal_relaxed")
-    rows = content.join(
+    rows = _plan_rows(results, campaign_id, 1).join(
         todo.select("row_index", pl.col("status").alias("_was"), pl.col("batch_id").alias("_b")),
         on="row_index",
     )
-    # Unknown rows keep their original batches (same composition -> same request key); failed rows were
-    # never accepted and may be re-batched freely.
+    # Unknown rows keep their original batches (same composition) and the key their request carried; failed
+    # rows were never accepted and may be re-batched freely.
     rows = rows.with_columns(
         _retry_group=pl.when(pl.col("_was") == "unknown").then(pl.col("_b")).otherwise(None)
-    )
+    ).join(_request_keys(results, campaign_id, todo), on="row_index", how="left")
     return rows.drop([*PLAN_COLUMNS, "_was", "_b"], strict=False).with_columns(
         status=pl.lit(None, pl.String),
         error_code=pl.lit(None, pl.String),
         error_message=pl.lit(None, pl.String),
     )
+
+
+def _plan_rows(results: str, campaign_id: str, attempt: int) -> pl.DataFrame:
+    work = WorkDir.for_run(results, campaign_id, attempt)
+    shards = [f for f in storage.list_files(f"{work.root}/plan/", suffix=".parquet") if "/shard=" in f]
+    return pl.concat([storage.read_parquet(f) for f in shards], how="diagonal_relaxed")
+
+
+def _request_keys(results: str, campaign_id: str, todo: pl.DataFrame) -> pl.DataFrame:
+    """row_index -> the key of the request that left it `unknown`, for requests re-sent whole: the planned
+    batch's key, plus the "-L"/"-R" suffixes bisection added (tasks/plan.py PINNED_KEY says why). A request
+    only part of which is unknown cannot be re-sent as the same request, and keeps a key of its own."""
+    unknown = todo.filter(pl.col("status") == "unknown").select("row_index", "attempt", "batch_id")
+    frames = [pl.DataFrame(schema={"row_index": pl.Int64, PINNED_KEY: pl.String})]
+    for (attempt,), part in unknown.partition_by("attempt", as_dict=True).items():
+        plan = _plan_rows(results, campaign_id, int(attempt)).select(
+            "row_index", pl.col("batch_id").alias("_planned"), "batch_key"
+        )
+        sent = pl.concat(
+            [storage.read_parquet(f) for f in attempt_files(results, campaign_id)[int(attempt)]],
+            how="diagonal_relaxed",
+        )
+        sizes = sent.group_by("batch_id").agg(_request_rows=pl.len())
+        keyed = (
+            part.join(plan, on="row_index")
+            .join(sizes, on="batch_id")
+            .with_columns(_unknown_rows=pl.len().over("batch_id"))
+            .filter(pl.col("_unknown_rows") == pl.col("_request_rows"))
+        )
+        frames.append(
+            keyed.select(
+                "row_index",
+                (pl.col("batch_key") + pl.col("batch_id").str.strip_prefix(pl.col("_planned"))).alias(
+                    PINNED_KEY
+                ),
+            )
+        )
+    return pl.concat(frames)

@@ -11,11 +11,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 ProviderName = Literal["sandbox", "sent-dm", "robase", "textingline", "postman", "instasent"]
 PROVIDER_NAMES: tuple[str, ...] = ("sandbox", "sent-dm", "robase", "textingline", "postman", "instasent")
 
+# The fields that decide who is messaged and with what. A re-run of a campaign id must agree with the recorded
+# campaign on all of them; the others (endpoint, rate, concurrency, timeouts, batch sizes, dry run, attempt) are
+# how this run goes about it and may change between runs.
+CONTENT_FIELDS: tuple[str, ...] = (
+    "provider",
+    "source",
+    "query",
+    "columns",
+    "body",
+    "template",
+    "template_vars",
+    "sender",
+    "default_country",
+    "language",
+    "allow_braces",
+)
+
 TEMPLATE_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 class CampaignSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused value (a URL with a password in it) must not be echoed by pydantic.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     campaign_id: str = Field(
         title="Campaign id",
@@ -38,6 +56,12 @@ class CampaignSpec(BaseModel):
         default=None,
         title="Message body",
         description="Text with {{variable}} placeholders filled from columns. Omit to use the source's body column.",
+    )
+    allow_braces: bool = Field(
+        default=False,
+        title="Braces are meant",
+        description="Send bodies that still hold {{…}} after rendering. Off: such rows are quarantined as "
+        "template_unrendered (an export whose template was never filled in).",
     )
     template: str | None = Field(
         default=None,
@@ -101,10 +125,28 @@ class CampaignSpec(BaseModel):
                 raise ValueError(str(exc)) from None
         return v
 
+    @field_validator("source")
+    @classmethod
+    def _no_password(cls, v: str) -> str:
+        # Prefect records flow parameters as given and the spec is saved beside the results: a password in
+        # the source URI would be stored in both (smscast/sources/credentials.py says where it goes instead).
+        from smscast.errors import ConfigError
+        from smscast.sources.credentials import refuse_recorded_password
+
+        try:
+            refuse_recorded_password(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
     @field_validator("default_country")
     @classmethod
     def _upper(cls, v: str | None) -> str | None:
         return v.upper() if v else v
+
+    def content_differences(self, recorded: CampaignSpec) -> list[str]:
+        """The content fields (CONTENT_FIELDS) in which this spec differs from `recorded`."""
+        return [f for f in CONTENT_FIELDS if getattr(self, f) != getattr(recorded, f)]
 
     def body_vars(self) -> tuple[str, ...]:
         """Variables named in the body text, in order of first appearance."""

@@ -16,6 +16,8 @@ import typer
 
 from smscast.campaign import PROVIDER_NAMES, CampaignSpec
 from smscast.errors import SmscastError
+from smscast.local_server import register as register_local_server
+from smscast.sources.credentials import take_password_for_this_process
 from smscast.watch import register as register_watch
 
 app = typer.Typer(
@@ -52,10 +54,10 @@ def _columns(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def run_campaign(spec: CampaignSpec) -> dict[str, Any]:
+def run_campaign(spec: CampaignSpec, *, wait_for_lock: bool = False) -> dict[str, Any]:
     from flows.campaign import send_campaign
 
-    result: dict[str, Any] = send_campaign(spec)
+    result: dict[str, Any] = send_campaign(spec, wait_for_lock=wait_for_lock)
     return result
 
 
@@ -115,9 +117,26 @@ def send(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate, plan and count segments; send nothing.")
     ] = False,
+    allow_braces: Annotated[
+        bool,
+        typer.Option(
+            "--allow-braces",
+            help="Send bodies that still hold {{…}} after rendering (else quarantined: template_unrendered).",
+        ),
+    ] = False,
+    wait_for_lock: Annotated[
+        bool,
+        typer.Option(
+            "--wait-for-lock",
+            help="If another live run is sending this campaign, wait for it instead of failing.",
+        ),
+    ] = False,
 ) -> None:
     """Send a campaign. Every input row ends up in the results with a status and, if not accepted, a reason."""
     try:
+        # A password in a database URI would be recorded with the campaign: it goes to this process's
+        # PGPASSWORD instead, and the spec keeps the URI without it.
+        source = take_password_for_this_process(source)
         # model_validate rather than the constructor: the provider name is checked against the choices here.
         spec = CampaignSpec.model_validate(
             dict(
@@ -139,13 +158,14 @@ def send(
                 rate=rate,
                 concurrency=concurrency,
                 request_timeout=request_timeout,
+                allow_braces=allow_braces,
             )
         )
-    except ValueError as exc:
+    except (ValueError, SmscastError) as exc:
         _fail(str(exc))
         return
     try:
-        summary = run_campaign(spec)
+        summary = run_campaign(spec, wait_for_lock=wait_for_lock)
     except SmscastError as exc:
         _fail(str(exc))
         return
@@ -227,6 +247,7 @@ def demo(
 
 
 register_watch(app)
+register_local_server(app)  # also picks the Prefect API before the commands that need one
 
 if __name__ == "__main__":
     app()

@@ -95,13 +95,13 @@ def check_base_url(url: str, provider: str) -> None:
         raise ConfigError(f"the endpoint for provider {provider!r} contains spaces or control characters")
 
 
-def _secret_block(provider: str) -> str | None:
-    """Look up a Prefect Secret block; quietly absent when there is no API or no block."""
+def secret_block(name: str) -> str | None:
+    """A Prefect Secret block's value; quietly absent when there is no API or no block."""
     try:
         from prefect.blocks.system import Secret as SecretBlock
 
         # `load` is typed as sync-or-async; `_sync=True` makes it sync.
-        block: Any = SecretBlock.load(f"smscast-{provider}-api-key", _sync=True)  # type: ignore[call-arg]
+        block: Any = SecretBlock.load(name, _sync=True)  # type: ignore[call-arg]
         value = block.get()
         return str(value) if value else None
     except Exception:
@@ -120,7 +120,7 @@ def resolve_settings(
     if not url:
         raise ConfigError(f"no endpoint for provider {provider!r}: pass --base-url or set {prefix}_BASE_URL")
     check_base_url(url, provider)
-    key = os.environ.get(f"{prefix}_API_KEY") or _secret_block(provider)
+    key = os.environ.get(f"{prefix}_API_KEY") or secret_block(f"smscast-{provider}-api-key")
     if require_key and not key:
         raise ConfigError(
             f"no credentials for provider {provider!r}: set {prefix}_API_KEY or create the Prefect Secret "

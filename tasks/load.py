@@ -4,7 +4,7 @@ for the source and makes the canonical columns; the readers live in smscast/sour
 Sources (`spec.source`):
 
 * a local path or file:// URI, or s3://bucket/key: `.csv`, `.parquet`, `.ndjson` / `.jsonl`; a directory or an
-  s3:// prefix ending in `/` is read as a Parquet dataset (every `*.parquet` under it, in name order);
+  s3:// prefix ending in `/` is every such file under it, in name order (any other file is refused by name);
 * postgresql://user:pass@host:port/db (also postgres://, postgresql+psycopg://) with `spec.query`;
 * duckdb:///path/file.db (duckdb://relative.db, duckdb:// or duckdb:///:memory: for an in-memory database)
   with `spec.query`.
@@ -45,7 +45,7 @@ from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError, SourceError
 from smscast.sources import PHONE, PHONE_RAW, ROW_INDEX, SCHEME
-from smscast.sources.files import read_file
+from smscast.sources.files import dataset_files, read_file
 from smscast.sources.messages import check_duplicates, first_line, looks_like_data, quote_names
 from smscast.sources.sql import read_duckdb, read_postgres
 
@@ -78,8 +78,30 @@ def load_recipients(spec: CampaignSpec) -> pl.DataFrame:
             raise ConfigError(
                 f"--query applies only to SQL sources (postgresql://, duckdb://), not to {label}; drop it"
             )
+        files = dataset_files(target, label)
+        if files is not None:
+            return _read_folder(files, spec, label)
         df = read_file(target, label)
     return _canonicalise(df, spec, label)
+
+
+def _read_folder(files: list[str], spec: CampaignSpec, label: str) -> pl.DataFrame:
+    """Every file of a folder, each read and made canonical on its own (so that a message names the file, and
+    a phone stored as a number in one Parquet part and as text in a CSV both end up as the same text), then
+    stacked in name order with `row_index` counted across the folder."""
+    frames: list[pl.DataFrame] = []
+    offset = 0
+    for uri in files:
+        part = _canonicalise(read_file(uri, source_label(uri)), spec, source_label(uri))
+        frames.append(part.with_columns(pl.col(ROW_INDEX) + offset))
+        offset += part.height
+    try:
+        return pl.concat(frames, how="diagonal_relaxed")
+    except pl.exceptions.PolarsError as exc:
+        raise SourceError(
+            f"the files under {label} do not stack into one table ({first_line(str(exc))}); give their "
+            "shared columns the same kind of values"
+        ) from None
 
 
 def source_label(source: str) -> str:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.errors import ConfigError
+from smscast.sources.credentials import split_password
 from tasks.plan import PlannedCampaign, ShardRef
 
 
@@ -52,7 +54,8 @@ def _spec_uri(results: str, campaign_id: str) -> str:
 
 
 def save_spec(spec: CampaignSpec) -> None:
-    """The campaign's parameters (never credentials: the spec holds none), for the retry flow."""
+    """The campaign's parameters (never credentials: the spec refuses them), for the retry flow and for
+    checking that a re-run is the same campaign."""
     storage.put_bytes(_spec_uri(spec.results, spec.campaign_id), spec.model_dump_json().encode())
 
 
@@ -60,4 +63,23 @@ def load_spec(results: str, campaign_id: str) -> CampaignSpec | None:
     uri = _spec_uri(results, campaign_id)
     if not storage.exists(uri):
         return None
-    return CampaignSpec.model_validate_json(storage.get_bytes(uri))
+    raw = json.loads(storage.get_bytes(uri))
+    # A spec recorded before source passwords were refused may still hold one: read it without it.
+    raw["source"] = split_password(raw["source"])[0]
+    return CampaignSpec.model_validate(raw)
+
+
+def check_same_campaign(spec: CampaignSpec) -> None:
+    """Refuse a run whose content differs from the campaign recorded under its id: resuming it would send
+    the recorded plan, not what this run asks for, and reporting it would claim the new content was sent."""
+    recorded = load_spec(spec.results, spec.campaign_id)
+    if recorded is None:
+        return
+    differ = spec.content_differences(recorded)
+    if differ:
+        raise ConfigError(
+            f"campaign {spec.campaign_id!r} was already started under {spec.results} with other settings: "
+            f"{', '.join(differ)} differ from the recorded campaign. Give the new campaign its own id (e.g. "
+            f"--campaign-id {spec.campaign_id}-2); to resume or report {spec.campaign_id!r}, repeat its "
+            "original options"
+        )

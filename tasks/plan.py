@@ -22,6 +22,9 @@ from smscast.campaign import CampaignSpec
 from smscast.status import Status
 
 ROWS_PER_SHARD = 100_000
+# Optional input column: the request key a row's batch must carry (see plan_campaign). Rows sharing a pinned
+# key must be grouped into one batch by the caller (extra_groups).
+PINNED_KEY = "_pinned_batch_key"
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,11 @@ def plan_campaign(
     n_batches = (n_in_group + size - 1) // size
     sendable = sendable.with_columns(_n=n_in_group, _b=(pos * n_batches) // n_in_group)
     too_small = pl.col("_n") < caps.min_rows
+    # In a campaign's first attempt such rows cannot be sent to this provider at all. In a retry they were
+    # valid and sendable, and only too few remain to fill a request: still `failed`, never final.
+    unsendable = Status.INVALID if spec.attempt == 1 else Status.FAILED
     below = sendable.filter(too_small).with_columns(
-        status=pl.lit(Status.INVALID.value),
+        status=pl.lit(unsendable.value),
         error_code=pl.lit("batch_below_minimum"),
         error_message=pl.format(
             "{} needs at least {} recipients per request; only {} rows can share this request",
@@ -122,9 +128,16 @@ def plan_campaign(
         )
     ).select("batch_seq", "batch_key")
     sendable = sendable.join(keys, on="batch_seq", how="left", maintain_order="left")
+    if PINNED_KEY in sendable.columns:
+        # A retry re-sending a request whose outcome is unknown must present the key that request carried
+        # (a bisected half's is its parent's key plus "-L"/"-R"), or a provider keying whole requests
+        # (sent.dm) would take it for a new one and send it twice.
+        sendable = sendable.with_columns(batch_key=pl.coalesce(PINNED_KEY, "batch_key")).drop(PINNED_KEY)
 
     rest = pl.concat([df.filter(~valid), below], how="diagonal_relaxed")
-    rows = pl.concat([sendable, rest], how="diagonal_relaxed").drop(["_n", "_b", *group_cols], strict=False)
+    rows = pl.concat([sendable, rest], how="diagonal_relaxed").drop(
+        ["_n", "_b", PINNED_KEY, *group_cols], strict=False
+    )
     rows = rows.sort("row_index")
     shard_stats = (
         sendable.group_by("shard").agg(batches=pl.col("batch_seq").n_unique(), rows=pl.len()).sort("shard")

@@ -32,7 +32,13 @@ MESSAGES: dict[str, str] = {
     "body_too_long": "body has more characters than the provider allows",
     "too_many_segments": "body needs more SMS segments than the provider allows",
     "template_var_missing": "a template variable is empty",
+    "template_unrendered": "body still holds a {{placeholder}} after rendering (an unrendered template?); "
+    "fill it, or pass --allow-braces if the braces are meant",
 }
+
+# A `{{…}}` left in a body after rendering: an export whose template was never filled in, or a variable's
+# value that is itself a placeholder. Sent as is, real people would read "Hi {{name}}".
+UNRENDERED = r"\{\{[^{}]*\}\}"
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,9 @@ def rules(
         if caps.supports_media and "media_url" in columns:  # an MMS row may carry only its media
             has_body = has_body | (pl.col("media_url").cast(pl.String).str.len_chars() > 0)
         out.append(Rule("body_missing", "body", has_body, MESSAGES["body_missing"]))
+        if not spec.allow_braces:
+            rendered = body.is_null() | ~body.str.contains(UNRENDERED)
+            out.append(Rule("template_unrendered", "body", rendered, MESSAGES["template_unrendered"]))
         if caps.max_body_chars is not None:
             out.append(
                 Rule(

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from prefect.testing.utilities import prefect_test_harness
-from support import assert_matches_ledger, ledger_frame, write_recipients
+from support import assert_matches_ledger, ledger_frame, prefect_harness, write_recipients
 
 from flows.campaign import send_campaign
 from flows.retry import retry_failed
@@ -18,7 +17,8 @@ from sandbox.server import SandboxServer
 from servers.postgres import EmbeddedPostgres
 from smscast import storage
 from smscast.campaign import CampaignSpec
-from smscast.errors import CampaignStopError
+from smscast.errors import CampaignStopError, ConfigError
+from smscast.sources.credentials import split_password
 from tasks.current import current_results
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ KEY = "flow-test-key"
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_harness():
         yield
 
 
@@ -82,6 +82,27 @@ def test_rerunning_a_finished_campaign_sends_nothing(sandbox: SandboxServer, tmp
     after = sandbox.client.stats()["providers"]["generic"]
     assert again["by_status"]["accepted"] == 50
     assert after["requests"] == before["requests"]  # not one request more
+
+
+def test_rerunning_a_campaign_id_with_other_content_is_refused(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    # Regression: a changed --body on a finished campaign's id said "already complete; nothing to send".
+    src = write_recipients(tmp_path / "r.csv", 20)
+    spec = spec_for(sandbox, str(src), str(tmp_path / "res"), "c-changed")
+    send_campaign(spec)
+    requests = ledger_frame(sandbox.client, "generic").height
+    changed = spec.model_copy(update={"body": "Other text {{name}}", "sender": "OTHER"})
+    for attempt in (changed, changed.model_copy(update={"dry_run": True})):
+        with pytest.raises(ConfigError) as info:
+            send_campaign(attempt)
+        message = str(info.value)
+        assert "body, sender differ" in message and "c-changed-2" in message
+        assert "Other text" not in message  # names the fields, never their content
+    # How the run goes about it may change: a re-run with another rate or batch size still reports.
+    again = send_campaign(spec.model_copy(update={"rate": 5.0, "batch_size": 7}))
+    assert again["by_status"]["accepted"] == 20
+    assert ledger_frame(sandbox.client, "generic").height == requests
 
 
 def test_resume_after_a_crash_sends_only_the_unrecorded_shards(
@@ -159,7 +180,9 @@ def test_s3_source_and_s3_results(sandbox: SandboxServer, s3_bucket: str, tmp_pa
     assert_matches_ledger(res, "c-s3", sandbox.client, "generic", 120)
 
 
-def test_postgres_source(sandbox: SandboxServer, postgres: EmbeddedPostgres, tmp_path: Path) -> None:
+def test_postgres_source(
+    sandbox: SandboxServer, postgres: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with postgres.connect() as conn:
         conn.execute("DROP TABLE IF EXISTS people")
         conn.execute("CREATE TABLE people (msisdn text, first_name text)")
@@ -170,12 +193,13 @@ def test_postgres_source(sandbox: SandboxServer, postgres: EmbeddedPostgres, tmp
     spec = CampaignSpec(
         campaign_id="c-pg",
         provider="sandbox",
-        source=postgres.dsn,
+        source=split_password(postgres.dsn)[0],  # the password comes from PGPASSWORD
         query="SELECT * FROM people ORDER BY msisdn",
         results=str(tmp_path / "res"),
         base_url=sandbox.base_url,
         body="Hi {{first_name}}",
         columns={"phone": "msisdn"},
     )
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
     send_campaign(spec)
     assert_matches_ledger(str(tmp_path / "res"), "c-pg", sandbox.client, "generic", 75)

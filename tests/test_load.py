@@ -16,6 +16,7 @@ import pytest
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError, SourceError
+from smscast.sources.credentials import split_password
 from tasks.load import load_recipients, source_label
 
 PHONES_TEXT = ["+44 7700 900123", "07700900123", "00447700900123"]
@@ -265,7 +266,7 @@ def test_unsupported_extension(tmp_path: Path, name: str) -> None:
     assert ".csv, .parquet, .ndjson" in message
 
 
-@pytest.mark.parametrize("source", ["http://example.com/r.csv", "gs://bucket/r.csv", "mysql://u:p@h/db"])
+@pytest.mark.parametrize("source", ["http://example.com/r.csv", "gs://bucket/r.csv", "mysql://u@h/db"])
 def test_unsupported_scheme(source: str) -> None:
     message = load_error(source)
     assert "unsupported source scheme" in message
@@ -353,7 +354,41 @@ def test_parquet_directory_is_a_dataset(tmp_path: Path) -> None:
 
 
 def test_empty_directory(tmp_path: Path) -> None:
-    assert "no .parquet files" in load_error(str(tmp_path))
+    assert "no recipients files" in load_error(str(tmp_path))
+
+
+def test_directory_reads_every_supported_file(tmp_path: Path) -> None:
+    # Regression: a folder of a.csv (2 rows) and b.parquet (1 row) sent only the Parquet row.
+    d = tmp_path / "in"
+    d.mkdir()
+    write(d / "a.csv", "phone,body\n+447700900001,x\n+447700900002,y\n")
+    pl.DataFrame({"phone": [447700900003.0], "body": ["z"]}).write_parquet(d / "b.parquet")
+    write(d / "c.ndjson", '{"phone": "+447700900004", "body": "w"}\n')
+    write(d / "_SUCCESS", "")  # a marker, not recipients
+    df = load_recipients(spec(str(d)))
+    assert df.select("row_index", "phone_raw", "body").rows() == [
+        (0, "+447700900001", "x"),
+        (1, "+447700900002", "y"),
+        (2, "447700900003", "z"),  # a float phone is its digits, as from a lone Parquet file
+        (3, "+447700900004", "w"),
+    ]
+
+
+def test_directory_refuses_files_it_cannot_read_by_name(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    write(d / "a.csv", "phone,body\n+447700900001,x\n")
+    write(d / "b.xlsx", "PK")
+    message = load_error(str(d))
+    assert "'b.xlsx'" in message and "a.csv" not in message
+
+
+def test_directory_error_names_the_file(tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    write(d / "a.csv", "phone,body\n+447700900001,x\n")
+    write(d / "b.csv", "msisdn,body\n+447700900001,x\n")
+    assert "b.csv has no 'phone' column" in load_error(str(d))
 
 
 # -- local NDJSON -------------------------------------------------------------------------------------------
@@ -447,7 +482,7 @@ def test_s3_wrong_credentials(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture(scope="module")
-def pg_recipients(postgres: Any) -> str:
+def pg_table(postgres: Any) -> None:
     with postgres.connect() as conn:
         conn.execute("DROP TABLE IF EXISTS recipients")
         conn.execute(
@@ -461,7 +496,13 @@ def pg_recipients(postgres: Any) -> str:
             "(2, 6591234567, 'Grüße 😀', NULL, NULL, 6591234567, NULL, ''), "
             "(3, 447700900125, NULL, 'Cy', 1, NULL, NULL, NULL)"
         )
-    return str(postgres.dsn)
+
+
+@pytest.fixture
+def pg_recipients(pg_table: None, postgres: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The DSN without its password, which comes from PGPASSWORD as a source's password must."""
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    return split_password(str(postgres.dsn))[0]
 
 
 @pytest.mark.integration
@@ -512,12 +553,39 @@ def test_postgres_errors_never_show_the_password(pg_recipients: str, postgres: A
     assert postgres.password not in message
     message = load_error(pg_recipients, query="INSERT INTO recipients (id) VALUES (99) RETURNING id AS phone")
     assert "read-only" in message
-    wrong = pg_recipients.replace(postgres.password, "not-the-password-123")
-    message = load_error(wrong, query="SELECT 1 AS phone")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PGPASSWORD", "not-the-password-123")
+        message = load_error(pg_recipients, query="SELECT 1 AS phone")
     assert "password authentication failed" in message
     assert "not-the-password-123" not in message and postgres.password not in message
     message = load_error(pg_recipients, query="SELECT msisdn FROM recipients")
     assert "no 'phone' column" in message and "--column phone=msisdn" in message
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "postgresql://reader:SECRET-pw-77@db.example.com:5432/crm",
+        "postgres://reader:SECRET-pw-77@db.example.com/crm",
+        "postgresql://db.example.com/crm?user=reader&password=SECRET-pw-77",
+        "s3://AKIAX:SECRET-pw-77@bucket/r.csv",
+    ],
+)
+def test_a_source_carrying_a_password_is_refused_without_quoting_it(uri: str) -> None:
+    # Regression: the password went into spec.json and the Prefect flow run's parameters.
+    with pytest.raises(ValueError) as info:
+        spec(uri, query="SELECT 1")
+    assert "password" in str(info.value) and "SECRET-pw-77" not in str(info.value)
+
+
+def test_split_password_keeps_the_rest_of_the_uri() -> None:
+    assert split_password("postgresql://reader:pw@db:5432/crm?sslmode=require") == (
+        "postgresql://reader@db:5432/crm?sslmode=require",
+        "pw",
+    )
+    assert split_password("postgresql://db/crm?user=u&password=pw") == ("postgresql://db/crm?user=u", "pw")
+    assert split_password("postgresql://reader@db/crm") == ("postgresql://reader@db/crm", None)
+    assert split_password("/tmp/a:b@c.csv") == ("/tmp/a:b@c.csv", None)
 
 
 @pytest.mark.integration

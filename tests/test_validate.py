@@ -128,3 +128,32 @@ def test_a_media_row_needs_no_body_only_where_the_provider_sends_mms() -> None:
     assert mms["error_code"].to_list() == [None, "body_missing"]
     sms_only = validate_recipients(df, spec, CAPS).sort("row_index")
     assert sms_only["error_code"].to_list() == ["body_missing", "body_missing"]
+
+
+def test_unrendered_placeholder_in_a_body_column_is_quarantined() -> None:
+    # Regression: a body column holding "Hi {{name}}, welcome" (an export whose template was never rendered)
+    # went out literally to real people.
+    spec = CampaignSpec(campaign_id="c", source="s", results="r")
+    df = frame(
+        ["+447700900001", "+447700900002", "+447700900003", "+447700900004"],
+        body=["Hi {{name}}, welcome", "Hi Ann, welcome", "Code {{ code }}", "a {single} brace"],
+    )
+    out = validate_recipients(df, spec, CAPS).sort("row_index")
+    assert out["status"].to_list() == ["invalid", None, "invalid", None]
+    assert out["error_code"].to_list() == ["template_unrendered", None, "template_unrendered", None]
+    assert "--allow-braces" in out["error_message"][0]
+
+
+def test_a_variable_whose_value_is_a_placeholder_is_quarantined_too() -> None:
+    spec = CampaignSpec(campaign_id="c", source="s", results="r", body="Hi {{name}}")
+    df = frame(["+447700900001", "+447700900002"], name=["{{first_name}}", "Ann"])
+    out = validate_recipients(df, spec, CAPS).sort("row_index")
+    assert out["error_code"].to_list() == ["template_unrendered", None]
+    assert out["body"][1] == "Hi Ann"
+
+
+def test_allow_braces_sends_them_as_written() -> None:
+    spec = CampaignSpec(campaign_id="c", source="s", results="r", allow_braces=True)
+    df = frame(["+447700900001"], body=["Use {{braces}} literally"])
+    out = validate_recipients(df, spec, CAPS)
+    assert out["status"].to_list() == [None]

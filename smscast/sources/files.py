@@ -17,23 +17,44 @@ from smscast.sources.messages import first_line
 # -- files (local and S3) -----------------------------------------------------------------------------------
 
 
-def read_file(uri: str, label: str) -> pl.DataFrame:
-    s3 = storage.is_s3(uri)
-    if s3:
+def dataset_files(uri: str, label: str) -> list[str] | None:
+    """The recipients files of a directory or an S3 prefix ending in `/`, in name order; None when `uri` is
+    a single file. Every supported file is read, whatever its format. Marker files whose names start with `_`
+    or `.` (`_SUCCESS`, the watcher's cursor) hold no recipients and are passed over; any other file that
+    smscast cannot read is refused by name, so that a folder never loses rows silently."""
+    if storage.is_s3(uri):
         try:
             _, key = storage.split_s3(uri)
         except ValueError:
             raise SourceError(
                 f"{label}: an S3 source needs a bucket and a key, s3://bucket/path/file.csv"
             ) from None
-        is_dataset = key == "" or key.endswith("/")
-    else:
-        if not Path(uri).exists():
-            raise SourceError(f"recipients file not found: {label}; check the path")
-        is_dataset = Path(uri).is_dir()
-    if is_dataset:
-        return _read_parquet_dataset(uri, label)
+        if not (key == "" or key.endswith("/")):
+            return None
+    elif not Path(uri).is_dir():
+        return None
+    try:
+        found = storage.list_files(uri)
+    except Exception as exc:
+        raise _s3_error(exc, label) from None
+    readable = [f for f in found if Path(f.rsplit("/", 1)[-1].lower()).suffix in FORMATS]
+    unreadable = [f for f in found if f not in readable and not f.rsplit("/", 1)[-1].startswith(("_", "."))]
+    if unreadable:
+        names = ", ".join(f"'{f.rsplit('/', 1)[-1]}'" for f in unreadable[:5])
+        more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        raise SourceError(
+            f"{label} holds file(s) smscast cannot read: {names}{more}; supported: {SUPPORTED}. Move them "
+            "out of the folder (or give one file), so that no recipients are left out silently"
+        )
+    if not readable:
+        raise SourceError(f"no recipients files under {label}; supported: {SUPPORTED}")
+    return readable
 
+
+def read_file(uri: str, label: str) -> pl.DataFrame:
+    """One recipients file (not a directory: see `dataset_files`)."""
+    if not storage.is_s3(uri) and not Path(uri).exists():
+        raise SourceError(f"recipients file not found: {label}; check the path")
     name = uri.rsplit("/", 1)[-1].lower()
     ext = Path(name).suffix
     fmt = FORMATS.get(ext)
@@ -248,24 +269,6 @@ def _read_parquet(uri: str, label: str) -> pl.DataFrame:
         label,
         lambda m: f"not a readable Parquet file, truncated or corrupt? ({first_line(m)})",
     )
-
-
-def _read_parquet_dataset(uri: str, label: str) -> pl.DataFrame:
-    try:
-        files = storage.list_files(uri, ".parquet")
-    except Exception as exc:
-        raise _s3_error(exc, label) from None
-    if not files:
-        raise SourceError(f"no .parquet files under {label}; give a file ({SUPPORTED})")
-    options = storage.storage_options(uri)
-
-    def build() -> pl.LazyFrame:
-        frames = [
-            pl.scan_parquet(f, storage_options=options, hive_partitioning=False, glob=False) for f in files
-        ]
-        return pl.concat(frames, how="diagonal_relaxed")
-
-    return _collect(build, label, lambda m: f"a part is not a readable Parquet file ({first_line(m)})")
 
 
 def _collect(build: Callable[[], pl.LazyFrame], label: str, hint: Callable[[str], str]) -> pl.DataFrame:

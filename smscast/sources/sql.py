@@ -6,11 +6,13 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from smscast.errors import SourceError
 from smscast.sources import ROW_INDEX
+from smscast.sources.credentials import postgres_password
 from smscast.sources.messages import check_duplicates, first_line
 
 # -- SQL ----------------------------------------------------------------------------------------------------
@@ -26,7 +28,9 @@ def read_postgres(dsn: str, query: str, label: str) -> pl.DataFrame:
     statement = sql.SQL("COPY ({}\n) TO STDOUT (FORMAT csv, HEADER)").format(sql.SQL(text))
     buf = io.BytesIO()
     try:
-        with psycopg.connect(dsn, connect_timeout=10) as conn:
+        password = postgres_password(dsn)
+        extra: dict[str, Any] = {"password": password} if password else {}
+        with psycopg.connect(dsn, connect_timeout=10, **extra) as conn:
             conn.read_only = True  # the recipients query may read, never write
             with conn.cursor() as cur, cur.copy(statement) as copy:
                 for chunk in copy:

@@ -37,18 +37,20 @@ from uuid import UUID
 import httpx
 import polars as pl
 import pytest
+from prefect import tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterTags,
     LogFilter,
     LogFilterFlowRunId,
 )
 from prefect.logging.handlers import APILogWorker
-from prefect.testing.utilities import prefect_test_harness
 from pydantic import ValidationError
+from support import prefect_harness
 
 import tasks.send_engine
 from flows.campaign import send_campaign
@@ -132,7 +134,7 @@ def sandbox() -> Iterator[SandboxServer]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     knobs = {"textingline": {"rate_limit_rps": 100, "rate_limit_burst": 20}}
     with (
-        prefect_test_harness(server_startup_timeout=60),
+        prefect_harness(),
         SandboxServer(api_keys={p: KEYS[p] for p in PROVIDERS}, provider_knobs=knobs) as server,
     ):
         yield server
@@ -505,3 +507,75 @@ def test_the_search_finds_every_form_of_a_key() -> None:
     }
     assert len(leaks(planted, ALL_NEEDLES)) == len(planted)
     assert not leaks({"masked": str(Secret(key)), "phone": "+44********23"}, ALL_NEEDLES + PHONE_NEEDLES)
+
+
+# ---- a source's credentials -----------------------------------------------------------------------------------
+
+PG_PASSWORD = "SECRET-pgpass-3c4d5e"
+
+
+def flow_runs_tagged(tag: str) -> list[UUID]:
+    """The flow runs carrying `tag` (the harness's API is shared with other test modules' runs)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])))
+    return [r.id for r in runs]
+
+
+@pytest.mark.timeout(180)
+def test_a_source_password_is_recorded_nowhere(
+    sandbox: SandboxServer,
+    postgres: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: `smscast send postgresql://user:pw@host/db` (the README's example) wrote the password into
+    `_work/…/spec.json` and into the Prefect flow run's parameters. The command line is the path under test:
+    it is where a password in a source URI is accepted and moved out of the way."""
+    from typer.testing import CliRunner
+
+    from smscast.cli import app
+
+    role = f"sec_reader_{os.getpid()}_{tmp_path.name[-6:]}".replace("-", "_")
+    with postgres.connect() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS sec_people (msisdn text, name text)")
+        conn.execute("TRUNCATE sec_people")
+        conn.execute(
+            "INSERT INTO sec_people SELECT '+4477009' || lpad(g::text, 5, '0'), 'P' || g FROM generate_series(1, 12) g"
+        )
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PG_PASSWORD}'")
+        conn.execute(f"GRANT SELECT ON sec_people TO {role}")
+        conn.commit()
+    monkeypatch.setenv("PGPASSWORD", "placeholder")
+    monkeypatch.delenv("PGPASSWORD")  # restored (to absent) after the test: the command sets it
+    monkeypatch.setenv("SMSCAST_HOME", str(tmp_path / "home"))  # no local Prefect server of the developer's
+    monkeypatch.setenv("SMSCAST_SANDBOX_API_KEY", KEYS["sandbox"])
+    for name in _LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name or None)
+    results = tmp_path / "results"
+    campaign_id = f"sec-pg-{tmp_path.name[-6:]}".replace("_", "-")
+    dsn = f"postgresql://{role}:{PG_PASSWORD}@127.0.0.1:{postgres.port}/smscast?sslmode=disable"
+    args = [
+        "send", dsn, "--query", "SELECT msisdn, name FROM sec_people ORDER BY msisdn",
+        "--column", "phone=msisdn", "-p", "sandbox", "-c", campaign_id, "-r", str(results),
+        "--base-url", sandbox.base_url, "--body", "Hi {{name}}",
+    ]  # fmt: skip
+    with tags(campaign_id):
+        outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    runs = flow_runs_tagged(campaign_id)
+    assert runs, "the capture is not live: no flow run of the campaign"
+    out, err = capfd.readouterr()
+    channels = {
+        "log records": "\n".join(record_text(r) for r in caplog.records),
+        "stdout": out + outcome.output,
+        "stderr": err,
+        **{f"{kind} of run {run}": text for run in runs for kind, text in prefect_records(run).items()},
+        **{f"results file {k}": v for k, v in files_text(results).items()},
+    }
+    assert any("sec_people" in text for name, text in channels.items() if name.startswith("flow run of"))
+    found = leaks(channels, [PG_PASSWORD])
+    assert not found, "the source's password leaked:\n" + "\n".join(found)
+    current = current_results(str(results), campaign_id)
+    assert current.height == 12 and set(current["status"]) == {"accepted"}
