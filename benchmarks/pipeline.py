@@ -32,7 +32,7 @@ import orjson
 import polars as pl
 import psutil
 
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from servers.seaweedfs import SeaweedS3
 from smscast import storage
 from smscast.campaign import CampaignSpec

@@ -10,7 +10,7 @@ secret in theirs:
 * `smscast-<provider>-api-key` (Secret) for each SMSCAST_<PROVIDER>_API_KEY that is set: smscast/settings.py
   reads these when the variable is unset;
 * `smscast-s3` (Secret holding the AWS_* variables as JSON) when AWS_ACCESS_KEY_ID is set: the deployed flows
-  and `smscast watch` load it when their environment has no S3 credentials (smscast/watch.py). A prefect-aws
+  and `smscast watch` load it when their environment has no S3 credentials (smscast/s3_block.py). A prefect-aws
   `aws-credentials` block named `smscast-s3` is read instead if you create one.
 No value is printed. Re-running updates the blocks and the deployments and leaves the work pool as it is.
 """

@@ -1,6 +1,6 @@
 """The flows behind the deployments (deployments/prefect.yaml): one thin flow per way a campaign starts.
 
-Each loads the S3 credentials block when the environment has none (smscast.watch.use_s3_block), derives what
+Each loads the S3 credentials block when the environment has none (smscast.s3_block.use_s3_block), derives what
 the way of starting needs (a dated campaign id, a campaign id stable for a file), and runs the campaign or
 retry flow as a subflow. The campaign settings are the typed CampaignSpec, which the UI renders as a form.
 """
@@ -19,7 +19,7 @@ from flows.campaign import send_campaign
 from flows.retry import retry_failed
 from smscast import storage
 from smscast.campaign import CampaignSpec
-from smscast.watch import use_s3_block
+from smscast.s3_block import use_s3_block
 
 MAX_ID = 64  # CampaignSpec.campaign_id's pattern allows 64 characters
 

@@ -4,26 +4,34 @@
 
 plus a table from the provider's own codes to our closed status vocabulary. The send engine
 (`tasks/send_engine.py`) owns everything around that: rate limits, concurrency, retries, backoff,
-bisection of whole-batch rejections. A provider module only knows its own wire format.
+bisection of whole-batch rejections. A provider module only knows its own wire format. The data it declares
+and exchanges lives in providers/model.py, the HTTP helpers in providers/http.py; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
 import functools
 import re
-import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NoReturn
 
 import httpx
-import orjson
 import polars as pl
 
+from providers.http import json_body, json_request, retry_after
+from providers.model import (
+    Batch,
+    Capabilities,
+    Content,
+    Idempotency,
+    OutcomeTiming,
+    Rejection,
+    RowOutcome,
+    RowRule,
+    StatusLookup,
+)
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
     AmbiguousError,
@@ -39,139 +47,31 @@ from smscast.errors import (
 from smscast.settings import ProviderSettings
 from smscast.status import Status
 
+__all__ = [
+    "Batch",
+    "Capabilities",
+    "Content",
+    "Idempotency",
+    "OutcomeTiming",
+    "Provider",
+    "Refusal",
+    "Rejection",
+    "RowOutcome",
+    "RowRule",
+    "StatusLookup",
+    "json_body",
+    "json_request",
+    "retry_after",
+]
 
-class Idempotency(StrEnum):
-    HEADER = "header"  # one key per request, in a header: a re-send is safe only with the same batch
-    ROW = "row"  # a key per row in the body
-    BATCH_AND_ROW = "batch_and_row"  # a key for the request and one per row
-    CLIENT_ID = "client_id"  # the provider de-duplicates on our per-row reference
-    NONE = "none"  # nothing: a re-send after an unknown outcome can duplicate
-
-
-class Rejection(StrEnum):
-    PER_ROW = "per_row"  # bad rows are refused one by one, the rest go through
-    WHOLE_BATCH = "whole_batch"  # one bad row fails the whole request
-
-
-class OutcomeTiming(StrEnum):
-    SYNC = "sync"  # per-recipient result (and usually a message id) in the response
-    ASYNC = "async"  # a job/batch reference now, per-recipient status from a later lookup
-
-
-class Content(StrEnum):
-    BODY = "body"  # we send the text
-    TEMPLATE = "template"  # the provider renders a template it holds
-    EITHER = "either"
-
-
-class Wire(StrEnum):
-    JSON = "json"
-    MULTIPART_CSV = "multipart_csv"
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """A provider's limits and behaviour, declared as data (dlt-style) and read by validate, plan and send."""
-
-    name: str
-    max_rows: int
-    min_rows: int = 1
-    max_body_chars: int | None = None  # characters, as the provider counts them
-    max_segments: int | None = None
-    max_request_bytes: int | None = None
-    rate_per_second: float = 10.0  # documented request rate
-    burst: int = 1
-    concurrency: int = 4
-    idempotency: Idempotency = Idempotency.NONE
-    rejection: Rejection = Rejection.PER_ROW
-    outcome: OutcomeTiming = OutcomeTiming.SYNC
-    content: Content = Content.BODY
-    template_body: bool = False  # the provider template can carry our rendered text as one {{body}} parameter
-    supports_media: bool = False  # a `media_url` row is an MMS and needs no body
-    wire: Wire = Wire.JSON
-    unique_phones_per_batch: bool = False
-    sender_required: bool = False
-    sender_pattern: str | None = None  # full-match regex for the sender id
-    languages: tuple[str, ...] = ()
-    request_timeout: float = 30.0
-    default_base_url: str | None = None
-    notes: str = ""
-
-    def sends_body(self, spec: CampaignSpec) -> bool:
-        """Whether rows carry our text (rendered from --body or a body column) rather than only template
-        variables: then body presence, length and segments are checked."""
-        if spec.template is None:
-            return True
-        return self.template_body and not spec.template_vars
-
-    @property
-    def resend_safe(self) -> bool:
-        """Whether re-sending a batch whose outcome is unknown cannot create a second message."""
-        return self.idempotency is not Idempotency.NONE
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One provider request's worth of rows. `rows` has at least row_index, recipient_id, phone, body,
-    idempotency_key, plus the template variables and the optional language, media_url and send_at."""
-
-    campaign_id: str
-    batch_id: str
-    batch_key: str  # idempotency key for the request as a whole
-    rows: pl.DataFrame
-    spec: CampaignSpec
-
-    def __len__(self) -> int:
-        return self.rows.height
-
-    def subset(self, positions: Sequence[int], suffix: str) -> Batch:
-        """A part of this batch (bisection). Its key is derived so the provider never confuses the two."""
-        # "-": the one separator every vendor's key alphabet allows (sent.dm: [A-Za-z0-9_-]).
-        return Batch(
-            campaign_id=self.campaign_id,
-            batch_id=f"{self.batch_id}-{suffix}",
-            batch_key=f"{self.batch_key}-{suffix}",
-            rows=self.rows[list(positions)],
-            spec=self.spec,
-        )
-
-
-class RowOutcome(NamedTuple):
-    # A NamedTuple, not a dataclass: one is built per recipient on the hot path, and a tuple is ~5x cheaper
-    # to make and transposes to columns with zip(*outcomes) in C.
-    status: Status
-    error_code: str | None = None
-    error_message: str | None = None
-    provider_message_id: str | None = None
-    provider_batch_ref: str | None = None
-
-
-@dataclass(frozen=True)
-class RowRule:
-    """A provider rule checked before sending, vectorised: `valid` is a Polars expression that is true for
-    rows that pass. Columns available: phone, body, chars, encoding, segments, language, media_url, send_at
-    and the template variables."""
-
-    code: str
-    message: str
-    valid: pl.Expr
-    columns: tuple[str, ...] = ()  # input columns the rule needs; the rule is skipped if one is absent
-
-
-@dataclass(frozen=True, slots=True)
-class StatusLookup:
-    """A per-recipient status from an async provider's lookup endpoint, for the reconcile step."""
-
-    phone: str
-    status: Status
-    provider_status: str
-    provider_message_id: str | None = None
-    error_code: str | None = None
+# What a module's reading of an error body gives: the provider's code (None if it gave none), its message,
+# and whether a split of the batch can remove the cause (some row refuses the whole request).
+Refusal = tuple[str | None, str, bool]
 
 
 class Provider:
-    """Base class. Subclasses set `caps`, `STATES` and `REFUSALS` and implement `build_request` and
-    `parse_response`.
+    """Base class. Subclasses set `caps`, `STATES` and `REFUSALS` and implement `build_request`,
+    `read_outcomes` (a 2xx answer) and `read_refusal` (an error body).
 
     A provider speaks of a row in two different ways, and a word missing from our tables means opposite
     things in each, so there are two tables and two rules:
@@ -184,10 +84,14 @@ class Provider:
       missing from `STATES` may well mean accepted, so it is UNKNOWN (`state_status`): reconcile, do not
       re-send blindly.
 
-    A non-2xx answer the module has no specific handling for refuses the whole request: `http_refusal`.
+    `parse_response` is the same for every provider: a 4xx/5xx refuses the whole request (`raise_for_refusal`,
+    then `http_refusal` for what the module has no specific handling for); a 2xx is read by the module; any
+    other answer, or a 2xx it cannot read, may have been accepted (ambiguous); and a row the answer does not
+    account for is UNKNOWN: sent, with no word on it.
     """
 
-    caps: ClassVar[Capabilities]
+    # The class's declaration; an instance's `caps` are `capabilities(settings)`, which may differ.
+    caps: Capabilities
     # The provider's message/batch states -> our status. An unlisted state is UNKNOWN (see `state_status`).
     STATES: ClassVar[Mapping[str, Status]] = {}
     # The provider's refusal codes whose status is not plain REJECTED, and the documented ones for the
@@ -200,9 +104,22 @@ class Provider:
         wrong = {code: s for code, s in cls.REFUSALS.items() if s not in (Status.REJECTED, Status.FAILED)}
         if wrong:
             raise TypeError(f"{cls.__name__}.REFUSALS: a refusal is REJECTED or FAILED, not {wrong}")
+        caps = cls.__dict__.get("caps")
+        # An asynchronous provider's rows are settled only by a later lookup: it must have one.
+        asynchronous = isinstance(caps, Capabilities) and caps.outcome is OutcomeTiming.ASYNC
+        if asynchronous and cls.lookup_status is Provider.lookup_status:
+            raise TypeError(f"{cls.__name__}: an ASYNC provider implements lookup_status")
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
+        self.caps = self.capabilities(settings)
+
+    @classmethod
+    def capabilities(cls, settings: ProviderSettings) -> Capabilities:
+        """The capabilities under these settings: the class's own, unless a limit depends on where the
+        provider sends (Postman's test environment allows fewer rows per file). Validate, plan and send read
+        the instance's `caps`; only the registry reads the class's, for the default base URL."""
+        return cls.caps
 
     # ---- the pipeline every provider fills in -------------------------------------------------------
 
@@ -210,8 +127,43 @@ class Provider:
         raise NotImplementedError
 
     def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
-        """Outcomes in the order of `batch.rows`. Raise a SendError subclass for whole-batch failures."""
+        """Outcomes in the order of `batch.rows`; a SendError subclass for whole-batch failures."""
+        payload = json_body(response)
+        status = response.status_code
+        if status >= 400:
+            self.raise_for_refusal(response, payload)
+        outcomes = self.read_outcomes(batch, response, payload) if 200 <= status < 300 else None
+        if outcomes is None:
+            # Neither a refusal nor an answer we can read (a 3xx, a gateway's page with a 200): the request
+            # may well have been accepted.
+            raise AmbiguousError(
+                f"{self.caps.name}: unreadable HTTP {status} response", code="unreadable_response"
+            )
+        missing = RowOutcome(
+            Status.UNKNOWN, "missing_in_response", f"row absent from {self.caps.name}'s answer"
+        )
+        # A row the answer does not account for was sent, with no word on it: unknown, not lost.
+        return [o or missing for o in outcomes]
+
+    def read_outcomes(
+        self, batch: Batch, response: httpx.Response, payload: Any
+    ) -> Sequence[RowOutcome | None] | None:
+        """A 2xx answer read: one entry per row of `batch` (None for a row the answer does not account for,
+        which becomes UNKNOWN), or None for an answer this module cannot read (ambiguous). `payload` is the
+        body's JSON, None when it is not JSON."""
         raise NotImplementedError
+
+    def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
+        """(code, message, split) of an error answer, from the provider's error body."""
+        return None, "", False
+
+    def raise_for_refusal(self, response: httpx.Response, payload: Any) -> NoReturn:
+        """A 4xx/5xx answer: the statuses every provider shares (`raise_for_transport_status`), then the
+        module's code and message (`read_refusal`) through `http_refusal`. A module whose vendor codes
+        outrank the HTTP status (textingline) or that reads a status differently (Postman) overrides it."""
+        self.raise_for_transport_status(response)
+        code, message, split = self.read_refusal(response, payload)
+        raise self.http_refusal(response, code, message, split=split)
 
     # ---- optional hooks -------------------------------------------------------------------------------
 
@@ -318,10 +270,14 @@ class Provider:
             raise AuthError(f"{self.caps.name}: HTTP {code}, credentials refused", code=f"http_{code}")
         if code == 429:
             raise RateLimitedError(
-                f"{self.caps.name}: HTTP 429 rate limited", code="http_429", retry_after=retry_after(response)
+                f"{self.caps.name}: HTTP 429 rate limited", code="http_429", retry_after=self.wait(response)
             )
         if code >= 500:
             raise ServerError(f"{self.caps.name}: HTTP {code}", code=f"http_{code}")
+
+    def wait(self, response: httpx.Response) -> float | None:
+        """Seconds a 429 asks us to wait (None: not said, the engine's bucket decides)."""
+        return retry_after(response)
 
     def reject_batch(
         self, response: httpx.Response, code: str, message: str, *, split: bool
@@ -371,36 +327,3 @@ class Provider:
                 f"{name}: request refused for now (HTTP {status}, {code}): {self.redact(message)}", code=code
             )
         return self.reject_batch(response, code, message, split=split)
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """Retry-After as seconds, from either delta-seconds or an HTTP date; None when absent or unreadable."""
-    raw = response.headers.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def json_request(method: str, url: str, payload: Any, headers: dict[str, str]) -> httpx.Request:
-    """A JSON request serialised with orjson (httpx's `json=` uses the standard library, ~5x slower for a
-    batch of a thousand messages)."""
-    return httpx.Request(
-        method, url, content=orjson.dumps(payload), headers={**headers, "Content-Type": "application/json"}
-    )
-
-
-def json_body(response: httpx.Response) -> Any:
-    """The response's JSON, or None when it is not JSON (a proxy's HTML error page, an empty body)."""
-    try:
-        return orjson.loads(response.content)
-    except ValueError:
-        return None

@@ -1,4 +1,4 @@
-"""Instasent Transactional API bulk send, from /work/shared/provider-docs/instasent.txt.
+"""Instasent Transactional API bulk send, as its vendor documents it (docs/providers/instasent.md).
 
 Wire format:
 
@@ -52,7 +52,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import httpx
 
@@ -63,15 +63,14 @@ from providers.base import (
     Idempotency,
     OutcomeTiming,
     Provider,
+    Refusal,
     Rejection,
     RowOutcome,
-    Wire,
-    json_body,
     retry_after,
 )
 from smscast.campaign import CampaignSpec
 from smscast.encoding import UCS2_ENCODING, is_gsm7
-from smscast.errors import AmbiguousError, AuthError, ConfigError, RateLimitedError
+from smscast.errors import AuthError, ConfigError
 from smscast.status import Status
 
 MAX_ITEMS = 100
@@ -99,12 +98,10 @@ class InstasentProvider(Provider):
         rejection=Rejection.PER_ROW,
         outcome=OutcomeTiming.SYNC,  # each accepted entity carries its own id
         content=Content.BODY,
-        wire=Wire.JSON,
         sender_required=True,  # `from`: required
         sender_pattern=SENDER_PATTERN,
         request_timeout=30.0,
         default_base_url="https://api.instasent.com",  # + the document's full path, /transactional/v1/…
-        notes="Top-level JSON array; per-item errors without index, in input order; clientId de-duplication.",
     )
 
     # A message's `status`, on an entity or a DLR (Instasent's DLR status list; `enqueued` ASSUMED for a fresh
@@ -160,33 +157,34 @@ class InstasentProvider(Provider):
 
     # ---- the response --------------------------------------------------------------------------------------
 
-    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
-        status = response.status_code
-        if status == 429:
-            raise RateLimitedError(
-                "instasent: HTTP 429 rate limited", code="http_429", retry_after=_wait(response)
-            )
-        if status == 402:
+    def raise_for_refusal(self, response: httpx.Response, payload: Any) -> NoReturn:
+        if response.status_code == 402:
             raise AuthError("instasent: HTTP 402, the account is out of balance", code="http_402")
-        self.raise_for_transport_status(response)
-        if status >= 400:
-            # 400 malformed body, 413/422 too many items (our plan never sends more than 100), 404: no split
-            # can fix any of them.
-            payload = json_body(response)
-            message = str(payload.get("message", "")) if isinstance(payload, dict) else ""
-            raise self.http_refusal(response, None, message, split=False)
-        payload = json_body(response)
+        # 400 malformed body, 413/422 too many items (our plan never sends more than 100), 404: no split can
+        # fix any of them (`read_refusal`).
+        super().raise_for_refusal(response, payload)
+
+    def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
+        message = str(payload.get("message", "")) if isinstance(payload, dict) else ""
+        return None, message, False
+
+    def wait(self, response: httpx.Response) -> float | None:
+        return _wait(response)
+
+    def read_outcomes(
+        self, batch: Batch, response: httpx.Response, payload: Any
+    ) -> list[RowOutcome | None] | None:
+        # A 201 "does not mean every item was accepted": each row's status comes from the two arrays.
         if (
             not isinstance(payload, dict)
             or not isinstance(payload.get("entities"), list)
             or not isinstance(payload.get("errors", []), list)
         ):
-            # A 2xx we cannot read: the items may well be queued. The engine re-sends (clientIds make that
-            # safe).
-            raise AmbiguousError(f"instasent: unreadable HTTP {status} response", code="unreadable_response")
+            # A 2xx we cannot read: the items may well be queued; clientIds make the engine's re-send safe.
+            return None
         return self.outcomes(batch, payload["entities"], payload.get("errors") or [])
 
-    def outcomes(self, batch: Batch, entities: list[Any], errors: list[Any]) -> list[RowOutcome]:
+    def outcomes(self, batch: Batch, entities: list[Any], errors: list[Any]) -> list[RowOutcome | None]:
         keys: list[str] = batch.rows.get_column("idempotency_key").to_list()
         by_key = {e.get("clientId"): e for e in entities if isinstance(e, dict) and e.get("clientId")}
         out: list[RowOutcome | None] = [None] * len(keys)
@@ -227,7 +225,7 @@ class InstasentProvider(Provider):
                     "response_mismatch",
                     f"{counted} for {len(keys)} items: not accepted, but which error is this row's is unclear",
                 )
-        return [o or RowOutcome(Status.UNKNOWN, "missing_in_response") for o in out]
+        return out
 
     def row_error(self, err: Any) -> RowOutcome:
         """One `errors` item -> a rejected row with `field:kind` codes and the provider's own messages (an
@@ -282,3 +280,6 @@ def _wait(response: httpx.Response) -> float | None:
     if reset is None:
         return None
     return min(MAX_RESET_WAIT, max(0.0, reset - time.time()))
+
+
+ADAPTER = InstasentProvider

@@ -1,4 +1,4 @@
-"""Postman (gov.sg) v2 batch send, from /work/shared/provider-docs/postman-gov-sg.txt.
+"""Postman (gov.sg) v2 batch send, as its vendor documents it (docs/providers/postman.md).
 
 Wire format (the document's words in quotes):
 
@@ -57,18 +57,15 @@ Also ASSUMED: the JSON shape of error bodies (`code`, `message`, `statusCode`) a
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlsplit
 
 import httpx
 import polars as pl
-import polars.selectors as cs
 
 from providers.base import (
     Batch,
@@ -77,12 +74,27 @@ from providers.base import (
     Idempotency,
     OutcomeTiming,
     Provider,
+    Refusal,
     Rejection,
     RowOutcome,
     RowRule,
     StatusLookup,
-    Wire,
     json_body,
+)
+from providers.postman_csv import (
+    CELL_OVERHEAD,
+    FIXED_CELLS_BYTES,
+    HEADER_NAME,
+    HEADER_RESERVE,
+    LANGUAGES,
+    MAX_FILE_BYTES,
+    MAX_ROW_BYTES,
+    MAX_ROWS,
+    RESERVED_COLUMNS,
+    body_mode,
+    csv_bytes,
+    csv_columns,
+    language_expr,
 )
 from smscast import transport
 from smscast.campaign import CampaignSpec
@@ -97,25 +109,8 @@ from smscast.errors import (
 from smscast.settings import ProviderSettings
 from smscast.status import Status
 
-LANGUAGES: tuple[str, ...] = ("english", "chinese", "malay", "tamil")
-RESERVED_COLUMNS = ("recipient", "language")
-HEADER_NAME = re.compile(r"[a-z0-9_]+")  # "lowercase letters, numbers, and _ only"
 CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # one URL path segment
-
-# "Max file size 40 MB": 40,000,000 bytes is the stricter of the two readings (the emulator uses 40 MiB).
-MAX_FILE_BYTES = 40_000_000
-MAX_ROWS = 1000
 TEST_ENV_MAX_ROWS = 20  # "20 rows maximum if you are in the test environment"
-HEADER_RESERVE = 64 * 1024  # the header row: `check_spec` keeps it far below this
-# A full file can never exceed the limit: MAX_ROWS x MAX_ROW_BYTES + the header = 1000 x 39,934 + 65,536
-# = 39,999,536 bytes. `row_too_large` quarantines any row whose encoded size could exceed MAX_ROW_BYTES.
-MAX_ROW_BYTES = (MAX_FILE_BYTES - HEADER_RESERVE) // MAX_ROWS
-# A row's encoded size, bounded above: per parameter cell its UTF-8 bytes, one more per doubled quote, and
-# CELL_OVERHEAD (two enclosing quotes, the separator, the formula-guard apostrophe); recipient (≤ 15 digits)
-# and language (≤ 7 letters) with their separators take ≤ FIXED_CELLS_BYTES; then CRLF.
-CELL_OVERHEAD = 4
-FIXED_CELLS_BYTES = 30
-
 TEST_ENV_VAR = "SMSCAST_POSTMAN_TEST_ENV"
 TEST_ENV_HOST = "test.postman.gov.sg"
 LOOKUP_PAGE = 1000  # Retrieve Batch Messages: "limit … The maximum value is 1000"
@@ -124,13 +119,10 @@ LOOKUP_PAGE = 1000  # Retrieve Batch Messages: "limit … The maximum value is 1
 HEADER_MISMATCH = "Validation failed (expected type is object)"
 FILE_TOO_LARGE = "File too large"
 
-# Spreadsheet formula injection: a cell starting with one of these is a formula to Excel, LibreOffice and
-# Sheets (OWASP "CSV Injection"). Postman's staff and users open batch CSVs and message logs in spreadsheets,
-# and the document itself talks of preparing the file in Excel, so we prefix such a cell with an apostrophe,
-# the convention spreadsheets read as "text" and hide. The apostrophe does reach the SMS text: that is the
-# price of never shipping a live formula, and it only touches cells that begin with = + - @ TAB or CR.
-# `recipient` (digits) and `language` (a fixed word) can never start with one.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+def campaign_id(spec: CampaignSpec) -> str | None:
+    """Postman's campaign (which holds the template) is what smscast calls the provider template."""
+    return spec.template
 
 
 def _truthy(value: str | None) -> bool:
@@ -142,36 +134,6 @@ def is_test_environment(base_url: str) -> bool:
     by Postman's own test host."""
     host = urlsplit(base_url).hostname or ""
     return _truthy(os.environ.get(TEST_ENV_VAR)) or host == TEST_ENV_HOST
-
-
-def body_mode(spec: CampaignSpec) -> bool:
-    """Whether the campaign's template is the single `{{body}}` variable filled with our rendered text
-    (--body or a body column): so when no template parameters are named."""
-    return not spec.template_vars
-
-
-def campaign_id(spec: CampaignSpec) -> str | None:
-    """Postman's campaign (which holds the template) is what smscast calls the provider template."""
-    return spec.template
-
-
-def csv_columns(spec: CampaignSpec) -> list[str]:
-    """ "recipient and language as the first two columns, followed by columns for each template parameter"."""
-    params = ["body"] if body_mode(spec) else list(dict.fromkeys(spec.template_vars))
-    return [*RESERVED_COLUMNS, *params]
-
-
-def neutralise(cell: str) -> str:
-    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
-
-
-def language_expr(spec: CampaignSpec) -> pl.Expr:
-    """The row's language, lower-cased, falling back to `spec.language`; works whether or not the source has a
-    `language` column (the selector then selects nothing and the fallback fills every row)."""
-    default = (spec.language or "").strip().lower() or None
-    fallback = pl.repeat(pl.lit(default, pl.String), pl.len())
-    column = cs.by_name("language", require_all=False).cast(pl.String).str.strip_chars().str.to_lowercase()
-    return pl.coalesce(column, fallback)
 
 
 class PostmanProvider(Provider):
@@ -189,11 +151,8 @@ class PostmanProvider(Provider):
         outcome=OutcomeTiming.ASYNC,
         content=Content.TEMPLATE,  # always a Postman campaign's template…
         template_body=True,  # …which may be the single {{body}} filled with our text
-        wire=Wire.MULTIPART_CSV,
-        languages=LANGUAGES,
         request_timeout=120.0,  # a file of up to 40 MB goes up in the request
         default_base_url="https://postman.gov.sg/api/v2",
-        notes="CSV upload per campaign; whole-file rejection; no idempotency; async status by batch id.",
     )
 
     # latestStatus of a message (Postman v2 message statuses). Everything short of `failure` means Postman has
@@ -208,12 +167,11 @@ class PostmanProvider(Provider):
         "failure": Status.FAILED,
     }
 
-    def __init__(self, settings: ProviderSettings) -> None:
-        super().__init__(settings)
+    @classmethod
+    def capabilities(cls, settings: ProviderSettings) -> Capabilities:
         if is_test_environment(settings.base_url):
-            # An instance-level override of the class's capabilities (validate, plan and send read
-            # `provider.caps`; only the registry reads the class's, for the default base URL).
-            vars(self)["caps"] = dataclasses.replace(self.caps, max_rows=TEST_ENV_MAX_ROWS)
+            return dataclasses.replace(cls.caps, max_rows=TEST_ENV_MAX_ROWS)
+        return cls.caps
 
     # ---- rules before sending ------------------------------------------------------------------------------
 
@@ -273,31 +231,12 @@ class PostmanProvider(Provider):
 
     # ---- the request ---------------------------------------------------------------------------------------
 
-    def csv_bytes(self, batch: Batch) -> bytes:
-        spec = batch.spec
-        columns = csv_columns(spec)
-        params = columns[2:]
-        frame = batch.rows.select(
-            recipient=pl.col("phone").str.strip_prefix("+"),
-            language=language_expr(spec),
-            **{p: pl.col(p).cast(pl.String).fill_null("") for p in params},
-        )
-        buf = io.StringIO()
-        # RFC 4180 quoting: a cell with a comma, a quote or a line break is quoted and its quotes doubled; a
-        # line break stays a real line break inside the quotes ("Use keyboard line breaks directly within the
-        # CSV cell (not \n)").
-        writer = csv.writer(buf, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(columns)
-        for recipient, language, *cells in frame.iter_rows():
-            writer.writerow([recipient, language, *(neutralise(c) for c in cells)])
-        return buf.getvalue().encode("utf-8")
-
     def build_request(self, batch: Batch) -> httpx.Request:
         cid = campaign_id(batch.spec)
         if cid is None:
             raise ConfigError("postman: no campaign id (see check_spec)")
-        data = self.csv_bytes(batch)
-        if len(data) > MAX_FILE_BYTES:
+        data = csv_bytes(batch)
+        if self.caps.max_request_bytes is not None and len(data) > self.caps.max_request_bytes:
             # Cannot happen within the row budget; if it does, nothing was sent and halves are smaller.
             raise BatchRejectedError(
                 f"postman: the CSV would be {len(data)} bytes, over the 40 MB limit",
@@ -313,11 +252,11 @@ class PostmanProvider(Provider):
 
     # ---- the response --------------------------------------------------------------------------------------
 
-    def raise_for_status(self, response: httpx.Response) -> None:
-        """401/403, 429 and 5xx. Postman has no idempotency, so a 5xx that may have followed the creation of
-        the batch (500, 502 from a gateway, 504 timeout) is ambiguous: the engine records `unknown` rather
-        than sending the file again. A 503 is an overloaded or paused service that processed nothing:
-        retried."""
+    def raise_for_refusal(self, response: httpx.Response, payload: Any) -> NoReturn:
+        """Postman has no idempotency, so a 5xx that may have followed the creation of the batch (500, 502
+        from a gateway, 504 timeout) is ambiguous: the engine records `unknown` rather than sending the file
+        again. A 503 is an overloaded or paused service that processed nothing: retried. A 401 keeps
+        Postman's code (a wrong key or a source IP not allowed)."""
         code = response.status_code
         if code == 401:
             err = _error(response)
@@ -326,34 +265,35 @@ class PostmanProvider(Provider):
             raise AmbiguousError(
                 f"postman: HTTP {code}; the batch may have been created", code=f"http_{code}"
             )
-        self.raise_for_transport_status(response)
+        super().raise_for_refusal(response, payload)
 
-    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
-        self.raise_for_status(response)
-        status = response.status_code
-        if status >= 400:
-            code, message = _error(response)
-            split = (
-                status == 400
-                and code == "parameter_invalid"
-                and not message.startswith(HEADER_MISMATCH)
-                and not message.startswith(FILE_TOO_LARGE)
-            )
-            raise self.http_refusal(response, code, message, split=split)
-        payload = json_body(response)
+    def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
+        code, message = _error(response)
+        split = (
+            response.status_code == 400
+            and code == "parameter_invalid"
+            and not message.startswith(HEADER_MISMATCH)
+            and not message.startswith(FILE_TOO_LARGE)
+        )
+        return code, message, split
+
+    def read_outcomes(
+        self, batch: Batch, response: httpx.Response, payload: Any
+    ) -> list[RowOutcome | None] | None:
         if not isinstance(payload, dict):
-            raise AmbiguousError(f"postman: unreadable HTTP {status} response", code="unreadable_response")
+            return None
         batch_id = payload.get("batchId")
         if payload.get("isValid") is False and not batch_id:
             # "Whether the CSV was valid and the batch was created": not created, so nothing went out.
             raise self.reject_batch(response, "csv_invalid", "isValid is false", split=True)
+        status = response.status_code
         if status not in (200, 201) or payload.get("isValid") is not True or not isinstance(batch_id, str):
             raise AmbiguousError(
                 f"postman: HTTP {status} without a valid batchId", code="unreadable_response"
             )
-        cid = campaign_id(batch.spec)
-        ref = f"{cid}/{batch_id}"
-        outcome = RowOutcome(status=Status.ACCEPTED, provider_batch_ref=ref)
+        outcome = RowOutcome(
+            status=Status.ACCEPTED, provider_batch_ref=f"{campaign_id(batch.spec)}/{batch_id}"
+        )
         return [outcome] * len(batch)
 
     # ---- reconciliation ------------------------------------------------------------------------------------
@@ -424,3 +364,6 @@ def _error(response: httpx.Response) -> tuple[str, str]:
     if isinstance(message, list):  # NestJS validation pipes answer a list of messages
         message = "; ".join(map(str, message))
     return str(code), str(message)
+
+
+ADAPTER = PostmanProvider

@@ -1,4 +1,4 @@
-"""robase batch sends (/work/shared/provider-docs/robase.txt).
+"""robase batch sends (docs/providers/robase.md has the facts and the vendor's page).
 
 Wire format, as the document shows it:
 
@@ -45,7 +45,7 @@ Quirks that shape this module:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import polars as pl
@@ -57,15 +57,14 @@ from providers.base import (
     Idempotency,
     OutcomeTiming,
     Provider,
+    Refusal,
     Rejection,
     RowOutcome,
     RowRule,
-    Wire,
-    json_body,
     json_request,
 )
 from smscast.campaign import CampaignSpec
-from smscast.errors import AmbiguousError, BatchRejectedError, ConfigError
+from smscast.errors import BatchRejectedError, ConfigError
 from smscast.status import Status
 
 PATH = "/v1/sms/batch"
@@ -98,12 +97,9 @@ class RobaseProvider(Provider):
         rejection=Rejection.PER_ROW,
         outcome=OutcomeTiming.SYNC,
         content=Content.EITHER,
-        wire=Wire.JSON,
         sender_required=True,
         request_timeout=65.0,  # robase's own request timeout is 60 s
         default_base_url="https://api.robase.dev",
-        notes="Always HTTP 200 with per-row data[] (index + sms | error); per-row idempotency_key; "
-        "batch-level send_at and template.",
     )
 
     # sms.status of a row robase created an sms for. Another status: unknown (the sms exists, its fate is
@@ -210,21 +206,18 @@ class RobaseProvider(Provider):
             )
         return values[0] if values else None
 
-    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
-        self.raise_for_transport_status(response)
-        payload = json_body(response)
-        if response.status_code >= 300:
-            err = payload.get("error") if isinstance(payload, dict) else None
-            err = err if isinstance(err, dict) else {}
-            code = str(err.get("type") or "") or None
-            message = str(err.get("message") or "")
-            if err.get("field"):
-                message = f"{message} (field {err['field']})"
-            raise self.http_refusal(response, code, message, split=code in SPLITTABLE)
+    def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
+        err = payload.get("error") if isinstance(payload, dict) else None
+        err = err if isinstance(err, dict) else {}
+        code = str(err.get("type") or "") or None
+        return code, _with_field(err), code in SPLITTABLE
+
+    def read_outcomes(
+        self, batch: Batch, response: httpx.Response, payload: Any
+    ) -> list[RowOutcome | None] | None:
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list):
-            # A 200 we cannot read: rows may well have been accepted.
-            raise AmbiguousError("robase: unreadable 200 response", code="unreadable_response")
+            return None
         n = len(batch)
         outcomes: list[RowOutcome | None] = [None] * n
         for item in data:
@@ -245,12 +238,14 @@ class RobaseProvider(Provider):
                     provider_message_id=str(sms_id) if sms_id is not None else None,
                 )
             elif isinstance(error, dict):
-                code = str(error.get("type") or "row_error")
-                message = str(error.get("message") or "")
-                if error.get("field"):
-                    message = f"{message} (field {error['field']})"
-                outcomes[i] = self.refused(code, message)
-        return [
-            o or RowOutcome(Status.UNKNOWN, "missing_in_response", "row absent from robase's data[]")
-            for o in outcomes
-        ]
+                outcomes[i] = self.refused(str(error.get("type") or "row_error"), _with_field(error))
+        return outcomes
+
+
+def _with_field(error: dict[str, Any]) -> str:
+    """robase's error message, with the field it names."""
+    message = str(error.get("message") or "")
+    return f"{message} (field {error['field']})" if error.get("field") else message
+
+
+ADAPTER = RobaseProvider

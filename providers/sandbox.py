@@ -17,12 +17,11 @@ A repeated `ref` returns the first message's id and creates nothing new: re-send
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 
-from providers.base import Batch, Capabilities, Idempotency, Provider, RowOutcome, json_body, json_request
-from smscast.errors import AmbiguousError
+from providers.base import Batch, Capabilities, Idempotency, Provider, Refusal, RowOutcome, json_request
 from smscast.status import Status
 
 
@@ -38,7 +37,6 @@ class SandboxProvider(Provider):
         idempotency=Idempotency.ROW,
         sender_pattern=r"[A-Za-z0-9 ]{1,11}|\+?[0-9]{3,15}",
         request_timeout=30.0,
-        notes="Emulator of our own design; per-row idempotency and per-row rejection.",
     )
 
     STATES: ClassVar[Mapping[str, Status]] = {"accepted": Status.ACCEPTED}
@@ -62,17 +60,17 @@ class SandboxProvider(Provider):
             {"Authorization": f"Bearer {self.api_key()}", "Idempotency-Key": batch.batch_key},
         )
 
-    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
-        self.raise_for_transport_status(response)
-        payload = json_body(response)
-        if response.status_code >= 400:
-            err = payload.get("error") if isinstance(payload, dict) else None
-            err = err if isinstance(err, dict) else {}
-            # Every 400 of this API is about the request (size, JSON, sender), never one row: no split.
-            raise self.http_refusal(response, _text(err.get("code")), str(err.get("message") or ""))
+    def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
+        err = payload.get("error") if isinstance(payload, dict) else None
+        err = err if isinstance(err, dict) else {}
+        # Every 400 of this API is about the request (size, JSON, sender), never one row: no split.
+        return _text(err.get("code")), str(err.get("message") or ""), False
+
+    def read_outcomes(
+        self, batch: Batch, response: httpx.Response, payload: Any
+    ) -> list[RowOutcome | None] | None:
         if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
-            # A 200 we cannot read: the batch may well have been accepted.
-            raise AmbiguousError("sandbox: unreadable 200 response", code="unreadable_response")
+            return None
         ref = payload.get("batch")
         n = len(batch)
         outcomes: list[RowOutcome | None] = [None] * n
@@ -102,13 +100,12 @@ class SandboxProvider(Provider):
                     item.get("message_id"),
                     ref,
                 )
-        # A row the response does not mention was sent, with no word on it: unknown, not lost.
-        return [
-            o or RowOutcome(Status.UNKNOWN, "missing_in_response", "row absent from the response")
-            for o in outcomes
-        ]
+        return outcomes
 
 
 def _text(value: object) -> str | None:
     """A code from JSON as text; None when absent or empty (never the string "None")."""
     return None if value is None or value == "" else str(value)
+
+
+ADAPTER = SandboxProvider

@@ -1,4 +1,4 @@
-"""sent.dm v3 batch sends (/work/shared/provider-docs/sent-dm.txt, "Batch Operations").
+"""sent.dm v3 batch sends (docs/providers/sent-dm.md).
 
 Wire format, as the document shows it:
 
@@ -60,11 +60,10 @@ from providers.base import (
     Idempotency,
     OutcomeTiming,
     Provider,
+    Refusal,
     Rejection,
     RowOutcome,
     RowRule,
-    Wire,
-    json_body,
     json_request,
 )
 from smscast.campaign import CampaignSpec
@@ -101,13 +100,9 @@ class SentDmProvider(Provider):
         rejection=Rejection.PER_ROW,  # refused recipients are left out of `data.recipients`
         outcome=OutcomeTiming.SYNC,  # a message_id per accepted recipient; delivery is webhooks' business
         content=Content.TEMPLATE,
-        wire=Wire.JSON,
-        unique_phones_per_batch=True,  # outcomes are matched by `to`
         sender_required=False,
         request_timeout=30.0,
         default_base_url="https://api.sent.dm",
-        notes="Templates only; template parameters shared per request; Idempotency-Key header; "
-        "refused recipients are omitted from data.recipients.",
     )
 
     # data.status of a 200: the batch-level state of the recipients it lists (each with a message id). An
@@ -199,16 +194,26 @@ class SentDmProvider(Provider):
             },
         )
 
-    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
-        self.raise_for_transport_status(response)
-        payload = json_body(response)
-        if response.status_code >= 300:
-            raise self._refusal(response, payload)
+    def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
+        err = payload.get("error") if isinstance(payload, dict) else None
+        err = err if isinstance(err, dict) else {}
+        # A 409 is sent.dm's "Resource conflict … concurrent modification": the same Idempotency-Key is still
+        # being processed, so the request may be accepted; `http_refusal` makes it ambiguous (re-sent with
+        # the same key). Any other refusal leaves the request's recipients `rejected`.
+        return (
+            str(err.get("code") or "") or None,
+            str(err.get("message") or ""),
+            _names_recipients(err.get("details")),
+        )
+
+    def read_outcomes(
+        self, batch: Batch, response: httpx.Response, payload: Any
+    ) -> list[RowOutcome | None] | None:
         if not isinstance(payload, dict):
-            raise AmbiguousError("sent-dm: unreadable 2xx response", code="unreadable_response")
+            return None
         if payload.get("success") is False:
             # A 2xx carrying an error envelope: the request was refused as a whole.
-            raise self._refusal(response, payload)
+            self.raise_for_refusal(response, payload)
         data = payload.get("data")
         recipients = data.get("recipients") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not isinstance(recipients, list):
@@ -225,7 +230,7 @@ class SentDmProvider(Provider):
         for item in recipients:
             if isinstance(item, dict) and isinstance(item.get("to"), str):
                 by_phone.setdefault(_digits(item["to"]), item)
-        outcomes: list[RowOutcome] = []
+        outcomes: list[RowOutcome | None] = []
         for phone in batch.rows.get_column("phone").to_list():
             item = by_phone.get(_digits(str(phone)))
             if item is None:
@@ -255,17 +260,6 @@ class SentDmProvider(Provider):
             )
         return outcomes
 
-    def _refusal(self, response: httpx.Response, payload: Any) -> Exception:
-        err = payload.get("error") if isinstance(payload, dict) else None
-        err = err if isinstance(err, dict) else {}
-        code = str(err.get("code") or "") or None
-        message = str(err.get("message") or "")
-        # A 409 is sent.dm's "Resource conflict … concurrent modification": the same Idempotency-Key is still
-        # being processed, so the request may be accepted; `http_refusal` makes it ambiguous (re-sent with
-        # the same key). Any other refusal leaves the request's recipients `rejected`.
-        split = _names_recipients(err.get("details"))
-        return self.http_refusal(response, code, message, split=split)
-
 
 def _recipient_error(item: Mapping[str, Any]) -> tuple[str, str | None] | None:
     """(code, message) of a listed recipient that has no message id but an error of its own. The document
@@ -291,3 +285,6 @@ def _names_recipients(details: Any) -> bool:
     else:
         return False
     return any(f == "to" or f.startswith(("to[", "to.")) for f in fields)
+
+
+ADAPTER = SentDmProvider

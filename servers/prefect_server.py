@@ -21,24 +21,18 @@ gone (`smscast server start` uses it; `servers.process.terminate_detached_group`
 from __future__ import annotations
 
 import argparse
-import atexit
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
-from servers.process import free_ports, terminate_group
+from servers.process import ServerProcess, free_ports, run_in_foreground
 
 __all__ = ["PrefectServer", "PrefectServerStartError", "health_status"]
 
@@ -64,15 +58,13 @@ class PrefectServerStartError(RuntimeError):
     """The server did not start or did not become healthy in time. The message carries its log tail."""
 
 
-def _tail(path: Path, chars: int = 4000) -> str:
-    try:
-        return path.read_bytes()[-chars:].decode(errors="replace")
-    except OSError:
-        return "(no log)"
-
-
-class PrefectServer:
+class PrefectServer(ServerProcess):
     """`prefect server start` on a free loopback port, with its home and database under `workdir`."""
+
+    name = "prefect server"
+    start_error = PrefectServerStartError
+    poll_interval = 0.2
+    stop_grace = 10.0
 
     def __init__(
         self,
@@ -86,11 +78,11 @@ class PrefectServer:
         progress: Callable[[str], None] | None = None,
         progress_every: float = 10.0,
     ) -> None:
+        super().__init__(startup_timeout)
         self._given_workdir = Path(workdir).resolve() if workdir is not None else None
         self.workdir: Path | None = self._given_workdir
         self.requested_port = port
         self.ui = ui
-        self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.extra_env = dict(extra_env or {})
         # Told what the start is waiting for every `progress_every` seconds: a first start migrates a new
@@ -98,10 +90,7 @@ class PrefectServer:
         self.progress = progress
         self.progress_every = progress_every
         self.port: int | None = None
-        self.startup_seconds: float | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
-        self._lock = threading.Lock()
+        self._next_note = 0.0
         self._detached: subprocess.Popen[bytes] | None = None
 
     # -- public surface ------------------------------------------------------------------------------------
@@ -126,44 +115,18 @@ class PrefectServer:
         """What a client process needs to talk to this server (and nothing that would send data out)."""
         return {"PREFECT_API_URL": self.api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def log_tail(self, chars: int = 4000) -> str:
-        return _tail(self.log_path, chars) if self.workdir is not None else ""
+        return super().log_tail(chars) if self.workdir is not None else ""
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
-    def start(self) -> PrefectServer:
-        with self._lock:
-            if self.running():
-                return self
-            began = time.monotonic()
-            if self.workdir is None:
-                self.workdir = Path(tempfile.mkdtemp(prefix="smscast-prefect-"))
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            (self.workdir / "home").mkdir(exist_ok=True)
-            # A port picked free can be taken before the server binds it: try again with another.
-            for attempt in range(3):
-                self.port = self.requested_port or free_ports()[0]
-                self._launch()
-                try:
-                    self._wait_healthy(began + self.startup_timeout)
-                except PrefectServerStartError:
-                    in_use = "address already in use" in self.log_tail().lower()
-                    self._stop_process()
-                    if in_use and not self.requested_port and attempt < 2:
-                        continue
-                    self._remove_workdir()
-                    raise
-                except BaseException:
-                    self._stop_process()
-                    self._remove_workdir()
-                    raise
-                self.startup_seconds = time.monotonic() - began
-                atexit.register(self.stop)
-                return self
-            raise AssertionError("unreachable")
+    def _start(self, deadline: float) -> None:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="smscast-prefect-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "home").mkdir(exist_ok=True)
+        # With a port of the caller's choosing there is no other port to try.
+        self._launch_until_ready(self._launch, deadline, attempts=1 if self.requested_port else 3)
 
     def detach(self) -> int:
         """Leave the started server running for good: this object and process no longer own or stop it.
@@ -173,32 +136,17 @@ class PrefectServer:
                 raise RuntimeError(
                     "a detached server needs a workdir of its own (its temporary one is removed)"
                 )
-            proc = self._proc
+            proc = self.process
             if proc is None or proc.poll() is not None:
                 raise RuntimeError("the Prefect server is not running")
             # Keep the Popen referenced so that collecting it does not warn about a child still running.
-            self._detached, self._proc = proc, None
-            if self._log_file is not None:  # the server holds its own descriptor of the log
-                self._log_file.close()
-                self._log_file = None
-            with contextlib.suppress(Exception):
-                atexit.unregister(self.stop)
+            self._detached, self.process = proc, None
+            self._forget_exit_stop()
             return proc.pid
 
-    def stop(self) -> None:
-        with self._lock:
-            self._stop_process()
-            self._remove_workdir()
-            with contextlib.suppress(Exception):
-                atexit.unregister(self.stop)
-
-    def __enter__(self) -> PrefectServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _stop_locked(self) -> None:
+        super()._stop_locked()
+        self._remove_workdir()
 
     def __repr__(self) -> str:
         return f"PrefectServer({self.api_url if self.port else 'not started'})"
@@ -227,53 +175,32 @@ class PrefectServer:
         return env
 
     def _launch(self) -> None:
-        assert self.workdir is not None and self.port is not None
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in _stop_process
+        self.port = self.requested_port or free_ports()[0]
+        assert self.workdir is not None
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", _HOST, "--port", str(self.port)]
-        self._proc = subprocess.Popen(
-            cmd,
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=self._server_env(),
-            start_new_session=True,  # own process group: stop() signals the server and its children
+        self._spawn(cmd, cwd=self.workdir, env=self._server_env())
+        self._next_note = time.monotonic() + self.progress_every
+
+    def _probe(self) -> str | None:
+        status = health_status(self.api_url, timeout=2)
+        if status == 200:
+            return None
+        return f"health answered {status}" if status else "no answer yet"
+
+    def _waiting(self, last: str, waited: float) -> None:
+        now = time.monotonic()
+        if self.progress is not None and now >= self._next_note:
+            self._next_note = now + self.progress_every
+            self.progress(f"still starting after {waited:.0f}s ({last}); log {self.log_path}")
+
+    def _timeout_error(self, last: str) -> Exception:
+        return PrefectServerStartError(
+            f"prefect server not healthy after {self.startup_timeout:g}s ({last}); "
+            f"log {self.log_path}:\n{self.log_tail()}"
         )
 
-    def _wait_healthy(self, deadline: float) -> None:
-        assert self._proc is not None
-        last = "no answer yet"
-        began = time.monotonic()
-        next_note = began + self.progress_every
-        while True:
-            if self._proc.poll() is not None:
-                raise PrefectServerStartError(
-                    f"prefect server exited with code {self._proc.returncode} while starting; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
-            status = health_status(self.api_url, timeout=2)
-            if status == 200:
-                return
-            last = f"health answered {status}" if status else "no answer yet"
-            now = time.monotonic()
-            if self.progress is not None and now >= next_note:
-                next_note = now + self.progress_every
-                self.progress(f"still starting after {now - began:.0f}s ({last}); log {self.log_path}")
-            if now > deadline:
-                raise PrefectServerStartError(
-                    f"prefect server not healthy after {self.startup_timeout:g}s ({last}); "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
-            time.sleep(0.2)
-
     def _stop_process(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            terminate_group(proc, grace=10.0)
-        if self._log_file is not None:
-            with contextlib.suppress(Exception):
-                self._log_file.close()
-            self._log_file = None
+        super()._stop_process()
         self.port = None
 
     def _remove_workdir(self) -> None:
@@ -292,18 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ui", action="store_true", help="serve the UI too")
     args = parser.parse_args(argv)
 
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with PrefectServer(args.dir, port=args.port, ui=args.ui) as server:
+    def ready(server: PrefectServer) -> None:
         print(f"# Prefect server ready in {server.startup_seconds:.1f}s; UI at {server.url}", flush=True)
         print(f"export PREFECT_API_URL={server.api_url}", flush=True)
-        print("# Ctrl+C to stop", flush=True)
-        while not stop.wait(0.5):
-            if not server.running():
-                print(f"the server exited; log {server.log_path}:\n{server.log_tail()}", file=sys.stderr)
-                return 1
-    return 0
+
+    return run_in_foreground(PrefectServer(args.dir, port=args.port, ui=args.ui), ready)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
-"""What the server launchers share: free loopback ports, log tails, and stopping a process group."""
+"""What the server launchers share: `ServerProcess`, the base of every launcher (start a child with its output
+in a log, wait until it is ready, stop it, show the log's tail when it fails), and the process helpers under
+it (free loopback ports, stopping a process group, telling a live process from a reused pid)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 HOST = "127.0.0.1"
 
@@ -27,10 +35,10 @@ def free_ports(count: int = 1) -> list[int]:
             sock.close()
 
 
-def tail(path: Path, lines: int = 40) -> str:
-    """The last lines of a log, for error messages when a server fails to start."""
+def tail(path: Path, chars: int = 4000) -> str:
+    """The end of a log, for error messages when a server fails to start."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return path.read_bytes()[-chars:].decode(errors="replace")
     except OSError:
         return "(no log)"
 
@@ -121,3 +129,169 @@ def terminate_detached_group(pgid: int, *, grace: float, poll: float = 0.1) -> b
             return not group_alive(pgid)
         time.sleep(poll)
     return True
+
+
+class ServerProcess:
+    """A server in a child process, for as long as the context lasts. A launcher says how to start its server
+    (`_start`, which hands a function that calls `_spawn` to `_launch_until_ready`), what ready means
+    (`_probe`), and where its log is; the waiting, the retries, the stopping and the error messages are here."""
+
+    name = "server"  # how messages call it: "<name> exited with code 1 while starting"
+    start_error: type[Exception] = RuntimeError
+    poll_interval = 0.05  # seconds between two readiness probes
+    stop_grace = 5.0  # seconds between SIGTERM and SIGKILL
+    port_taken: tuple[str, ...] = ("address already in use",)  # in the log (lower case): try other ports
+
+    def __init__(self, startup_timeout: float) -> None:
+        self.startup_timeout = startup_timeout
+        self.startup_seconds: float | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def log_path(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return tail(self.log_path, chars)
+
+    def start(self) -> Self:
+        """Start the server and wait until it is ready; a no-op while it runs. A failed start leaves nothing
+        running and raises `start_error` with the log's tail."""
+        with self._lock:
+            if self.running():
+                return self
+            began = time.monotonic()
+            try:
+                self._start(began + self.startup_timeout)
+            except BaseException:
+                self._stop_locked()
+                raise
+            self.startup_seconds = time.monotonic() - began
+            atexit.register(self.stop)  # should the owner forget to stop it
+            return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_locked()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- for the launchers ---------------------------------------------------------------------------------
+
+    def _spawn(self, cmd: Sequence[str], *, cwd: Path | str, new_session: bool = True, **popen: Any) -> None:
+        """Start the server, its output appended to the log (the child keeps its own descriptor of it).
+        `new_session`: its own process group, so that stopping it stops whatever it spawned too."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                list(cmd),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=new_session,
+                **popen,
+            )
+
+    def _start(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    def _probe(self) -> str | None:
+        """None once the server is ready, else what it is still waiting for (for the timeout's message)."""
+        raise NotImplementedError
+
+    def _waiting(self, last: str, waited: float) -> None:
+        """Called after every probe that found the server not ready yet."""
+
+    def _exited_error(self, code: int) -> Exception:
+        return self.start_error(
+            f"{self.name} exited with code {code} while starting; log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def _timeout_error(self, last: str) -> Exception:
+        return self.start_error(
+            f"{self.name} was not ready after {self.startup_timeout:g}s ({last}); "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def _wait_ready(self, deadline: float) -> None:
+        assert self.process is not None
+        began = time.monotonic()
+        while True:
+            if self.process.poll() is not None:
+                raise self._exited_error(self.process.returncode)
+            last = self._probe()
+            if last is None:
+                return
+            now = time.monotonic()
+            if now > deadline:
+                raise self._timeout_error(last)
+            self._waiting(last, now - began)
+            time.sleep(self.poll_interval)
+
+    def _launch_until_ready(self, launch: Callable[[], None], deadline: float, *, attempts: int = 3) -> None:
+        """`launch()`, then wait until ready. A port picked free can be taken by someone else before the
+        server binds it: a start whose log says so (`port_taken`) is launched again, and `launch` picks new
+        ports. Whatever fails, the process is stopped before the error goes up."""
+        for attempt in range(attempts):
+            launch()
+            try:
+                self._wait_ready(deadline)
+                return
+            except self.start_error:
+                taken = any(marker in self.log_tail().lower() for marker in self.port_taken)
+                self._stop_process()
+                if taken and attempt < attempts - 1:
+                    continue
+                raise
+            except BaseException:
+                self._stop_process()
+                raise
+
+    def _stop_process(self) -> None:
+        proc, self.process = self.process, None
+        if proc is not None:
+            self._terminate(proc)
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        terminate_group(proc, grace=self.stop_grace)
+
+    def _stop_locked(self) -> None:
+        self._stop_process()
+        self._forget_exit_stop()
+
+    def _forget_exit_stop(self) -> None:
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+
+
+S = TypeVar("S", bound=ServerProcess)
+
+
+def run_in_foreground(server: S, ready: Callable[[S], None]) -> int:
+    """`python -m servers.<name>`: start the server, let `ready` print how to reach it, and keep it running
+    until SIGINT or SIGTERM. Returns the exit status: 1 if the server exited on its own."""
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with server:
+        ready(server)
+        print("# Ctrl+C to stop", flush=True)
+        while not stop.wait(0.5):
+            if not server.running():
+                print(f"{server.name} exited; log {server.log_path}:\n{server.log_tail()}", file=sys.stderr)
+                return 1
+    return 0

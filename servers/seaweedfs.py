@@ -27,24 +27,18 @@ SIGKILL after a grace period; the gRPC Unix sockets weed leaves in /tmp after a 
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import json
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import sysconfig
-import threading
-import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from servers.process import free_ports, tail, terminate_group
+from servers.process import ServerProcess, free_ports, run_in_foreground
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -96,8 +90,11 @@ def find_weed() -> Path:
     )
 
 
-class SeaweedS3:
+class SeaweedS3(ServerProcess):
     """SeaweedFS with its S3 gateway on free loopback ports, data and logs under `workdir`."""
+
+    name = "weed"
+    start_error = SeaweedStartError
 
     def __init__(
         self,
@@ -110,18 +107,16 @@ class SeaweedS3:
         volume_size_limit_mb: int = 64,
         max_volumes: int = 200,
     ) -> None:
+        super().__init__(startup_timeout)
         self.workdir = Path(workdir).resolve()
         self.access_key = access_key or "SMSCAST" + secrets.token_hex(8).upper()
         self.secret_key = secret_key or secrets.token_urlsafe(30)
         self.region = region
-        self.startup_timeout = startup_timeout
         self.volume_size_limit_mb = volume_size_limit_mb
         self.max_volumes = max_volumes
         self.ports: dict[str, int] = {}
-        self.startup_seconds: float | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
-        self._lock = threading.Lock()
+        self._probe_client: Any = None
+        self._master_ok = False
 
     # -- public surface ------------------------------------------------------------------------------------
 
@@ -139,13 +134,6 @@ class SeaweedS3:
             raise RuntimeError("SeaweedS3 is not started")
         return f"http://{_HOST}:{self.ports['s3']}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def env(self) -> dict[str, str]:
         """The standard AWS variables that boto3, polars (object_store) and `smscast.storage` read."""
         return {
@@ -157,7 +145,7 @@ class SeaweedS3:
             "AWS_ALLOW_HTTP": "true",
         }
 
-    def client(self) -> S3Client:
+    def client(self, *, connect_timeout: float = 2, read_timeout: float = 30, attempts: int = 3) -> S3Client:
         import boto3
         from botocore.config import Config
 
@@ -169,9 +157,9 @@ class SeaweedS3:
             region_name=self.region,
             config=Config(
                 s3={"addressing_style": "path"},
-                connect_timeout=2,
-                read_timeout=30,
-                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
+                retries={"max_attempts": attempts, "mode": "standard"},
             ),
         )
 
@@ -199,52 +187,16 @@ class SeaweedS3:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
-    def start(self) -> SeaweedS3:
-        with self._lock:
-            if self.running():
-                return self
-            began = time.monotonic()
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self.data_dir.mkdir(exist_ok=True)
-            (self.workdir / "logs").mkdir(exist_ok=True)
-            config = self.workdir / "s3.json"
-            config.touch(mode=0o600)
-            config.chmod(0o600)
-            config.write_text(json.dumps(self._identities(), indent=2))
-            weed = find_weed()
-            last_error: SeaweedStartError | None = None
-            # A port picked free can be taken by someone else before weed binds it: try again with new ports.
-            for _attempt in range(3):
-                try:
-                    self._launch(weed, config)
-                    self._wait_ready(began + self.startup_timeout)
-                except SeaweedStartError as exc:
-                    log_tail = tail(self.log_path)
-                    self._stop_locked()
-                    if "address already in use" in log_tail:
-                        last_error = exc
-                        continue
-                    raise
-                except BaseException:
-                    self._stop_locked()
-                    raise
-                self.startup_seconds = time.monotonic() - began
-                atexit.register(self.stop)
-                return self
-            assert last_error is not None
-            raise last_error
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stop_locked()
-
-    def __enter__(self) -> SeaweedS3:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _start(self, deadline: float) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        config = self.workdir / "s3.json"
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(json.dumps(self._identities(), indent=2))
+        weed = find_weed()
+        self._launch_until_ready(lambda: self._launch(weed, config), deadline)
 
     def __repr__(self) -> str:  # never the secret
         where = self.endpoint_url if self.ports else "not started"
@@ -301,63 +253,32 @@ class SeaweedS3:
         # stale file could still carry an option we do not pass, so start from ours only.
         (self.data_dir / "mini.options").unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in _stop_locked
-        self._proc = subprocess.Popen(
-            self._command(weed, config),
-            cwd=self.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # own process group: stop() signals weed and anything it spawned
+        self._spawn(self._command(weed, config), cwd=self.workdir, env=env)
+        self._probe_client, self._master_ok = None, False
+
+    def _timeout_error(self, last: str) -> Exception:
+        return SeaweedStartError(
+            f"SeaweedFS S3 was not ready after {self.startup_timeout:g}s ({last}); "
+            f"log {self.log_path}:\n{self.log_tail()}"
         )
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _probe(self) -> str | None:
         """Ready = the master has a volume server and the S3 gateway answers a signed ListBuckets."""
-        import boto3
-        from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
 
-        assert self._proc is not None
-        probe = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(
-                s3={"addressing_style": "path"},
-                connect_timeout=1,
-                read_timeout=2,
-                retries={"max_attempts": 1},
-            ),
-        )
-        master_ok = False
-        last = "no answer yet"
-        while True:
-            if self._proc.poll() is not None:
-                raise SeaweedStartError(
-                    f"weed exited with code {self._proc.returncode} while starting; "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
-                )
-            if time.monotonic() > deadline:
-                raise SeaweedStartError(
-                    f"SeaweedFS S3 was not ready after {self.startup_timeout:g}s ({last}); "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
-                )
-            if not master_ok:
-                master_ok = self._master_has_volume_server()
-                if not master_ok:
-                    last = "master has no volume server"
-            if master_ok:
-                try:
-                    probe.list_buckets()
-                    return
-                except ClientError as exc:
-                    last = f"S3 answered {exc.response.get('Error', {}).get('Code', 'an error')}"
-                except BotoCoreError as exc:
-                    last = type(exc).__name__
-            time.sleep(0.05)
+        if not self._master_ok:
+            self._master_ok = self._master_has_volume_server()
+            if not self._master_ok:
+                return "master has no volume server"
+        if self._probe_client is None:
+            self._probe_client = self.client(connect_timeout=1, read_timeout=2, attempts=1)
+        try:
+            self._probe_client.list_buckets()
+            return None
+        except ClientError as exc:
+            return f"S3 answered {exc.response.get('Error', {}).get('Code', 'an error')}"
+        except BotoCoreError as exc:
+            return type(exc).__name__
 
     def _master_has_volume_server(self) -> bool:
         url = f"http://{_HOST}:{self.ports['master']}/dir/status"
@@ -372,13 +293,8 @@ class SeaweedS3:
                     return True
         return False
 
-    def _stop_locked(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            terminate_group(proc, grace=5.0)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+    def _stop_process(self) -> None:
+        super()._stop_process()
         for name, kind in _GRPC_SOCKETS.items():
             port = self.ports.get(name)
             if port is None:
@@ -387,8 +303,6 @@ class SeaweedS3:
             with contextlib.suppress(OSError):
                 if sock.is_socket():
                     sock.unlink()
-        with contextlib.suppress(Exception):
-            atexit.unregister(self.stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -402,25 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", action="append", default=[], help="create this bucket (repeatable)")
     args = parser.parse_args(argv)
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    with SeaweedS3(args.dir, access_key=args.access_key, secret_key=args.secret_key) as server:
+    def ready(server: SeaweedS3) -> None:
         for bucket in args.bucket:
             server.create_bucket(bucket)
         print(f"# SeaweedFS S3 ready in {server.startup_seconds:.2f}s at {server.endpoint_url}", flush=True)
         for key, value in server.env().items():
             print(f"export {key}={value}", flush=True)
-        print("# Ctrl+C to stop", flush=True)
-        while not stop.wait(0.5):
-            if not server.running():
-                print(f"weed exited; log {server.log_path}:\n{tail(server.log_path)}", file=sys.stderr)
-                return 1
-    return 0
+
+    return run_in_foreground(
+        SeaweedS3(args.dir, access_key=args.access_key, secret_key=args.secret_key), ready
+    )
 
 
 if __name__ == "__main__":

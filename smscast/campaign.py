@@ -4,12 +4,12 @@ Prefect UI renders it as a form (titles, descriptions, defaults and choices come
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ProviderName = Literal["sandbox", "sent-dm", "robase", "textingline", "postman", "instasent"]
-PROVIDER_NAMES: tuple[str, ...] = ("sandbox", "sent-dm", "robase", "textingline", "postman", "instasent")
+from providers.names import PROVIDER_NAMES, ProviderName
+
+__all__ = ["CONTENT_FIELDS", "PROVIDER_NAMES", "TEMPLATE_VAR", "CampaignSpec", "ProviderName"]
 
 # The fields that decide who is messaged and with what. A re-run of a campaign id must agree with the recorded
 # campaign on all of them; the others (endpoint, rate, concurrency, timeouts, batch sizes, dry run, attempt) are

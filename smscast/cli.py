@@ -1,4 +1,4 @@
-"""`smscast` — the command line (contract in DESIGN.md)."""
+"""`smscast` — the command line (every command and option: docs/contracts.md)."""
 
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ def send(
     except SmscastError as exc:
         _fail(str(exc))
         return
-    if summary.get("by_status", {}).get("failed", 0):
+    if summary.get("needs_retry"):
         typer.echo("Some rows failed transiently; `smscast retry` re-sends them.")
 
 
@@ -220,7 +220,7 @@ def demo(
     ] = None,
 ) -> None:
     """Run a demo campaign end to end: starts the sandbox, sends the example recipients, writes results."""
-    from sandbox.server import SandboxServer
+    from servers.sandbox import SandboxServer
 
     example = (
         Path(source) if source else Path(__file__).resolve().parent.parent / "examples" / "recipients.csv"

@@ -37,6 +37,7 @@ from typing import Any
 
 from smscast import storage
 from smscast.errors import SmscastError
+from smscast.results import CampaignPaths
 
 DEFAULT_LEASE = float(os.environ.get("SMSCAST_LOCK_LEASE_SECONDS", "60"))
 MAX_POLL = 5.0  # while waiting, a released lock is noticed within this many seconds
@@ -46,10 +47,6 @@ log = logging.getLogger("smscast.lock")
 
 class CampaignLockedError(SmscastError):
     """Another run holds the campaign."""
-
-
-def lock_uri(results: str, campaign_id: str) -> str:
-    return f"{results.rstrip('/')}/_work/campaign={campaign_id}/lock.json"
 
 
 # ---- is a process alive? ------------------------------------------------------------------------------------
@@ -148,7 +145,7 @@ class CampaignLock:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.uri = lock_uri(results, campaign_id)
+        self.uri = CampaignPaths(results, campaign_id).lock
         self.campaign_id = campaign_id
         self.lease = lease
         self.wait = wait

@@ -2,7 +2,7 @@
 
 People type numbers with spaces, dashes, dots, parentheses, a `00` international prefix, a `(0)` after the
 country code, or as national numbers, and paste them with invisible direction marks and zero-width spaces.
-Everything here is Polars expressions: `phonenumbers` costs ~50 µs per number in Python (DESIGN.md), so it
+Everything here is Polars expressions: `phonenumbers` costs ~50 µs per number in Python (docs/design.md), so it
 is used only to look up a region's calling code and trunk prefix once.
 The check is structural (E.164: `+`, a non-zero country digit, 7–15 digits in all), not per-country
 numbering-plan validity; the provider is the final judge and its per-row refusals come back as `rejected`.

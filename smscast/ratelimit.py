@@ -1,6 +1,6 @@
 """A token bucket shared by every shard of a campaign in this process, with AIMD back-off.
 
-Prefect's global concurrency limits cost ~0.1 s per acquisition and degrade under contention (DESIGN.md), so
+Prefect's global concurrency limits cost ~0.1 s per acquisition and degrade under contention (docs/design.md), so
 the limiter lives in-process: shard task runs are threads, each with its own event loop, all drawing from one
 bucket per (provider, endpoint). On a 429 the bucket pauses everyone until Retry-After and halves its rate;
 each success adds back a little, so a storm of 429s slows us down instead of turning into a retry storm.

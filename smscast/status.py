@@ -1,4 +1,4 @@
-"""The closed vocabulary of per-recipient statuses (DESIGN.md, results dataset).
+"""The closed vocabulary of per-recipient statuses (docs/contracts.md, statuses).
 
 Every provider answer maps onto one of these, by one of two rules (providers/base.py, `Provider`):
 

@@ -39,7 +39,7 @@ import polars as pl
 from providers.base import Batch, RowOutcome
 from smscast import storage
 from smscast.status import Status
-from tasks.send_engine import SentBatch, outcomes_frame
+from tasks.outcomes import Recovered, SentBatch, outcomes_frame
 
 BATCH_COLUMN = "journal_batch"  # the top-level batch a journalled row belongs to (rows may be bisected)
 LINGER = 0.1  # seconds between writes at most; with idempotency a lost outcome costs only a re-send
@@ -57,13 +57,6 @@ class _Item:
     @property
     def rows(self) -> int:
         return sum(len(p.row_index) for p in self.parts)
-
-
-@dataclass(frozen=True)
-class Recovered:
-    done: list[pl.DataFrame]  # outcome frames recorded before the interruption
-    uncertain: list[SentBatch]  # intent recorded, outcome not: unknown
-    todo: list[Batch]  # never started, or to be sent again
 
 
 class Journal:

@@ -1,5 +1,5 @@
-"""The plan's manifest: written after every plan file, so its presence means the plan is complete and a
-resumed run can send from it without reading the source again (which may have changed since)."""
+"""What a campaign records about itself beside its results: each attempt's plan manifest (written last by
+tasks/persist.py `save_plan`, so its presence means the plan is complete) and the campaign's parameters."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
+from smscast.results import AttemptPaths, CampaignPaths
 from smscast.sources.credentials import split_password
 from tasks.plan import PlannedCampaign, ShardRef
 
@@ -21,26 +22,22 @@ class Manifest:
     batch_size: int
 
 
-def _uri(work_root: str) -> str:
-    return f"{work_root}/plan/manifest.json"
-
-
-def write_manifest(work_root: str, planned: PlannedCampaign) -> Manifest:
+def write_manifest(paths: AttemptPaths, planned: PlannedCampaign) -> Manifest:
+    """Only after every plan file (tasks/persist.py `save_plan` is the one caller)."""
     m = Manifest(
         shards=planned.shards,
         rows=planned.rows.height,
         rows_to_send=sum(s.rows for s in planned.shards),
         batch_size=planned.batch_size,
     )
-    storage.put_bytes(_uri(work_root), json.dumps(asdict(m)).encode())
+    storage.put_bytes(paths.manifest, json.dumps(asdict(m)).encode())
     return m
 
 
-def read_manifest(work_root: str) -> Manifest | None:
-    uri = _uri(work_root)
-    if not storage.exists(uri):
+def read_manifest(paths: AttemptPaths) -> Manifest | None:
+    if not storage.exists(paths.manifest):
         return None
-    raw = json.loads(storage.get_bytes(uri))
+    raw = json.loads(storage.get_bytes(paths.manifest))
     return Manifest(
         shards=[ShardRef(**s) for s in raw["shards"]],
         rows=raw["rows"],
@@ -49,21 +46,25 @@ def read_manifest(work_root: str) -> Manifest | None:
     )
 
 
-def _spec_uri(results: str, campaign_id: str) -> str:
-    return f"{results.rstrip('/')}/_work/campaign={campaign_id}/spec.json"
+def unfinished_attempt(campaign: CampaignPaths) -> int | None:
+    """The highest attempt that was planned but never completed (a manifest, no `_SUCCESS`), if any: an
+    interrupted run to resume before anything new is planned."""
+    planned = campaign.planned_attempts()
+    if planned and not storage.exists(campaign.attempt(planned[-1]).done):
+        return planned[-1]
+    return None  # nothing planned, or the latest planned attempt is complete
 
 
 def save_spec(spec: CampaignSpec) -> None:
     """The campaign's parameters (never credentials: the spec refuses them), for the retry flow and for
     checking that a re-run is the same campaign."""
-    storage.put_bytes(_spec_uri(spec.results, spec.campaign_id), spec.model_dump_json().encode())
+    storage.put_bytes(CampaignPaths.of(spec).spec, spec.model_dump_json().encode())
 
 
-def load_spec(results: str, campaign_id: str) -> CampaignSpec | None:
-    uri = _spec_uri(results, campaign_id)
-    if not storage.exists(uri):
+def load_spec(campaign: CampaignPaths) -> CampaignSpec | None:
+    if not storage.exists(campaign.spec):
         return None
-    raw = json.loads(storage.get_bytes(uri))
+    raw = json.loads(storage.get_bytes(campaign.spec))
     # A spec recorded before source passwords were refused may still hold one: read it without it.
     raw["source"] = split_password(raw["source"])[0]
     return CampaignSpec.model_validate(raw)
@@ -72,7 +73,7 @@ def load_spec(results: str, campaign_id: str) -> CampaignSpec | None:
 def check_same_campaign(spec: CampaignSpec) -> None:
     """Refuse a run whose content differs from the campaign recorded under its id: resuming it would send
     the recorded plan, not what this run asks for, and reporting it would claim the new content was sent."""
-    recorded = load_spec(spec.results, spec.campaign_id)
+    recorded = load_spec(CampaignPaths.of(spec))
     if recorded is None:
         return
     differ = spec.content_differences(recorded)

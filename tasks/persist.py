@@ -1,10 +1,7 @@
-"""Persist: the plan before sending, and the results dataset as it is made.
+"""Persist: the plan before sending, and the results dataset as it is made (paths: smscast/results.py).
 
-Results live under `<results>/campaign=<id>/attempt=<n>/` as Parquet parts, one row per input row of the attempt:
-
-    part-sNNNNN.parquet   the rows shard N sent, with the provider's outcomes (written by the shard itself)
-    part-unsent.parquet   the rows that were never sent (invalid), with their reasons
-    _SUCCESS              written last: the attempt is complete
+An attempt's results are Parquet parts, one row per input row of the attempt: a part per shard (written by
+the shard itself, tasks/send.py), a part for the rows never sent (invalid), and `_SUCCESS`, written last.
 
 A shard writes its part when it finishes, so what was sent is on record in its final form even if the run
 dies a moment later; a resumed run skips shards whose part exists. A sent row with no outcome cannot happen
@@ -21,39 +18,25 @@ from prefect.cache_policies import NONE
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
-from smscast.results import attempt_path, conform
+from smscast.results import AttemptPaths, conform
 from smscast.status import Status
+from tasks.manifest import Manifest, write_manifest
 from tasks.plan import PlannedCampaign, ShardRef
-from tasks.work import WorkDir
-
-
-def attempt_dir(spec: CampaignSpec) -> str:
-    return attempt_path(spec.results, spec.campaign_id, spec.attempt)
-
-
-def done_marker(spec: CampaignSpec) -> str:
-    return f"{attempt_dir(spec)}/_SUCCESS"
-
-
-def shard_part(spec: CampaignSpec, shard: int) -> str:
-    return f"{attempt_dir(spec)}/part-s{shard:05d}.parquet"
-
-
-def unsent_part(spec: CampaignSpec) -> str:
-    return f"{attempt_dir(spec)}/part-unsent.parquet"
 
 
 @task(name="write-plan", cache_policy=NONE)
-def write_plan(planned: PlannedCampaign, work_root: str) -> None:
-    work = WorkDir(work_root)
+def save_plan(paths: AttemptPaths, planned: PlannedCampaign) -> Manifest:
+    """Every plan file, then the manifest: its presence means the plan is complete and a resumed run sends
+    from it without reading the source again (which may have changed since)."""
     rows = planned.rows
     if "shard" not in rows.columns:
         rows = rows.with_columns(shard=pl.lit(None, pl.Int64))
     for (shard,), part in (
         rows.filter(pl.col("shard").is_not_null()).partition_by("shard", as_dict=True).items()
     ):
-        storage.write_parquet(part, work.plan_shard(int(shard)))
-    storage.write_parquet(rows.filter(pl.col("shard").is_null()), work.unsent)
+        storage.write_parquet(part, paths.plan_shard(int(shard)))
+    storage.write_parquet(rows.filter(pl.col("shard").is_null()), paths.plan_unsent)
+    return write_manifest(paths, planned)
 
 
 def result_rows(spec: CampaignSpec, planned: pl.DataFrame, outcomes: pl.DataFrame | None) -> pl.DataFrame:
@@ -79,12 +62,14 @@ def result_rows(spec: CampaignSpec, planned: pl.DataFrame, outcomes: pl.DataFram
 
 
 @task(name="persist-results", cache_policy=NONE)
-def persist_results(spec: CampaignSpec, work_root: str, shards: list[ShardRef]) -> str:
-    missing = [s.shard for s in shards if not storage.exists(shard_part(spec, s.shard))]
+def persist_results(spec: CampaignSpec, shards: list[ShardRef]) -> str:
+    """Seal the attempt: the unsent rows' part, then `_SUCCESS`. Returns the attempt's results location."""
+    paths = AttemptPaths.of(spec)
+    missing = [s.shard for s in shards if not storage.exists(paths.part(s.shard))]
     if missing:
         raise RuntimeError(f"shards {missing} have no results part; the attempt is not complete")
-    unsent = storage.read_parquet(WorkDir(work_root).unsent)
-    storage.write_parquet(result_rows(spec, unsent, None), unsent_part(spec))
+    unsent = storage.read_parquet(paths.plan_unsent)
+    storage.write_parquet(result_rows(spec, unsent, None), paths.unsent_part)
     marker = {"shards": len(shards), "rows_sent": sum(s.rows for s in shards), "rows_unsent": unsent.height}
-    storage.put_bytes(done_marker(spec), json.dumps(marker).encode())
-    return attempt_dir(spec)
+    storage.put_bytes(paths.done, json.dumps(marker).encode())
+    return paths.dir

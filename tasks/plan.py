@@ -3,11 +3,11 @@
 Everything here is a pure function of (input order, campaign id, provider, batch size), so re-planning after
 a crash gives the same batches and keys and the provider's idempotency can recognise a re-send.
 
-* Row key: stable for (campaign, recipient) across attempts (DESIGN.md), ≤ 40 chars (Instasent's clientId).
+* Row key: stable for (campaign, recipient) across attempts (docs/design.md), ≤ 40 chars (Instasent's clientId).
 * Batch key: derived from the row keys it carries, so a batch of different composition never reuses a key
   (sent.dm keys the whole request by its header; re-using a key for other recipients would be refused or,
   worse, answered with the first request's cached response).
-* Shards: many batches per mapped task run; a task run per batch costs 4–7 ms of orchestration (DESIGN.md).
+* Shards: many batches per mapped task run; a task run per batch costs 4–7 ms of orchestration (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Report: the end-of-campaign summary — counts by status and reason, segments — on the terminal and as a
-Prefect table artifact. The same summary is the flow's return value (and, as a deployment, its event)."""
+"""Report: the end-of-attempt summary — counts by status and reason, segments — on the terminal and as a
+Prefect table artifact. The same summary is the flow's return value and, for an attempt a run completed, the
+`smscast.campaign.finished` event. Every summary leaves a run through `report`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 
 import polars as pl
 
-from smscast.status import STATUSES
+from smscast.campaign import CampaignSpec
+from smscast.events import emit_campaign_finished
+from smscast.status import RETRIABLE, STATUSES
 
 
 @dataclass
@@ -32,10 +35,11 @@ class CampaignSummary:
 
     @property
     def needs_retry(self) -> bool:
-        return self.by_status.get("failed", 0) > 0
+        """Rows remain that a retry would re-send whatever the provider (what the retry deployment waits for)."""
+        return any(self.by_status.get(s.value, 0) > 0 for s in RETRIABLE)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "needs_retry": self.needs_retry}
 
 
 def summarise(
@@ -98,7 +102,38 @@ def render(summary: CampaignSummary) -> str:
     return "\n".join(lines)
 
 
-def publish(summary: CampaignSummary, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+def report(
+    rows: pl.DataFrame,
+    spec: CampaignSpec,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    *,
+    results_uri: str | None,
+    seconds: dict[str, float] | None = None,
+    requests: dict[str, int] | None = None,
+    completed: bool = False,
+) -> CampaignSummary:
+    """Summarise an attempt's rows (a dry run's planned rows) and publish the summary. `completed`: this run
+    has just completed the attempt, so automations hear of it (an attempt found complete was announced by
+    the run that completed it)."""
+    summary = summarise(
+        rows,
+        campaign_id=spec.campaign_id,
+        attempt=spec.attempt,
+        provider=spec.provider,
+        results_uri=results_uri,
+        dry_run=spec.dry_run,
+    )
+    summary.seconds = seconds or {}
+    summary.requests = requests or {}
+    _publish(summary, logger)
+    if completed:
+        emit_campaign_finished(summary.to_dict(), spec.results, logger)
+    return summary
+
+
+def _publish(
+    summary: CampaignSummary, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+) -> None:
     logger.info("%s", render(summary))
     try:
         from prefect.artifacts import create_table_artifact

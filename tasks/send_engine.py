@@ -1,4 +1,5 @@
-"""Send a shard's batches with asyncio and one shared httpx connection pool.
+"""Send a shard's rows with asyncio and one shared httpx connection pool, without Prefect (`send_rows`; the
+Prefect task around it is tasks/send.py).
 
 The rules, which depend only on the exception tree (smscast/errors.py) and the provider's capabilities:
 
@@ -17,6 +18,7 @@ Out of retries, a batch is `failed` if no attempt could have been accepted, `unk
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ import polars as pl
 
 from providers.base import Batch, Provider, RowOutcome
 from smscast import transport
+from smscast.campaign import CampaignSpec
 from smscast.errors import (
     AmbiguousError,
     BatchRejectedError,
@@ -36,10 +39,12 @@ from smscast.errors import (
     SendError,
     TransientError,
 )
-from smscast.progress import Stop
-from smscast.ratelimit import TokenBucket
-from smscast.results import OUTCOME_SCHEMA
+from smscast.ratelimit import TokenBucket, shared_bucket
+from smscast.runtime import Runtime, Stop
 from smscast.status import Status
+from tasks.outcomes import Recovered, SentBatch, outcomes_frame
+
+SHARD_WORKERS = 2  # shard task runs in flight at once (the flows' thread pool, tasks/send.py)
 
 
 @dataclass(frozen=True)
@@ -51,17 +56,6 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-
-
-@dataclass(frozen=True, slots=True)
-class SentBatch:
-    """The outcome of one request (a batch, or a part of one after bisection), kept per batch rather than
-    per row: a shard of 25,000 rows makes 25 of these, not 25,000 objects."""
-
-    batch_id: str
-    row_index: list[int]
-    outcomes: list[RowOutcome]
-    submitted_at: datetime
 
 
 ProgressFn = Callable[[int, dict[str, int]], None]
@@ -81,6 +75,95 @@ class BatchJournal(Protocol):
     def record(self, batch: Batch, parts: list[SentBatch]) -> None: ...
 
 
+class ShardJournal(BatchJournal, Protocol):
+    """A BatchJournal that also resumes a shard (`send_rows`): what an interrupted run left, its writes
+    flushed on close, and the outcomes it built as it went (None if some are missing)."""
+
+    def recover(self, batches: list[Batch]) -> Recovered: ...
+
+    def close(self) -> None: ...
+
+    def outcomes(self) -> pl.DataFrame | None: ...
+
+
+def batches_of(rows: pl.DataFrame, spec: CampaignSpec) -> list[Batch]:
+    return [
+        Batch(
+            campaign_id=spec.campaign_id,
+            batch_id=str(part.item(0, "batch_id")),
+            batch_key=str(part.item(0, "batch_key")),
+            rows=part,
+            spec=spec,
+        )
+        for part in rows.sort("batch_seq", "row_index").partition_by("batch_seq", maintain_order=True)
+    ]
+
+
+def http_client(
+    provider: Provider, concurrency: int, request_timeout: float | None = None
+) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(request_timeout or provider.caps.request_timeout, connect=10.0)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(timeout=timeout, limits=limits)
+
+
+def per_shard_concurrency(spec: CampaignSpec, provider: Provider) -> int:
+    # The provider's concurrency is for the whole campaign; SHARD_WORKERS shards run side by side.
+    total = spec.concurrency or provider.caps.concurrency
+    return max(1, math.ceil(total / SHARD_WORKERS))
+
+
+async def send_rows(
+    provider: Provider,
+    rows: pl.DataFrame,
+    spec: CampaignSpec,
+    *,
+    runtime: Runtime | None = None,
+    policy: RetryPolicy | None = None,
+    client: httpx.AsyncClient | None = None,
+    journal: ShardJournal | None = None,
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Send planned rows (with batch_seq/batch_id/batch_key) and return their outcomes. Usable without
+    Prefect, which is how the unit tests drive it with httpx.MockTransport. With a journal, each batch's
+    outcome is recorded as it comes back, and batches recorded by an interrupted earlier run are not sent
+    again (their recorded outcomes are returned); the journal is closed (its writes flushed) on return."""
+    caps = provider.caps
+    concurrency = per_shard_concurrency(spec, provider)
+    bucket = shared_bucket(
+        caps.name, provider.settings.base_url, spec.rate or caps.rate_per_second, caps.burst
+    )
+    batches = batches_of(rows, spec)
+    recovered = journal.recover(batches) if journal is not None else None
+    if recovered is not None:
+        batches = recovered.todo
+    own_client = client is None
+    http = client or http_client(provider, concurrency, spec.request_timeout)
+    try:
+        sender = ShardSender(
+            provider,
+            http,
+            bucket,
+            concurrency=concurrency,
+            policy=policy,
+            stop=runtime.stop if runtime else None,
+            on_progress=runtime.progress.update if runtime else None,
+            journal=journal,
+        )
+        sent = await sender.run(batches)
+    finally:
+        if own_client:
+            await http.aclose()
+        if journal is not None:
+            # Even when sending failed: what was answered is recorded for the next run.
+            await asyncio.to_thread(journal.close)
+    # The journal has built this run's outcomes frame as it went; without one (or if it failed), build it now.
+    built = journal.outcomes() if journal is not None else None
+    outcomes = built if built is not None else outcomes_frame(sent)
+    if recovered is not None and (recovered.done or recovered.uncertain):
+        outcomes = pl.concat([outcomes, *recovered.done, outcomes_frame(recovered.uncertain)])
+    return outcomes, sender.requests
+
+
 class ShardSender:
     def __init__(
         self,
@@ -90,7 +173,7 @@ class ShardSender:
         *,
         concurrency: int,
         policy: RetryPolicy | None = None,
-        abort: Stop | None = None,
+        stop: Stop | None = None,
         on_progress: ProgressFn | None = None,
         journal: BatchJournal | None = None,
     ) -> None:
@@ -100,7 +183,7 @@ class ShardSender:
         self.bucket = bucket
         self.sem = asyncio.Semaphore(max(1, concurrency))
         self.policy = policy or RetryPolicy()
-        self.abort = abort or Stop()
+        self.stop = stop or Stop()
         self.on_progress = on_progress
         self.journal = journal
         self.requests: dict[str, int] = {}  # what happened to each HTTP request, for the summary
@@ -135,7 +218,7 @@ class ShardSender:
                 request = self.provider.build_request(batch)
                 await self.bucket.acquire()
                 async with self.sem:
-                    if ahead is not None and not journalled and not self.abort.is_set():
+                    if ahead is not None and not journalled and not self.stop.is_set():
                         # The moment before it may reach the provider, not when it was queued.
                         try:
                             await asyncio.to_thread(ahead.intend, batch)
@@ -144,18 +227,18 @@ class ShardSender:
                             # Without its intent on record the batch must not go out. A run that lost its
                             # lock meanwhile (its heir may have removed the journal) stops below; otherwise
                             # the storage error fails the run loudly.
-                            if not self.abort.is_set():
+                            if not self.stop.is_set():
                                 raise
                     # Checked last, right before the request: batches queued behind a campaign stop must not
                     # go out, nor may a run that was frozen past its lease (a lost worker) on waking up.
-                    if self.abort.is_set():
+                    if self.stop.is_set():
                         if journalled:  # the intent went on record, the request did not go out
                             await self._withdraw(batch)
                         return self._all(
                             batch,
                             Status.FAILED,
                             "aborted",
-                            f"not sent: campaign stopped ({self.abort.reason})",
+                            f"not sent: campaign stopped ({self.stop.reason})",
                         )
                     response = await transport.send(self.client, request, self.caps.name)
                 outcomes = self.provider.parse_response(batch, response)
@@ -173,11 +256,11 @@ class ShardSender:
                 if journalled:  # refused credentials, quota or credit: the request was not processed
                     await self._withdraw(batch)
                 self._count(exc.code)
-                self.abort.set(exc.code, self.provider.redact(str(exc)))
+                self.stop.set(exc.code, self.provider.redact(str(exc)))
                 return self._all(batch, Status.FAILED, exc.code, str(exc))
             except BatchRejectedError as exc:
                 self._count("batch_rejected")
-                if exc.retryable_split and self._splittable(batch):
+                if exc.retryable_split and self.caps.bisects(len(batch)):
                     return await self._bisect(batch)
                 message = str(exc)
                 if exc.retryable_split and len(batch) > 1:
@@ -219,9 +302,6 @@ class ShardSender:
         if self.journal is not None:
             await asyncio.to_thread(self.journal.forget, batch)
 
-    def _splittable(self, batch: Batch) -> bool:
-        return len(batch) >= max(2, 2 * self.caps.min_rows)
-
     async def _bisect(self, batch: Batch) -> list[SentBatch]:
         """A whole-batch refusal caused by some row: send each half on its own, recursively, until the
         refused rows stand alone (or the provider's minimum batch size stops the split)."""
@@ -242,39 +322,3 @@ class ShardSender:
         outcome = RowOutcome(status=status, error_code=code, error_message=self.provider.redact(message))
         rows = batch.rows.get_column("row_index").to_list()
         return [SentBatch(batch.batch_id, rows, [outcome] * len(rows), datetime.now(UTC))]
-
-
-def outcomes_frame(parts: list[SentBatch]) -> pl.DataFrame:
-    """Columnar outcomes (the shard's durable record), one row per sent row."""
-    schema = {**OUTCOME_SCHEMA, "batch_id": pl.String()}
-    outcomes = [o for p in parts for o in p.outcomes]
-    if not outcomes:
-        return pl.DataFrame(schema=schema)
-    status, code, message, message_id, batch_ref = zip(*outcomes, strict=True)  # transposed in C
-    per_row = _per_row(parts)
-    return pl.DataFrame(
-        {
-            "row_index": [i for p in parts for i in p.row_index],
-            "batch_id": per_row.get_column("batch_id"),
-            "status": [str(s) for s in status],
-            "error_code": code,
-            "error_message": message,
-            "provider_message_id": message_id,
-            "provider_batch_ref": batch_ref,
-            "submitted_at": per_row.get_column("submitted_at"),
-        },
-        schema=schema,
-    )
-
-
-def _per_row(parts: list[SentBatch]) -> pl.DataFrame:
-    """batch_id and submitted_at repeated once per row each part holds."""
-    per_part = pl.DataFrame(
-        {
-            "batch_id": [p.batch_id for p in parts],
-            "submitted_at": [p.submitted_at for p in parts],
-            "n": [len(p.row_index) for p in parts],
-        },
-        schema={"batch_id": pl.String(), "submitted_at": OUTCOME_SCHEMA["submitted_at"], "n": pl.Int64()},
-    )
-    return per_part.select(pl.col("batch_id", "submitted_at").repeat_by("n").explode())

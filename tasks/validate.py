@@ -3,19 +3,17 @@
 Polars computes the features (E.164 candidate, rendered body, encoding, segments, first-of-phone); a Pandera
 schema built from the provider's capabilities holds the rules, one named check per reason code. Pandera runs
 on the collected frame with lazy=True so that a row failing several checks reports all of them (on a
-LazyFrame it would only check the schema, and bad rows would pass silently: DESIGN.md). Rows are quarantined
+LazyFrame it would only check the schema, and bad rows would pass silently: docs/design.md). Rows are quarantined
 by `failure_cases["index"]`, never dropped: `drop_invalid_rows` would lose the reasons.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandera.polars as pa
 import polars as pl
 from pandera.api.polars.types import PolarsData
 
-from providers.base import Capabilities, Provider
+from providers.base import Capabilities, Provider, RowRule
 from smscast.campaign import TEMPLATE_VAR, CampaignSpec
 from smscast.encoding import segment_frame
 from smscast.phone import is_e164, normalise
@@ -41,15 +39,16 @@ MESSAGES: dict[str, str] = {
 UNRENDERED = r"\{\{[^{}]*\}\}"
 
 
-@dataclass(frozen=True)
-class Rule:
-    code: str
-    column: str  # the column the check is attached to (Pandera reports its value as the failure case)
-    valid: pl.Expr  # true where the row passes; nulls count as failures
-    message: str
+# Every rule, ours and the provider's, is a RowRule: its first column is the one the Pandera check is attached
+# to (Pandera reports that column's value as the failure case).
 
 
-def _check(rule: Rule) -> pa.Check:
+def _ours(code: str, column: str, valid: pl.Expr, message: str | None = None) -> RowRule:
+    """One of validation's own rules, checked on `column`, with its message from MESSAGES unless given."""
+    return RowRule(code, message or MESSAGES[code], valid, (column,))
+
+
+def _check(rule: RowRule) -> pa.Check:
     expr = rule.valid.fill_null(False)
 
     def run(data: PolarsData, e: pl.Expr = expr) -> pl.LazyFrame:
@@ -100,7 +99,7 @@ def rules(
     provider: Provider | None,
     columns: list[str],
     input_columns: list[str],
-) -> list[Rule]:
+) -> list[RowRule]:
     phone, body = pl.col("phone"), pl.col("body")
     valid_phone = is_e164(phone)
     present = phone.is_not_null()
@@ -110,76 +109,55 @@ def rules(
     typed_intl = phone.str.starts_with("+").fill_null(False)
     national_ok = typed_intl if spec.default_country is None else pl.lit(True)
     out = [
-        Rule("phone_missing", "phone", present, MESSAGES["phone_missing"]),
-        Rule(
-            "phone_needs_country",
-            "phone",
-            ~present | valid_phone | national_ok,
-            MESSAGES["phone_needs_country"],
-        ),
-        Rule("phone_invalid", "phone", ~present | valid_phone | ~national_ok, MESSAGES["phone_invalid"]),
+        _ours("phone_missing", "phone", present),
+        _ours("phone_needs_country", "phone", ~present | valid_phone | national_ok),
+        _ours("phone_invalid", "phone", ~present | valid_phone | ~national_ok),
     ]
     # Keep the first row of each valid phone; invalid phones are reported by their own rule, not as duplicates.
     out.append(
-        Rule(
+        _ours(
             "duplicate_phone",
             "phone",
             ~valid_phone | pl.when(valid_phone).then(phone).otherwise(None).is_first_distinct(),
-            MESSAGES["duplicate_phone"],
         )
     )
     if "recipient_id" in input_columns:  # a derived id repeats only with the phone, reported above
         out.append(
-            Rule(
-                "duplicate_recipient_id",
-                "recipient_id",
-                pl.col("recipient_id").is_first_distinct(),
-                MESSAGES["duplicate_recipient_id"],
-            )
+            _ours("duplicate_recipient_id", "recipient_id", pl.col("recipient_id").is_first_distinct())
         )
     missing_var = pl.lit(False)
     for var in spec.required_vars():
         v = pl.col(var).cast(pl.String)
         ok = v.is_not_null() & (v.str.strip_chars().str.len_chars() > 0)
-        out.append(Rule("template_var_missing", var, ok, f"template variable {var!r} is empty"))
+        out.append(_ours("template_var_missing", var, ok, f"template variable {var!r} is empty"))
         missing_var = missing_var | ~ok.fill_null(False)
     if caps.sends_body(spec):
         # A missing variable already explains an empty rendered body: report that, not body_missing too.
         has_body = (body.str.len_chars() > 0) | missing_var
         if caps.supports_media and "media_url" in columns:  # an MMS row may carry only its media
             has_body = has_body | (pl.col("media_url").cast(pl.String).str.len_chars() > 0)
-        out.append(Rule("body_missing", "body", has_body, MESSAGES["body_missing"]))
+        out.append(_ours("body_missing", "body", has_body))
         if not spec.allow_braces:
             rendered = body.is_null() | ~body.str.contains(UNRENDERED)
-            out.append(Rule("template_unrendered", "body", rendered, MESSAGES["template_unrendered"]))
-        if caps.max_body_chars is not None:
-            out.append(
-                Rule(
-                    "body_too_long",
-                    "chars",
-                    pl.col("chars").fill_null(0) <= caps.max_body_chars,
-                    f"body has more than {caps.max_body_chars} characters ({caps.name}'s limit)",
-                )
-            )
-        if caps.max_segments is not None:
-            out.append(
-                Rule(
-                    "too_many_segments",
-                    "segments",
-                    pl.col("segments").fill_null(0) <= caps.max_segments,
-                    f"body needs more than {caps.max_segments} SMS segments ({caps.name}'s limit)",
-                )
-            )
+            out.append(_ours("template_unrendered", "body", rendered))
+        limits = (
+            ("body_too_long", "chars", caps.max_body_chars, "has more than {} characters"),
+            ("too_many_segments", "segments", caps.max_segments, "needs more than {} SMS segments"),
+        )
+        for code, column, limit, says in limits:
+            if limit is not None:
+                within = pl.col(column).fill_null(0) <= limit
+                out.append(_ours(code, column, within, f"body {says.format(limit)} ({caps.name}'s limit)"))
     if provider is not None:
         for r in provider.row_rules(spec):
             if all(
                 c in columns or c in ("phone", "body", "chars", "encoding", "segments") for c in r.columns
             ):
-                out.append(Rule(r.code, r.columns[0] if r.columns else "phone", r.valid, r.message))
+                out.append(r)
     return out
 
 
-def schema_for(rule_list: list[Rule]) -> pa.DataFrameSchema:
+def schema_for(rule_list: list[RowRule]) -> pa.DataFrameSchema:
     by_column: dict[str, list[pa.Check]] = {}
     for r in rule_list:
         by_column.setdefault(r.column, []).append(_check(r))
@@ -188,7 +166,7 @@ def schema_for(rule_list: list[Rule]) -> pa.DataFrameSchema:
     )
 
 
-def quarantine(df: pl.DataFrame, rule_list: list[Rule]) -> pl.DataFrame:
+def quarantine(df: pl.DataFrame, rule_list: list[RowRule]) -> pl.DataFrame:
     """Run the Pandera schema; add status/error_code/error_message (null for valid rows)."""
     schema = schema_for(rule_list)
     rules_table = pl.DataFrame(

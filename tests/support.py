@@ -114,7 +114,7 @@ def provider_sandbox(provider: str, key: str, **extra_env: str) -> Iterator[Any]
     `extra_env`) set for as long as it runs."""
     import pytest
 
-    from sandbox.server import SandboxServer
+    from servers.sandbox import SandboxServer
     from smscast.settings import env_prefix
 
     with SandboxServer(emulators=[provider], api_keys={provider: key}) as server:

@@ -13,11 +13,12 @@ from support import assert_matches_ledger, ledger_frame, prefect_harness, write_
 
 from flows.campaign import send_campaign
 from flows.retry import retry_failed
-from sandbox.server import SandboxServer
 from servers.postgres import EmbeddedPostgres
+from servers.sandbox import SandboxServer
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import CampaignStopError, ConfigError
+from smscast.results import CampaignPaths
 from smscast.sources.credentials import split_password
 from tasks.current import current_results
 
@@ -113,9 +114,9 @@ def test_resume_after_a_crash_sends_only_the_unrecorded_shards(
     spec = spec_for(sandbox, str(src), res, "c-resume", batch_size=50, shard_batches=2)
     send_campaign(spec)
     # Simulate a crash after shards 0 and 1 recorded their results but before shards 2 and 3 and the end.
-    attempt = f"{res}/campaign=c-resume/attempt=1"
-    for name in ("_SUCCESS", "part-unsent.parquet", "part-s00002.parquet", "part-s00003.parquet"):
-        storage.delete(f"{attempt}/{name}")
+    attempt = CampaignPaths(res, "c-resume").attempt(1)
+    for uri in (attempt.done, attempt.unsent_part, attempt.part(2), attempt.part(3)):
+        storage.delete(uri)
     requests_before = sum(sandbox.client.stats()["providers"]["generic"]["requests"].values())
     send_campaign(spec)
     stats = sandbox.client.stats()["providers"]["generic"]
@@ -176,7 +177,7 @@ def test_s3_source_and_s3_results(sandbox: SandboxServer, s3_bucket: str, tmp_pa
     storage.put_bytes(f"s3://{s3_bucket}/inbox/r.csv", src.read_bytes())
     res = f"s3://{s3_bucket}/results"
     send_campaign(spec_for(sandbox, f"s3://{s3_bucket}/inbox/r.csv", res, "c-s3"))
-    assert storage.exists(f"{res}/campaign=c-s3/attempt=1/_SUCCESS")
+    assert storage.exists(CampaignPaths(res, "c-s3").attempt(1).done)
     assert_matches_ledger(res, "c-s3", sandbox.client, "generic", 120)
 
 

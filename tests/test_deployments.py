@@ -31,15 +31,9 @@ from flows.deployed import dated_campaign_id, file_campaign_id
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
-from smscast.watch import (
-    Landed,
-    _aws_credentials_env,
-    announce,
-    default_state_uri,
-    landed_event,
-    list_inbox,
-    poll_once,
-)
+from smscast.inbox import Landed, announce, default_state_uri, landed_event, list_inbox, poll_once
+from smscast.results import CampaignPaths
+from smscast.s3_block import _aws_credentials_env
 from tasks.current import current_results
 
 pytestmark = pytest.mark.integration
@@ -54,7 +48,7 @@ def ledger_for(stack: Stack, phones: set[str]) -> pl.DataFrame:
 
 
 def emit(event: Event) -> None:
-    """Send one event and return once the server has it (the same way smscast.watch.announce does)."""
+    """Send one event and return once the server has it (the same way smscast.inbox.announce does)."""
 
     async def send() -> None:
         async with get_events_client(checkpoint_every=1) as client:
@@ -157,7 +151,7 @@ def test_ad_hoc_run_with_form_parameters_completes(stack: Stack, tmp_path: Path)
     run = stack.wait_final(created.id)
     assert run.state is not None and run.state.is_completed(), f"{run.state}\n{stack.diagnose()}"
 
-    assert storage.exists(f"{RESULTS}/campaign=adhoc-1/attempt=1/_SUCCESS")
+    assert storage.exists(CampaignPaths(RESULTS, "adhoc-1").attempt(1).done)
     sent = ledger_for(stack, phones_of(src))
     assert sent.height == 120 and sent["to"].n_unique() == 120
     # The body's {{name}} survived the API and the deployment: filled per recipient, not stripped.
@@ -178,7 +172,7 @@ def test_the_nightly_deployment_sends_once_per_night(stack: Stack, tmp_path: Pat
     assert done.expected_start_time is not None
     night = done.expected_start_time.astimezone(ZoneInfo("Europe/London")).date()
     cid = f"nightly-{night:%Y%m%d}"
-    assert storage.exists(f"{RESULTS}/campaign={cid}/attempt=1/_SUCCESS")
+    assert storage.exists(CampaignPaths(RESULTS, cid).attempt(1).done)
     assert ledger_for(stack, phones_of(src)).height == 50
 
     # Running that night again (a back-fill from the UI, or a duplicate) resumes it: nothing is re-sent.

@@ -20,13 +20,14 @@ from providers.base import Batch, Idempotency, RowOutcome
 from providers.sandbox import SandboxProvider
 from smscast import ratelimit, storage
 from smscast.campaign import CampaignSpec
-from smscast.lock import GONE, CampaignLock, CampaignLockedError, lock_uri, process_start, this_process
+from smscast.lock import GONE, CampaignLock, CampaignLockedError, process_start, this_process
+from smscast.results import CampaignPaths
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from tasks.journal import Journal
+from tasks.outcomes import SentBatch, outcomes_frame
 from tasks.plan import plan_campaign
-from tasks.send import batches_of, send_rows
-from tasks.send_engine import RetryPolicy, SentBatch, outcomes_frame
+from tasks.send_engine import RetryPolicy, batches_of, send_rows
 from tasks.validate import validate_recipients
 
 
@@ -64,7 +65,7 @@ def test_second_holder_is_refused_while_the_first_lives(results: str) -> None:
         CampaignLock(results, "other-campaign", lease=30).acquire()  # other campaigns are not blocked
     with CampaignLock(results, "c1", lease=30):  # released: free again
         pass
-    assert not storage.exists(lock_uri(results, "c1"))
+    assert not storage.exists(CampaignPaths(results, "c1").lock)
 
 
 def test_an_expired_lease_is_taken_over(results: str) -> None:
@@ -73,28 +74,43 @@ def test_an_expired_lease_is_taken_over(results: str) -> None:
     dead._stop.set()  # a holder killed with -9: no more heartbeats
     time.sleep(0.8)
     with CampaignLock(results, "c2", lease=30) as heir:
-        held = json.loads(storage.get_bytes(lock_uri(results, "c2")))
+        held = json.loads(storage.get_bytes(CampaignPaths(results, "c2").lock))
         assert held["owner"] == heir.owner
 
 
 def test_heartbeat_keeps_a_live_lease_and_notices_a_takeover(results: str) -> None:
-    lock = CampaignLock(results, "c3", lease=0.6)
+    uri = CampaignPaths(results, "c3").lock
+    lock = CampaignLock(results, "c3", lease=3.0)
     lock.acquire()
     try:
-        time.sleep(1.0)  # longer than the lease: only the heartbeat keeps it
+        # Wait for a renewal itself (not a fixed sleep): a loaded machine may take its time over it.
+        first = json.loads(storage.get_bytes(uri))["expires_at"]
+        deadline = time.time() + 60
+        while json.loads(storage.get_bytes(uri))["expires_at"] == first and time.time() < deadline:
+            time.sleep(0.05)
+        assert json.loads(storage.get_bytes(uri))["expires_at"] > first, (
+            "the heartbeat never renewed the lease"
+        )
         with pytest.raises(CampaignLockedError):
             CampaignLock(results, "c3", lease=30).acquire()
-        # Someone overwrites the lock (as a run would after this one stalled past its lease).
-        storage.put_bytes(
-            lock_uri(results, "c3"), json.dumps({"owner": "x", "expires_at": time.time() + 60}).encode()
-        )
-        deadline = time.time() + 3
+        # Someone takes the lock over (as a run would after this one stalled past its lease): by
+        # compare-and-swap, as every taker does, so that the heartbeat cannot overwrite it unseen.
+        taken = None
+        for _ in range(20):  # a renewal may slip in between the read and the write: read again
+            current = storage.get_versioned(uri)
+            assert current is not None
+            usurper = json.dumps({"owner": "x", "expires_at": time.time() + 60}).encode()
+            taken = storage.put_if(uri, usurper, current[1])
+            if taken is not None:
+                break
+        assert taken is not None
+        deadline = time.time() + 60
         while not lock.lost.is_set() and time.time() < deadline:
             time.sleep(0.05)
         assert lock.lost.is_set()
     finally:
         lock.release()
-    assert storage.exists(lock_uri(results, "c3"))  # the usurper's lock is not deleted by the loser
+    assert storage.exists(uri)  # the usurper's lock is not deleted by the loser
 
 
 class NoIdempotency(SandboxProvider):
@@ -144,7 +160,7 @@ def test_journal_resume_keeps_recorded_batches_marks_started_ones_unknown_and_se
 
 
 def test_result_parts_are_write_once(results: str) -> None:
-    uri = f"{results}/campaign=c/attempt=1/part-s00000.parquet"
+    uri = CampaignPaths(results, "c").attempt(1).part(0)
     assert storage.write_parquet_once(pl.DataFrame({"a": [1]}), uri)
     assert not storage.write_parquet_once(pl.DataFrame({"a": [2]}), uri)  # a stale run cannot overwrite
     assert storage.read_parquet(uri)["a"].to_list() == [1]
@@ -153,12 +169,15 @@ def test_result_parts_are_write_once(results: str) -> None:
 def test_a_lock_whose_renewals_fail_stops_being_held_when_its_lease_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lock = CampaignLock(str(tmp_path / "res"), "c", lease=1.5)
+    now = [time.time()]  # an injected clock: the lease runs out when the test says so, on any machine
+    lock = CampaignLock(str(tmp_path / "res"), "c", lease=1.5, clock=lambda: now[0])
     lock.acquire()
     try:
         assert lock.held()
         monkeypatch.setattr(storage, "put_if", lambda *a, **k: (_ for _ in ()).throw(OSError("unreachable")))
-        time.sleep(1.3)
+        now[0] += 1.0
+        assert lock.held()  # within the lease less its margin
+        now[0] += 0.3
         assert not lock.held() and lock.lost.is_set()  # 1.5 s lease less its margin: gone after ~1.1 s
     finally:
         lock.release()
@@ -182,7 +201,7 @@ def test_the_journal_withdraws_an_intent_when_the_answer_proves_nothing_was_sent
             calls.append("record")
 
         def recover(self, batches: list[object]) -> object:
-            from tasks.journal import Recovered
+            from tasks.outcomes import Recovered
 
             return Recovered([], [], batches)  # type: ignore[arg-type]
 
@@ -221,11 +240,11 @@ def _holder_record(**changes: object) -> bytes:
 def test_a_reused_pid_is_told_apart_by_its_start_time(tmp_path: Path) -> None:
     results, me = str(tmp_path / "res"), this_process()
     assert me.started is not None and me.machine is not None  # Linux: /proc is readable
-    storage.put_bytes(lock_uri(results, "c"), _holder_record())  # this very process: alive
+    storage.put_bytes(CampaignPaths(results, "c").lock, _holder_record())  # this very process: alive
     with pytest.raises(CampaignLockedError, match="lease ends at"):
         CampaignLock(results, "c").acquire()
     # The same pid, but a process that started at another moment: the holder died and its pid was reused.
-    storage.put_bytes(lock_uri(results, "c"), _holder_record(started=me.started - 1))
+    storage.put_bytes(CampaignPaths(results, "c").lock, _holder_record(started=me.started - 1))
     with CampaignLock(results, "c") as heir:
         assert heir.takeover is not None and "now belongs to another process" in heir.takeover
 
@@ -237,7 +256,7 @@ def test_a_holder_elsewhere_keeps_its_lease_even_with_a_pid_unused_here(tmp_path
         {"host": "another-host"},  # another machine
         {"machine": "another-boot/pid:[1]"},  # the same host name, but another pid namespace (a container)
     ):
-        storage.put_bytes(lock_uri(results, "c"), _holder_record(pid=unused, **elsewhere))
+        storage.put_bytes(CampaignPaths(results, "c").lock, _holder_record(pid=unused, **elsewhere))
         with pytest.raises(CampaignLockedError, match=r"being sent by another run.*lease ends at"):
             CampaignLock(results, "c").acquire()
 
@@ -260,7 +279,9 @@ def test_wait_mode_waits_for_the_lease_of_a_holder_elsewhere_then_takes_over(tmp
     results = str(tmp_path / "res")
     fake = FakeTime()
     expiry = fake.now + 40
-    storage.put_bytes(lock_uri(results, "c"), _holder_record(host="another-host", expires_at=expiry))
+    storage.put_bytes(
+        CampaignPaths(results, "c").lock, _holder_record(host="another-host", expires_at=expiry)
+    )
     lock = CampaignLock(results, "c", lease=30, wait=300, clock=lambda: fake.now, sleep=fake.sleep)
     with lock:
         assert fake.now >= expiry  # not before the lease ended
@@ -270,7 +291,7 @@ def test_wait_mode_waits_for_the_lease_of_a_holder_elsewhere_then_takes_over(tmp
 
 def test_wait_mode_gives_up_on_a_holder_that_keeps_renewing(tmp_path: Path) -> None:
     results = str(tmp_path / "res")
-    uri = lock_uri(results, "c")
+    uri = CampaignPaths(results, "c").lock
 
     def renew(now: float) -> None:  # the live holder's heartbeat
         storage.put_bytes(uri, _holder_record(host="another-host", expires_at=now + 60))
@@ -302,7 +323,7 @@ def test_wait_mode_takes_the_lock_once_a_live_holder_releases_it(results: str) -
         holder.release()
         worker.join(60)
         assert not worker.is_alive() and waiter.held() and waiter.takeover is None
-        assert json.loads(storage.get_bytes(lock_uri(results, "c")))["owner"] == waiter.owner
+        assert json.loads(storage.get_bytes(CampaignPaths(results, "c").lock))["owner"] == waiter.owner
     finally:
         holder.release()
         worker.join(60)

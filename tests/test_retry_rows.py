@@ -12,13 +12,12 @@ from providers.sandbox import SandboxProvider
 from providers.textingline import TextinglineProvider
 from smscast import storage
 from smscast.campaign import CampaignSpec
-from smscast.results import attempt_path
+from smscast.results import CampaignPaths
 from smscast.settings import ProviderSettings
 from tasks.current import current_results
-from tasks.persist import result_rows, write_plan
+from tasks.persist import result_rows, save_plan
 from tasks.plan import plan_campaign
 from tasks.validate import validate_recipients
-from tasks.work import WorkDir
 
 SANDBOX = SandboxProvider(ProviderSettings(base_url="http://x", api_key=None))
 
@@ -30,8 +29,8 @@ def first_attempt(results: Path, n: int, outcome: dict[str, tuple[str, str]]) ->
     df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)]})
     checked = validate_recipients(df, spec, SANDBOX.caps, SANDBOX)
     plan = plan_campaign(checked, spec, SANDBOX.caps, SANDBOX)
-    work = WorkDir.for_run(str(results), "camp", 1)
-    write_plan.fn(plan, work.root)
+    attempt = CampaignPaths(str(results), "camp").attempt(1)
+    save_plan.fn(attempt, plan)
     rows = plan.rows
     half = pl.when(pl.col("row_index") < n // 2).then(pl.lit("L")).otherwise(pl.lit("R"))
     outcomes = rows.select(
@@ -44,9 +43,7 @@ def first_attempt(results: Path, n: int, outcome: dict[str, tuple[str, str]]) ->
         provider_batch_ref=pl.lit(None, pl.String),
         submitted_at=pl.lit(None, pl.Datetime("us", "UTC")),
     )
-    storage.write_parquet(
-        result_rows(spec, rows, outcomes), f"{attempt_path(str(results), 'camp', 1)}/part-s00000.parquet"
-    )
+    storage.write_parquet(result_rows(spec, rows, outcomes), attempt.part(0))
     return rows
 
 
@@ -56,7 +53,7 @@ def test_an_unknown_bisected_half_is_resent_with_the_key_its_request_carried(tmp
     planned = first_attempt(tmp_path, 8, {"L": ("failed", "http_503"), "R": ("unknown", "read_timeout")})
     todo = current_results(str(tmp_path), "camp")
     retry_spec = CampaignSpec(campaign_id="camp", source="s", results=str(tmp_path), body="hi", attempt=2)
-    rows = _retry_rows(str(tmp_path), "camp", todo)
+    rows = _retry_rows(CampaignPaths(str(tmp_path), "camp"), todo)
     replan = plan_campaign(
         rows, retry_spec, SANDBOX.caps, SANDBOX, extra_groups=[pl.col("_retry_group")]
     ).rows
@@ -74,13 +71,13 @@ def test_a_request_only_partly_unknown_is_not_resent_under_its_key(tmp_path: Pat
     # would be answered with the first request's cached response.
     planned = first_attempt(tmp_path, 8, {"L": ("accepted", ""), "R": ("unknown", "read_timeout")})
     # Make the "-R" request half accepted, half unknown.
-    part = f"{attempt_path(str(tmp_path), 'camp', 1)}/part-s00000.parquet"
+    part = CampaignPaths(str(tmp_path), "camp").attempt(1).part(0)
     frame = storage.read_parquet(part).with_columns(
         status=pl.when(pl.col("row_index") == 7).then(pl.lit("accepted")).otherwise(pl.col("status"))
     )
     storage.write_parquet(frame, part)
     todo = current_results(str(tmp_path), "camp").filter(pl.col("status") == "unknown")
-    rows = _retry_rows(str(tmp_path), "camp", todo)
+    rows = _retry_rows(CampaignPaths(str(tmp_path), "camp"), todo)
     assert rows["row_index"].to_list() == [4, 5, 6]
     assert rows["_pinned_batch_key"].null_count() == 3
     assert planned.height == 8

@@ -15,7 +15,7 @@ import pytest
 from support import sandbox_clock
 
 from sandbox.client import SandboxAdminError, SandboxClient
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 

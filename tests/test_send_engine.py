@@ -18,8 +18,7 @@ from smscast.errors import BatchRejectedError
 from smscast.ratelimit import TokenBucket
 from smscast.settings import ProviderSettings, Secret
 from tasks.plan import plan_campaign
-from tasks.send import send_rows
-from tasks.send_engine import RetryPolicy
+from tasks.send_engine import RetryPolicy, send_rows
 from tasks.validate import validate_recipients
 
 FAST = RetryPolicy(max_attempts=4, max_throttled=10, backoff_base=0.001, backoff_cap=0.01)

@@ -1,20 +1,15 @@
-"""The emulator registry: provider name -> module. Each module exposes `EMULATOR`, an `Emulator` subclass
-(sandbox/framework.py). Add a provider by adding its module and one line here."""
+"""The emulator registry: emulator name -> module, one per provider of providers/names.py. Each module
+exposes `EMULATOR`, an `Emulator` subclass (sandbox/framework.py)."""
 
 from __future__ import annotations
 
-EMULATORS: dict[str, str] = {
-    "generic": "sandbox.emulators.generic",
-    "textingline": "sandbox.emulators.textingline",
-    "sent-dm": "sandbox.emulators.sent_dm",
-    "robase": "sandbox.emulators.robase",
-    "postman": "sandbox.emulators.postman",
-    "instasent": "sandbox.emulators.instasent",
-}
+from providers.names import PROVIDER_NAMES, emulator_module, emulator_name
 
-# Other spellings accepted wherever a provider name is given (admin endpoints, config, CLI): smscast calls
-# the generic API's provider `sandbox`.
-ALIASES: dict[str, str] = {"sandbox": "generic"}
+EMULATORS: dict[str, str] = {emulator_name(p): emulator_module(p) for p in PROVIDER_NAMES}
+
+# Other spellings accepted wherever a provider name is given (admin endpoints, config, CLI): smscast's name
+# for a provider whose emulator is named otherwise (`sandbox` -> `generic`).
+ALIASES: dict[str, str] = {p: emulator_name(p) for p in PROVIDER_NAMES if emulator_name(p) != p}
 
 
 def canonical_provider(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Instasent Transactional API bulk send, as /work/shared/provider-docs/instasent.txt documents it (the
+"""Instasent Transactional API bulk send, as Instasent documents it (docs/providers/instasent.md) (the
 adapter is providers/instasent.py).
 
     POST /transactional/v1/sms/bulk             Authorization: Bearer <token>
@@ -19,7 +19,7 @@ Each item is validated on its own; a refused item lands in `errors`, in the inpu
 and without an index, and the rest go through:
 * `from`: required, 3-11 letters and digits or 3-14 digits;
 * `to`: required, E.164 (`+` and 7-15 digits, no leading 0);
-* `text`: required, not blank; with characters outside GSM-7 (smscast.encoding's table), `allowUnicode` must
+* `text`: required, not blank; with characters outside GSM-7 (our own table of it, below), `allowUnicode` must
   be true, else `text: ["This value contains characters outside GSM-7; set allowUnicode to true."]`;
 * `allowUnicode`: a boolean when present; `clientId`: a string of at most 40 characters when present.
 Several problems in one item are reported together in that item's `fields`.
@@ -48,7 +48,6 @@ from starlette.routing import BaseRoute
 
 from sandbox.framework import Emulator, RequestRefused, json_response
 from sandbox.ledger import Adder
-from smscast.encoding import is_gsm7
 
 MAX_ITEMS = 100
 MAX_CLIENT_ID = 40
@@ -58,6 +57,22 @@ E164 = re.compile(r"\+[1-9][0-9]{6,14}", re.ASCII)
 BLANK = "This value should not be blank."
 INVALID = "This value is not valid."
 NEEDS_UNICODE = "This value contains characters outside GSM-7; set allowUnicode to true."
+
+# The GSM 03.38 alphabet (default table and extension table), written out here rather than taken from
+# smscast.encoding: this emulator checks smscast's choice of allowUnicode, so it must not share the table that
+# choice is made with. Every printable ASCII character but the backtick, line feed, carriage return, form feed
+# (extension), and these letters and signs.
+_GSM7_LATIN = "£¥¤§¡¿èéùìòÇØøÅåÆæßÉÄÖÑÜäöñüà€"
+_GSM7_GREEK = "ΔΦΓΛΩΠΨΣΘΞ"
+GSM7 = frozenset(chr(c) for c in range(0x20, 0x7F) if chr(c) != "`") | frozenset(
+    "\n\r\x0c" + _GSM7_LATIN + _GSM7_GREEK
+)
+
+
+def is_gsm7(text: str) -> bool:
+    return all(c in GSM7 for c in text)
+
+
 CLIENT_ID_TOO_LONG = f"This value is too long. It should have {MAX_CLIENT_ID} characters or less."
 NOT_BOOL = "This value should be of type bool."
 UNREACHABLE = "This number cannot receive SMS."

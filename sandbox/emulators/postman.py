@@ -1,4 +1,4 @@
-"""Postman (gov.sg) v2 batch send, as /work/shared/provider-docs/postman-gov-sg.txt documents it (the adapter
+"""Postman (gov.sg) v2 batch send, as Postman documents it (docs/providers/postman.md) (the adapter
 is providers/postman.py).
 
     POST /campaigns/{campaignId}/batch/messages          Authorization: Bearer <key>

@@ -1,4 +1,4 @@
-"""robase batch sends, as /work/shared/provider-docs/robase.txt documents them (adapter: providers/robase.py).
+"""robase batch sends, as robase documents them (docs/providers/robase.md) (adapter: providers/robase.py).
 
     POST /v1/sms/batch        Authorization: Bearer <key>
     {"from": "SHUTTLERS", "template"?: "ride-reminder", "send_at"?: "2026-05-01T08:00:00.000Z",

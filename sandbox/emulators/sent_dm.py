@@ -1,4 +1,4 @@
-"""sent.dm v3 batch sends, as /work/shared/provider-docs/sent-dm.txt documents them (adapter:
+"""sent.dm v3 batch sends, as sent.dm documents them (docs/providers/sent-dm.md) (adapter:
 providers/sent_dm.py).
 
     POST /v3/messages        x-api-key: <key>        Idempotency-Key: <key> (optional)

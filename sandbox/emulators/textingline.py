@@ -1,4 +1,4 @@
-"""textingline's batch API, as /work/shared/provider-docs/textingline.txt documents it (adapter:
+"""textingline's batch API, as textingline documents it (docs/providers/textingline.md) (adapter:
 providers/textingline.py).
 
     POST /api/v1/messaging/batch          Authorization: Basic base64(key_id:secret)

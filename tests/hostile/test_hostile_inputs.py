@@ -34,7 +34,7 @@ from flows.campaign import send_campaign
 from providers.base import Batch
 from providers.registry import provider_class
 from providers.sandbox import SandboxProvider
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast.campaign import CampaignSpec
 from smscast.errors import SmscastError
 from smscast.phone import is_e164, normalise
@@ -211,7 +211,7 @@ def test_postman_csv_neutralises_formula_cells(tmp_path: Path) -> None:
     assert out["status"].null_count() == out.height  # formulas are valid text, not errors
     rows = out.sort("row_index").with_columns(idempotency_key=pl.lit("k"))
     batch = Batch(campaign_id="h-postman", batch_id="b0", batch_key="b0", rows=rows, spec=spec)
-    table = list(csv.reader(io.StringIO(provider.csv_bytes(batch).decode("utf-8"), newline="")))
+    table = list(csv.reader(io.StringIO(postman.csv_bytes(batch).decode("utf-8"), newline="")))
     assert table[0] == ["recipient", "language", "name"]
     sent = [r[2] for r in table[1:]]
     assert sent == [("'" + f if f.startswith(("=", "+", "-", "@", "\t", "\r")) else f) for f in FORMULAS]

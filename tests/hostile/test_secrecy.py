@@ -55,14 +55,14 @@ from support import prefect_harness
 import tasks.send_engine
 from flows.campaign import send_campaign
 from providers.registry import provider_class
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError, SmscastError
 from smscast.settings import ProviderSettings, Secret, env_prefix, resolve_settings
 from tasks.current import current_results
 from tasks.load import load_recipients
 from tasks.plan import plan_campaign
-from tasks.send import send_rows
+from tasks.send_engine import send_rows
 from tasks.validate import validate_recipients
 
 pytestmark = pytest.mark.integration

@@ -39,7 +39,7 @@ from providers.robase import RobaseProvider
 from providers.sandbox import SandboxProvider
 from providers.sent_dm import SentDmProvider
 from providers.textingline import TextinglineProvider
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.encoding import GSM7_MULTI_PART, GSM7_SINGLE, UCS2_ENCODING, UCS2_MULTI_PART, UCS2_SINGLE
@@ -47,8 +47,7 @@ from smscast.errors import BatchRejectedError
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from tasks.plan import plan_campaign
-from tasks.send import send_rows
-from tasks.send_engine import RetryPolicy
+from tasks.send_engine import RetryPolicy, send_rows
 from tasks.validate import validate_recipients
 
 pytestmark = pytest.mark.integration
@@ -208,7 +207,7 @@ PROFILES = [
         row=body_row,
         per_row=Refusal("phone_invalid", by_suffix=True),
         whole_batch=None,
-        whole_batch_skip="robase.txt: 'Batch always returns HTTP 200 - even when some rows fail'; its only "
+        whole_batch_skip="robase's document: 'Batch always returns HTTP 200 - even when some rows fail'; its only "
         "whole-request refusals (over 1000 rows, a bad send_at) are not caused by one row",
         max_rows=1000,
         over_max=(422, "batch_too_large"),
@@ -265,11 +264,11 @@ PROFILES = [
         row=body_row,
         per_row=Refusal("to:invalid", by_suffix=True),
         whole_batch=None,
-        whole_batch_skip="instasent.txt: 'The invalid item lands in errors; the rest of the batch still goes "
+        whole_batch_skip="Instasent's document: 'The invalid item lands in errors; the rest of the batch still goes "
         "through'; 413/422 answer only a request of more than 100 items",
         max_rows=100,
         over_max=(413, "http_413"),
-        body_skip="instasent.txt documents no length limit for `text`",
+        body_skip="Instasent documents no length limit for `text`",
         encoding="allow_unicode",
         lift={"rate_limit_rps": 0},  # the adapter's ASSUMED 5 requests/s
     ),

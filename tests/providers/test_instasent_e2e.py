@@ -12,9 +12,10 @@ import pytest
 from support import prefect_harness, provider_sandbox
 
 from flows.campaign import send_campaign
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.results import CampaignPaths
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def test_campaign_results_match_the_ledger(sandbox: SandboxServer, tmp_path: Pat
     spec = spec.model_copy(update={"base_url": sandbox.base_url})
     summary = send_campaign(spec)
 
-    out = storage.read_parquet(str(results / "campaign=ins-e2e" / "attempt=1")).sort("row_index")
+    out = storage.read_parquet(CampaignPaths(str(results), "ins-e2e").attempt(1).dir).sort("row_index")
     assert out.height == N and out["row_index"].to_list() == list(range(N))
     assert summary["by_status"] == {"accepted": 57, "invalid": 1, "rejected": 2, "failed": 0, "unknown": 0}
     assert out.filter(pl.col("status") == "invalid")["error_code"].to_list() == ["phone_needs_country"]

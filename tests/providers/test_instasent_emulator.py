@@ -11,7 +11,7 @@ import pytest
 from support import sandbox_clock
 
 from sandbox.client import SandboxClient
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 

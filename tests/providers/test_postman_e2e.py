@@ -13,9 +13,10 @@ import pytest
 from support import prefect_harness, provider_sandbox
 
 from flows.campaign import send_campaign
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.results import CampaignPaths
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +67,8 @@ def test_campaign_results_match_the_ledger(sandbox: SandboxServer, tmp_path: Pat
     )
     summary = send_campaign(spec)
 
-    # The attempt's results: every Parquet part under <results>/campaign=<id>/attempt=1/.
-    out = storage.read_parquet(str(results / "campaign=pm-e2e" / "attempt=1"))
+    # The attempt's results: every Parquet part of attempt 1.
+    out = storage.read_parquet(CampaignPaths(str(results), "pm-e2e").attempt(1).dir)
     out = out.sort("row_index")
     assert out.height == N and out["row_index"].to_list() == list(range(N))
     assert summary["by_status"] == {"accepted": 56, "invalid": 2, "rejected": 2, "failed": 0, "unknown": 0}

@@ -14,14 +14,13 @@ from support import sandbox_clock
 
 from providers.postman import PostmanProvider
 from sandbox.client import SandboxClient
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from tasks.plan import plan_campaign
-from tasks.send import send_rows
-from tasks.send_engine import RetryPolicy
+from tasks.send_engine import RetryPolicy, send_rows
 from tasks.validate import validate_recipients
 
 pytestmark = pytest.mark.integration

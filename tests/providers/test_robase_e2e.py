@@ -13,9 +13,10 @@ from support import prefect_harness, provider_sandbox
 
 from flows.campaign import send_campaign
 from flows.retry import retry_failed
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.results import CampaignPaths
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +50,8 @@ def write_csv(path: Path) -> Path:
 
 
 def attempt(results: Path, n: int) -> pl.DataFrame:
-    # The attempt's results: every Parquet part under <results>/campaign=<id>/attempt=<n>/.
-    return storage.read_parquet(str(results / "campaign=rb-e2e" / f"attempt={n}")).sort("row_index")
+    # The attempt's results: every Parquet part of attempt n.
+    return storage.read_parquet(CampaignPaths(str(results), "rb-e2e").attempt(n).dir).sort("row_index")
 
 
 def test_campaign_and_retry_match_the_ledger(sandbox: SandboxServer, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from support import sandbox_clock
 from providers.base import Batch
 from providers.robase import RobaseProvider
 from sandbox.client import SandboxClient
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast.campaign import CampaignSpec
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status

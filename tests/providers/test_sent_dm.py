@@ -28,8 +28,7 @@ from smscast.errors import (
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from tasks.plan import plan_campaign
-from tasks.send import batches_of, send_rows
-from tasks.send_engine import RetryPolicy
+from tasks.send_engine import RetryPolicy, batches_of, send_rows
 from tasks.validate import validate_recipients
 
 SETTINGS = ProviderSettings(base_url="http://sent.test", api_key=Secret("sdm-key-1"))

@@ -14,7 +14,7 @@ from support import sandbox_clock
 from providers.base import Batch
 from providers.sent_dm import REJECTED_CODE, SentDmProvider
 from sandbox.client import SandboxClient
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast.campaign import CampaignSpec
 from smscast.errors import BatchRejectedError, CampaignStopError
 from smscast.settings import ProviderSettings, Secret

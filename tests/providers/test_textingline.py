@@ -31,8 +31,7 @@ from smscast.errors import (
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from tasks.plan import plan_campaign
-from tasks.send import send_rows
-from tasks.send_engine import RetryPolicy
+from tasks.send_engine import RetryPolicy, send_rows
 from tasks.validate import validate_recipients
 
 BASE = "http://textingline.test"
@@ -122,7 +121,7 @@ def test_capabilities_follow_the_document() -> None:
     assert caps.rate_per_second == pytest.approx(5 / 60) and caps.burst == 1
     assert caps.idempotency is Idempotency.BATCH_AND_ROW and caps.resend_safe
     assert caps.rejection is Rejection.WHOLE_BATCH and caps.outcome is OutcomeTiming.ASYNC
-    assert caps.unique_phones_per_batch and caps.sender_required
+    assert caps.sender_required
     assert caps.default_base_url == "https://platform.textingline.com"
 
 

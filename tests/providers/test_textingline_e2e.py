@@ -19,9 +19,11 @@ from flows.campaign import send_campaign
 from providers.base import StatusLookup
 from providers.registry import make_provider
 from sandbox.emulators import textingline as tl
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
+from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import CampaignStopError
+from smscast.results import CampaignPaths
 from smscast.status import Status
 
 pytestmark = pytest.mark.integration
@@ -82,9 +84,7 @@ def spec_for(sandbox: SandboxServer, tmp_path: Path, cid: str, source: Path, **k
 
 
 def results_of(tmp_path: Path, cid: str) -> pl.DataFrame:
-    return pl.read_parquet(str(tmp_path / "res" / f"campaign={cid}" / "attempt=1" / "*.parquet")).sort(
-        "row_index"
-    )
+    return storage.read_parquet(CampaignPaths(str(tmp_path / "res"), cid).attempt(1).dir).sort("row_index")
 
 
 def test_campaign_results_match_the_ledger_row_for_row(sandbox: SandboxServer, tmp_path: Path) -> None:

@@ -16,13 +16,12 @@ from support import sandbox_clock
 from providers.textingline import TextinglineProvider
 from sandbox.client import SandboxClient
 from sandbox.emulators import textingline as tl
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.settings import ProviderSettings, Secret
 from tasks.plan import plan_campaign
-from tasks.send import send_rows
-from tasks.send_engine import RetryPolicy
+from tasks.send_engine import RetryPolicy, send_rows
 from tasks.validate import validate_recipients
 
 pytestmark = pytest.mark.integration

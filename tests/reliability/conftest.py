@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from reliability.harness import KEY, PROVIDERS, START_KNOBS, ProviderSetup, Sizes, Soak
 
-from sandbox.server import SandboxServer
 from servers.prefect_server import PrefectServer
+from servers.sandbox import SandboxServer
 
 
 class SharedApiSoak(Soak):

@@ -40,9 +40,9 @@ import polars as pl
 import psutil
 
 from sandbox.client import SandboxClient
-from sandbox.server import SandboxServer
+from servers.sandbox import SandboxServer
 from smscast import storage
-from smscast.lock import lock_uri
+from smscast.results import AttemptPaths, CampaignPaths
 from tasks.current import current_results
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -485,27 +485,26 @@ class Soak:
 
     # -- files --
 
-    def attempt_dir(self, c: Campaign, attempt: int = 1) -> str:
-        return f"{self.results}/campaign={c.cid}/attempt={attempt}"
+    def paths(self, c: Campaign) -> CampaignPaths:
+        return CampaignPaths(self.results, c.cid)
 
-    def work_dir(self, c: Campaign, attempt: int = 1) -> str:
-        return f"{self.results}/_work/campaign={c.cid}/attempt={attempt}"
+    def attempt(self, c: Campaign, n: int = 1) -> AttemptPaths:
+        return self.paths(c).attempt(n)
 
     def phase_on_disk(self, c: Campaign) -> str:
         """How far attempt 1 got, from what it left on disk."""
-        if storage.exists(f"{self.attempt_dir(c)}/_SUCCESS"):
+        if storage.exists(self.attempt(c).done):
             return "complete"
-        parts = [f for f in storage.list_files(f"{self.attempt_dir(c)}/") if "/part-s" in f]
-        if parts:
+        if self.attempt(c).shard_parts():
             return "persist"  # a shard's results written, the attempt not yet complete
-        if storage.exists(f"{self.work_dir(c)}/plan/manifest.json"):
+        if storage.exists(self.attempt(c).manifest):
             return "send"
-        if storage.exists(f"{self.results}/_work/campaign={c.cid}/spec.json"):
+        if storage.exists(self.paths(c).spec):
             return "plan"
         return "startup"
 
     def lock_expiry(self, c: Campaign) -> float | None:
-        raw = storage.get_versioned(lock_uri(self.results, c.cid))
+        raw = storage.get_versioned(self.paths(c).lock)
         if raw is None:
             return None
         return float(json.loads(raw[0]).get("expires_at", 0.0))
@@ -513,7 +512,7 @@ class Soak:
     def move_lock_elsewhere(self, c: Campaign) -> None:
         """Make the campaign's lock look as if its holder ran on another machine, where no process can be
         inspected: only its lease can free it then."""
-        uri = lock_uri(self.results, c.cid)
+        uri = self.paths(c).lock
         raw = storage.get_versioned(uri)
         assert raw is not None, "no lock to move"
         storage.put_bytes(uri, json.dumps({**json.loads(raw[0]), "host": "another-machine"}).encode())
@@ -558,11 +557,11 @@ class Soak:
         fraction = None
         if plan.startswith("send@"):  # a fixed moment: send@40 = once 40 % of the rows are handled
             plan, fraction = "send", int(plan.removeprefix("send@")) / 100
-        spec_uri = f"{self.results}/_work/campaign={c.cid}/spec.json"
-        parts_dir = f"{self.attempt_dir(c)}/"
+        spec_uri = self.paths(c).spec
+        first = self.attempt(c)
         if plan == "plan" and storage.exists(spec_uri):
             plan = "startup"
-        if plan == "persist" and any("/part-s" in f for f in storage.list_files(parts_dir)):
+        if plan == "persist" and first.shard_parts():
             plan = "startup"
         stats = self.stats()
         before = int(stats["accepted"]) + int(stats["duplicates"])
@@ -570,14 +569,14 @@ class Soak:
         # yet (and the few batches that were in flight); without, the batches never started.
         remaining = max(1, c.n_valid - int(stats["accepted"]))
         if not self.setup.resend_safe:
-            started = [f for f in storage.list_files(f"{self.work_dir(c)}/journal/") if f.endswith(".intent")]
+            started = [f for f in storage.list_files(f"{first.journals}/") if f.endswith(".intent")]
             remaining = max(1, c.n_valid - len(started) * self.batch_size(c))
         if fraction is None:
             fraction = rng.uniform(0.1, 0.9) if rng is not None else 0.5
         target = before + max(1, int(fraction * max(1, remaining)))
         delay = rng.uniform(0.3, 3.0) if rng is not None else 1.0
-        planned_before = storage.exists(f"{self.work_dir(c)}/plan/manifest.json")
-        parts_before = len([f for f in storage.list_files(parts_dir) if "/part-s" in f])
+        planned_before = storage.exists(first.manifest)
+        parts_before = len(first.shard_parts())
         run = self.start(c, "send", lease=lease)
         while run.poll() is None:
             if time.monotonic() - run.started > timeout:
@@ -590,7 +589,7 @@ class Soak:
             elif plan == "send":
                 fired = self.processed() >= target
             elif plan == "persist":
-                fired = any("/part-s" in f for f in storage.list_files(parts_dir))
+                fired = bool(first.shard_parts())
             else:
                 raise ValueError(plan)
             if fired:
@@ -619,11 +618,11 @@ class Soak:
     ) -> str:
         """Where a kill landed, from what this run changed: it had not taken the campaign's lock yet
         (`startup`: imports, Prefect's temporary API), it was planning, sending (and how far), or persisting."""
-        raw = storage.get_versioned(lock_uri(self.results, c.cid))
+        raw = storage.get_versioned(self.paths(c).lock)
         owner = str(json.loads(raw[0]).get("owner", "")) if raw is not None else ""
         if f":{run.pid}:" not in owner:
             return "startup"
-        if len([f for f in storage.list_files(f"{self.attempt_dir(c)}/") if "/part-s" in f]) > parts_before:
+        if len(self.attempt(c).shard_parts()) > parts_before:
             return "persist"
         done = self.processed() - before
         if done > 0:
@@ -722,7 +721,7 @@ def check_campaign(
         problems.append(f"{current.height} current results for {c.n_input} input rows")
     if expect_complete:
         for attempt in sorted({int(a) for a in current["attempt"].unique().to_list()}):
-            if not storage.exists(f"{soak.attempt_dir(c, attempt)}/_SUCCESS"):
+            if not storage.exists(soak.attempt(c, attempt).done):
                 problems.append(f"attempt {attempt} has no _SUCCESS")
     ledger = ledger_frame(soak.client, soak.emu)
     per_phone = ledger.group_by("to").agg(

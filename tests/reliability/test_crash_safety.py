@@ -36,7 +36,7 @@ from reliability.harness import CliRun, Report, Soak, check_campaign, ledger_fra
 
 from smscast import storage
 from smscast.lock import CampaignLock
-from smscast.progress import Stop
+from smscast.runtime import Stop
 from tasks.current import current_results
 
 pytestmark = pytest.mark.integration
@@ -88,14 +88,11 @@ def test_resuming_an_interrupted_multi_shard_retry_sends_nothing_twice(
 
     soak.client.set_faults(provider=soak.emu, latency_ms=600)
     retry = soak.start(c, "retry")
-    parts = f"{soak.attempt_dir(c, 2)}/"
+    second = soak.attempt(c, 2)
     wait_for(
         lambda: (
             retry.poll() is not None
-            or (
-                any("/part-s" in f for f in storage.list_files(parts))
-                and soak.client.health()["entries"] >= 2300
-            )
+            or (bool(second.shard_parts()) and soak.client.health()["entries"] >= 2300)
         ),
         300,
         "two shards' results and the third shard under way",

@@ -62,7 +62,7 @@ def duplicate_runs(soak: Soak, report: Report, rows: int) -> None:
     assert LOCKED_MESSAGE in second.output(), second.tail()
     assert first.wait(600) == 0, first.tail()
     verdict = check_campaign(soak, c)
-    manifest = json.loads(storage.get_bytes(f"{soak.work_dir(c)}/plan/manifest.json"))
+    manifest = json.loads(storage.get_bytes(soak.attempt(c).manifest))
     planned_batches = sum(s["batches"] for s in manifest["shards"])  # sent.dm plans per template value
     stats = soak.stats()
     # Nothing was sent twice, not even in a way the provider would recognise.

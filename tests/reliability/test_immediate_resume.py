@@ -27,7 +27,8 @@ import pytest
 from reliability.harness import PROJECT_ROOT, Report, Soak, check_campaign, selected_providers
 
 from smscast import storage
-from smscast.lock import CampaignLock, lock_uri
+from smscast.lock import CampaignLock
+from smscast.results import CampaignPaths
 
 pytestmark = pytest.mark.integration
 
@@ -57,11 +58,11 @@ def test_a_lock_holder_killed_on_this_machine_is_taken_over_at_once(tmp_path: Pa
     finally:
         child.kill()  # SIGKILL: no release, no last heartbeat
         child.wait()
-    held = json.loads(storage.get_bytes(lock_uri(results, "dead")))
+    held = json.loads(storage.get_bytes(CampaignPaths(results, "dead").lock))
     assert held["pid"] == child.pid and held["expires_at"] > time.time() + 30  # its lease runs for long yet
     with CampaignLock(results, "dead", lease=30) as heir:  # no wait: it would raise if it had to
         assert heir.takeover is not None and f"process {child.pid} on this machine is gone" in heir.takeover
-        assert json.loads(storage.get_bytes(lock_uri(results, "dead")))["owner"] == heir.owner
+        assert json.loads(storage.get_bytes(CampaignPaths(results, "dead").lock))["owner"] == heir.owner
 
 
 def kill_and_rerun_at_once(soak: Soak, report: Report, *, cid: str, rows: int, kills: int) -> None:

@@ -25,8 +25,7 @@ from smscast.campaign import CampaignSpec
 from smscast.lock import CampaignLock
 from smscast.settings import ProviderSettings, Secret
 from tasks.plan import plan_campaign
-from tasks.send import send_rows
-from tasks.send_engine import RetryPolicy
+from tasks.send_engine import RetryPolicy, send_rows
 from tasks.validate import validate_recipients
 
 

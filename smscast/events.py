@@ -15,26 +15,28 @@ def campaign_resource(campaign_id: str) -> dict[str, str]:
 
 
 def emit_campaign_finished(
-    summary: dict[str, Any], results: str, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    summary: dict[str, Any],
+    results: str,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> None:
-    """Counts, the results location and whether failures remain; never recipient data."""
+    """Counts, the results location and whether failures remain (the summary's `needs_retry`); never
+    recipient data."""
     try:
         from prefect.events import emit_event
 
-        by_status = summary.get("by_status", {})
         emit_event(
             CAMPAIGN_FINISHED,
             resource={
                 **campaign_resource(summary["campaign_id"]),
                 "smscast.provider": str(summary.get("provider", "")),
-                "smscast.needs-retry": "true" if by_status.get("failed", 0) else "false",
+                "smscast.needs-retry": "true" if summary["needs_retry"] else "false",
             },
             payload={
                 "campaign_id": summary["campaign_id"],
                 "attempt": summary.get("attempt"),
                 "provider": summary.get("provider"),
                 "results": results,
-                "by_status": by_status,
+                "by_status": summary.get("by_status", {}),
                 "segments_accepted": summary.get("segments_accepted"),
             },
         )

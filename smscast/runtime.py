@@ -1,5 +1,11 @@
-"""Progress shared by the shard threads of one campaign run: a throttled log line on the terminal and a
-Prefect progress artifact, both at most every `every` seconds so that reporting never slows sending."""
+"""What the shard threads of one campaign run share, and the process-wide registry they find it in:
+
+* `Stop`, the stop signal: set once (a campaign-stopping refusal, a lost lock), checked before every request;
+* `Progress`: a throttled log line on the terminal and a Prefect progress artifact, both at most every
+  `every` seconds so that reporting never slows sending;
+* `Runtime`, the two together, registered under a key (`register`/`lookup`/`unregister`): a Prefect task
+  takes only serialisable parameters, so the shard tasks get the key and look their run's runtime up.
+"""
 
 from __future__ import annotations
 
@@ -86,7 +92,7 @@ class Runtime:
     """What the shard threads of one run share: the stop signal and the progress."""
 
     def __init__(self, progress: Progress, stop: Stop | None = None) -> None:
-        self.abort = stop or Stop()
+        self.stop = stop or Stop()
         self.progress = progress
 
 

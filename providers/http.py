@@ -1,0 +1,43 @@
+"""Reading and writing HTTP for provider modules: JSON in and out, Retry-After."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Retry-After as seconds, from either delta-seconds or an HTTP date; None when absent or unreadable."""
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def json_request(method: str, url: str, payload: Any, headers: dict[str, str]) -> httpx.Request:
+    """A JSON request serialised with orjson (httpx's `json=` uses the standard library, ~5x slower for a
+    batch of a thousand messages)."""
+    return httpx.Request(
+        method, url, content=orjson.dumps(payload), headers={**headers, "Content-Type": "application/json"}
+    )
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The response's JSON, or None when it is not JSON (a proxy's HTML error page, an empty body)."""
+    try:
+        return orjson.loads(response.content)
+    except ValueError:
+        return None

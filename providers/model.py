@@ -1,0 +1,153 @@
+"""The data a provider module declares and exchanges with the pipeline: its capabilities, the batch it is
+given, the outcome per row it answers, the rules it adds to validation and the statuses its lookup reads.
+providers/base.py re-exports all of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+import polars as pl
+
+from smscast.campaign import CampaignSpec
+from smscast.status import Status
+
+
+class Idempotency(StrEnum):
+    HEADER = "header"  # one key per request, in a header: a re-send is safe only with the same batch
+    ROW = "row"  # a key per row in the body
+    BATCH_AND_ROW = "batch_and_row"  # a key for the request and one per row
+    CLIENT_ID = "client_id"  # the provider de-duplicates on our per-row reference
+    NONE = "none"  # nothing: a re-send after an unknown outcome can duplicate
+
+
+class Rejection(StrEnum):
+    """How the provider refuses a bad row. Which refusals a split can remove is the module's knowledge (the
+    refusal's code or details, `BatchRejectedError.retryable_split`): a PER_ROW provider refuses a whole
+    request for a row too (sent.dm's malformed `to`), and a WHOLE_BATCH one for causes no row carries."""
+
+    PER_ROW = "per_row"  # bad rows are refused one by one, the rest go through
+    WHOLE_BATCH = "whole_batch"  # one bad row fails the whole request: the engine bisects to isolate it
+
+
+class OutcomeTiming(StrEnum):
+    SYNC = "sync"  # per-recipient result (and usually a message id) in the response
+    ASYNC = "async"  # a job/batch reference now, per-recipient status from `lookup_status` later
+
+
+class Content(StrEnum):
+    BODY = "body"  # we send the text
+    TEMPLATE = "template"  # the provider renders a template it holds
+    EITHER = "either"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """A provider's limits and behaviour, declared as data (dlt-style) and read by validate, plan, send and the
+    provider base. Limits that depend on settings come from `Provider.capabilities`."""
+
+    name: str
+    max_rows: int
+    min_rows: int = 1
+    max_body_chars: int | None = None  # characters, as the provider counts them
+    max_segments: int | None = None
+    max_request_bytes: int | None = None  # a request over it is never sent: split instead
+    rate_per_second: float = 10.0  # documented request rate
+    burst: int = 1
+    concurrency: int = 4
+    idempotency: Idempotency = Idempotency.NONE
+    rejection: Rejection = Rejection.PER_ROW
+    outcome: OutcomeTiming = OutcomeTiming.SYNC
+    content: Content = Content.BODY
+    template_body: bool = False  # the provider template can carry our rendered text as one {{body}} parameter
+    supports_media: bool = False  # a `media_url` row is an MMS and needs no body
+    sender_required: bool = False
+    sender_pattern: str | None = None  # full-match regex for the sender id
+    request_timeout: float = 30.0
+    default_base_url: str | None = None
+
+    def sends_body(self, spec: CampaignSpec) -> bool:
+        """Whether rows carry our text (rendered from --body or a body column) rather than only template
+        variables: then body presence, length and segments are checked."""
+        if spec.template is None:
+            return True
+        return self.template_body and not spec.template_vars
+
+    @property
+    def resend_safe(self) -> bool:
+        """Whether re-sending a batch whose outcome is unknown cannot create a second message."""
+        return self.idempotency is not Idempotency.NONE
+
+    def bisects(self, rows: int) -> bool:
+        """Whether a batch of `rows` that the provider refused as a whole, for a cause a split can remove (a
+        row that refuses its whole request, a request too large), is worth sending in halves: each half must
+        still be a request the provider takes (`min_rows`), else it is refused for its size alone."""
+        return rows >= max(2, 2 * self.min_rows)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One provider request's worth of rows. `rows` has at least row_index, recipient_id, phone, body,
+    idempotency_key, plus the template variables and the optional language, media_url and send_at."""
+
+    campaign_id: str
+    batch_id: str
+    batch_key: str  # idempotency key for the request as a whole
+    rows: pl.DataFrame
+    spec: CampaignSpec
+
+    def __len__(self) -> int:
+        return self.rows.height
+
+    def subset(self, positions: Sequence[int], suffix: str) -> Batch:
+        """A part of this batch (bisection). Its key is derived so the provider never confuses the two."""
+        # "-": the one separator every vendor's key alphabet allows (sent.dm: [A-Za-z0-9_-]).
+        return Batch(
+            campaign_id=self.campaign_id,
+            batch_id=f"{self.batch_id}-{suffix}",
+            batch_key=f"{self.batch_key}-{suffix}",
+            rows=self.rows[list(positions)],
+            spec=self.spec,
+        )
+
+
+class RowOutcome(NamedTuple):
+    # A NamedTuple, not a dataclass: one is built per recipient on the hot path, and a tuple is ~5x cheaper
+    # to make and transposes to columns with zip(*outcomes) in C.
+    status: Status
+    error_code: str | None = None
+    error_message: str | None = None
+    provider_message_id: str | None = None
+    provider_batch_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """A rule every row must pass, vectorised: `valid` is a Polars expression that is true for rows that pass
+    (null counts as failing). Validation's own rules and each provider's (`Provider.row_rules`) are both
+    of this type. Columns available: phone, body, chars, encoding, segments, language, media_url, send_at and
+    the template variables."""
+
+    code: str
+    message: str
+    valid: pl.Expr
+    # Input columns the rule needs: a provider's rule is skipped if one is absent. The first is the column
+    # the failure is reported against (phone when none is named).
+    columns: tuple[str, ...] = ()
+
+    @property
+    def column(self) -> str:
+        return self.columns[0] if self.columns else "phone"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusLookup:
+    """A per-recipient status from an async provider's lookup endpoint, for the reconcile step."""
+
+    phone: str
+    status: Status
+    provider_status: str
+    provider_message_id: str | None = None
+    error_code: str | None = None
