@@ -5,7 +5,7 @@ large campaigns, every fault mix, the duplicate-run checks, for each provider, p
     python benchmarks/soak.py --rows 200000 --kills 8 --seed 42 --providers postman,sandbox
     python benchmarks/soak.py --short               # what CI runs
 
-It sets the SMSCAST_SOAK_* variables (tests/reliability/harness.py) and runs pytest; the per-provider summary
+It sets the SMSCAST_SOAK_* variables (tests/reliability/settings.py) and runs pytest; the per-provider summary
 (kill points, fault mixes, duplicates, losses, unknowns) is printed at the end and written to
 <pytest basetemp>/soak-summary.md.
 """

@@ -27,6 +27,7 @@ import importlib
 import io
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -80,6 +81,17 @@ def load_emulator(name: str) -> type[Emulator]:
 
 def _error(status: int, code: str, message: str) -> Response:
     return json_response({"error": {"code": code, "message": message}}, status)
+
+
+async def _json_object(request: Request, expected: str) -> dict[str, Any] | Response:
+    """An admin call's JSON object body (empty: {}), or the 400 answer that says what was expected."""
+    try:
+        payload = orjson.loads(await request.body() or b"{}")
+    except orjson.JSONDecodeError as exc:
+        return _error(400, "invalid_json", str(exc))
+    if not isinstance(payload, dict):
+        return _error(400, "invalid_request", expected)
+    return payload
 
 
 class _Admin:
@@ -177,12 +189,9 @@ class _Admin:
         return json_response(self.state.faults.snapshot())
 
     async def set_faults(self, request: Request) -> Response:
-        try:
-            payload = orjson.loads(await request.body() or b"{}")
-        except orjson.JSONDecodeError as exc:
-            return _error(400, "invalid_json", str(exc))
-        if not isinstance(payload, dict):
-            return _error(400, "invalid_request", "a JSON object of knobs")
+        payload = await _json_object(request, "a JSON object of knobs")
+        if isinstance(payload, Response):
+            return payload
         try:
             provider = self._provider(payload.pop("provider", None))
             self.state.faults.update(payload, provider)
@@ -204,12 +213,9 @@ class _Admin:
         return json_response(self.state.clock.snapshot())
 
     async def set_clock(self, request: Request) -> Response:
-        try:
-            payload = orjson.loads(await request.body() or b"{}")
-        except orjson.JSONDecodeError as exc:
-            return _error(400, "invalid_json", str(exc))
-        if not isinstance(payload, dict):
-            return _error(400, "invalid_request", 'a JSON object: {"freeze"?: bool, "advance"?: seconds}')
+        payload = await _json_object(request, 'a JSON object: {"freeze"?: bool, "advance"?: seconds}')
+        if isinstance(payload, Response):
+            return payload
         try:
             self.state.clock.update(payload)
         except ValueError as exc:

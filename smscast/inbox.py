@@ -241,7 +241,7 @@ def watch(
 ) -> None:
     """Poll until `stop` is set. A failed poll (S3 or the Prefect server unreachable) is logged and retried
     at the next interval; nothing is recorded for it."""
-    from smscast.storage import redact
+    from smscast.locations import redact
 
     stop = stop or threading.Event()
     first = True

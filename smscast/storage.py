@@ -1,11 +1,5 @@
-"""One small I/O layer for local paths and s3:// URIs.
-
-S3 settings come from the standard AWS variables, read at call time:
-
-* AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL (an S3-compatible server such as SeaweedFS; unset = AWS itself)
-* AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (optional)
-* AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1
-* AWS_ALLOW_HTTP=true, implied when the endpoint is http://
+"""One small I/O layer for local paths and s3:// URIs (which URI is where, and the S3 client built from the
+AWS variables: smscast/locations.py).
 
 Paths are "directories" for `list_files`, `read_parquet` and `exists`: `s3://b/results/campaign=a` covers
 `s3://b/results/campaign=a/...` but not `s3://b/results/campaign=ab/...`, the same as on a local disk.
@@ -17,20 +11,30 @@ boto3 so that a Parquet file is a single PUT. No credential ever goes into an ex
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING
 
 import polars as pl
 
+from smscast.locations import (
+    error_code,
+    is_not_found,
+    is_s3,
+    join,
+    redact,
+    s3_client,
+    s3_uri,
+    split_s3,
+    storage_options,
+    to_local_path,
+)
+
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 __all__ = [
@@ -52,135 +56,6 @@ __all__ = [
     "to_local_path",
     "write_parquet",
 ]
-
-DEFAULT_REGION = "us-east-1"
-
-
-# -- URIs ---------------------------------------------------------------------------------------------------
-
-
-def is_s3(uri: str) -> bool:
-    return uri[:5].lower() == "s3://"
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """`s3://bucket/a/b` -> ("bucket", "a/b"). The key may be empty."""
-    if not is_s3(uri):
-        raise ValueError(f"not an s3:// URI: {uri}")
-    bucket, _, key = uri[5:].partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in {uri}")
-    return bucket, key
-
-
-def to_local_path(uri: str | os.PathLike[str]) -> Path:
-    """A local path from a plain path or a file:// URI."""
-    text = os.fspath(uri)
-    if text[:7].lower() == "file://":
-        parts = urlsplit(text)
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file:// URI with a remote host is not supported: {text}")
-        return Path(unquote(parts.path))
-    if is_s3(text):
-        raise ValueError(f"not a local path: {text}")
-    return Path(text)
-
-
-def join(base: str, *parts: str) -> str:
-    """Join path segments onto a local path or an s3:// URI with `/`."""
-    out = base.rstrip("/")
-    for part in parts:
-        out = f"{out}/{part.strip('/')}"
-    return out
-
-
-def _s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{key}"
-
-
-# -- settings -----------------------------------------------------------------------------------------------
-
-
-def _settings() -> tuple[str | None, str | None, str | None, str | None, str, bool]:
-    env = os.environ
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-    allow_http = env.get("AWS_ALLOW_HTTP", "").strip().lower() in ("1", "true", "yes", "on") or bool(
-        endpoint and endpoint.lower().startswith("http://")
-    )
-    return (
-        endpoint,
-        env.get("AWS_ACCESS_KEY_ID") or None,
-        env.get("AWS_SECRET_ACCESS_KEY") or None,
-        env.get("AWS_SESSION_TOKEN") or None,
-        region,
-        allow_http,
-    )
-
-
-def storage_options(uri: str) -> dict[str, str] | None:
-    """Polars `storage_options` for an s3:// URI from the AWS environment variables; None for a local path."""
-    if not is_s3(uri):
-        return None
-    endpoint, key_id, secret, token, region, allow_http = _settings()
-    options: dict[str, str] = {"aws_region": region}
-    if endpoint:
-        options["aws_endpoint_url"] = endpoint
-    if key_id:
-        options["aws_access_key_id"] = key_id
-    if secret:
-        options["aws_secret_access_key"] = secret
-    if token:
-        options["aws_session_token"] = token
-    if allow_http:
-        options["aws_allow_http"] = "true"
-    return options
-
-
-def redact(text: str) -> str:
-    """`text` with any configured AWS secret, session token or access key id replaced by ***."""
-    _, key_id, secret, token, _, _ = _settings()
-    for value in (secret, token, key_id):
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
-def s3_client() -> S3Client:
-    """A boto3 S3 client from the same environment settings (cached per distinct settings; thread-safe)."""
-    return _client_for(_settings())
-
-
-@functools.lru_cache(maxsize=8)
-def _client_for(settings: tuple[str | None, str | None, str | None, str | None, str, bool]) -> S3Client:
-    import boto3
-    from botocore.config import Config
-
-    endpoint, key_id, secret, token, region, _allow_http = settings
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        aws_session_token=token,
-        region_name=region,
-        config=Config(
-            s3={"addressing_style": "path"} if endpoint else {},
-            connect_timeout=5,
-            read_timeout=60,
-            retries={"max_attempts": 5, "mode": "standard"},
-        ),
-    )
-
-
-def _error_code(exc: Exception) -> str:
-    response: Any = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-def _is_not_found(exc: Exception) -> bool:
-    return _error_code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
-
 
 # -- Parquet ------------------------------------------------------------------------------------------------
 
@@ -266,7 +141,7 @@ def get_bytes(uri: str) -> bytes:
         try:
             return client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 raise FileNotFoundError(f"no such object: {uri}") from None
             raise
     return to_local_path(uri).read_bytes()
@@ -282,9 +157,9 @@ def get_range(uri: str, length: int) -> bytes:
             resp = s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{length - 1}")
             return resp["Body"].read()[:length]
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 raise FileNotFoundError(f"no such object: {uri}") from None
-            if _error_code(exc) == "InvalidRange":  # an empty object
+            if error_code(exc) == "InvalidRange":  # an empty object
                 return b""
             raise
     with to_local_path(uri).open("rb") as fh:
@@ -309,7 +184,7 @@ def _s3_head(bucket: str, key: str) -> int | None:
     try:
         return int(s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
     except Exception as exc:
-        if _is_not_found(exc):
+        if is_not_found(exc):
             return None
         raise
 
@@ -328,7 +203,7 @@ def exists(uri: str) -> bool:
             client.head_bucket(Bucket=bucket)
             return True
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 return False
             raise
     if not key.endswith("/") and _s3_head(bucket, key) is not None:
@@ -336,7 +211,7 @@ def exists(uri: str) -> bool:
     try:
         resp = client.list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
     except Exception as exc:
-        if _is_not_found(exc):
+        if is_not_found(exc):
             return False
         raise
     return bool(resp.get("KeyCount") or resp.get("Contents"))
@@ -367,7 +242,7 @@ def _list_s3(prefix_uri: str, suffix: str) -> list[str]:
     prefix = key if (not key or key.endswith("/")) else key + "/"
     out: list[str] = []
     if key and not key.endswith("/") and _s3_head(bucket, key) is not None:
-        out.append(_s3_uri(bucket, key))
+        out.append(s3_uri(bucket, key))
     paginator = client.get_paginator("list_objects_v2")
     try:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
@@ -375,9 +250,9 @@ def _list_s3(prefix_uri: str, suffix: str) -> list[str]:
                 name = obj.get("Key", "")
                 base = name.rsplit("/", 1)[-1]
                 if base and not base.startswith(".") and name.endswith(suffix):
-                    out.append(_s3_uri(bucket, name))
+                    out.append(s3_uri(bucket, name))
     except Exception as exc:
-        if _is_not_found(exc):
+        if is_not_found(exc):
             return []
         raise
     return sorted({f for f in out if f.endswith(suffix)})
@@ -392,7 +267,7 @@ def delete(uri: str) -> None:
         try:
             s3_client().delete_object(Bucket=bucket, Key=key)
         except Exception as exc:
-            if not _is_not_found(exc):
+            if not is_not_found(exc):
                 raise
         return
     path = to_local_path(uri)
@@ -430,7 +305,7 @@ def get_versioned(uri: str) -> tuple[bytes, str] | None:
         try:
             obj = s3_client().get_object(Bucket=bucket, Key=key)
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 return None
             raise
         return obj["Body"].read(), str(obj["ETag"])
@@ -451,7 +326,7 @@ def put_if(uri: str, data: bytes, version: str | None) -> str | None:
         try:
             response = s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)  # type: ignore[arg-type]
         except Exception as exc:
-            if _error_code(exc) in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
+            if error_code(exc) in {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}:
                 return None
             raise
         return str(response["ETag"])

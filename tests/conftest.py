@@ -45,7 +45,8 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 import support  # noqa: E402
 from fixtures_servers import postgres, s3_bucket, seaweed  # noqa: E402, F401
-from reliability.harness import Report, soak_seed  # noqa: E402
+from reliability.report import Report  # noqa: E402
+from reliability.settings import soak_seed  # noqa: E402
 
 # ---- Real servers on loopback: SeaweedFS (S3) and PostgreSQL ----------------------------------------------
 # Defined in tests/fixtures_servers.py; mark the tests that use them with @pytest.mark.integration.
@@ -119,7 +120,7 @@ def soak_report(request: pytest.FixtureRequest) -> Report:
 
 
 def _merge(report: Report, shipped: dict[str, Any]) -> None:
-    """Add a worker's tallies (harness.ProviderTally as a dict) to `report`: counts summed, lists joined."""
+    """Add a worker's tallies (report.ProviderTally as a dict) to `report`: counts summed, lists joined."""
     for provider, fields in shipped["tallies"].items():
         tally = report.tally(provider)
         for name, value in fields.items():

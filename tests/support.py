@@ -1,4 +1,5 @@
-"""Helpers shared by the integration tests: recipient files and the results-versus-ledger invariants."""
+"""Helpers shared by the integration tests: recipient files and the results-versus-ledger invariants (one
+checker, ledger_problems, for the flow tests and the reliability suite)."""
 
 from __future__ import annotations
 
@@ -28,26 +29,86 @@ def write_recipients(
     return path
 
 
+_LEDGER_KEYS = {"to": pl.String, "key": pl.String, "message_id": pl.String, "batch": pl.String}
+
+
 def ledger_frame(client: SandboxClient, provider: str) -> pl.DataFrame:
+    """The sandbox's ledger for one emulator, every field of its entries; `to`, `key`, `message_id` and
+    `batch` are strings, also in an empty ledger."""
     entries = client.ledger(provider=provider)
     if not entries:
-        return pl.DataFrame(schema={"to": pl.String, "key": pl.String, "message_id": pl.String})
-    return pl.DataFrame(entries)
+        return pl.DataFrame(schema=_LEDGER_KEYS)
+    return pl.DataFrame(entries).with_columns(pl.col(name).cast(kind) for name, kind in _LEDGER_KEYS.items())
+
+
+def ledger_by_phone(ledger: pl.DataFrame) -> pl.DataFrame:
+    """One row per phone the ledger holds: its number of entries `n`, and the first one's message id and batch."""
+    return ledger.group_by("to").agg(
+        n=pl.len(), message_id=pl.col("message_id").first(), batch=pl.col("batch").first()
+    )
+
+
+def ledger_problems(
+    current: pl.DataFrame, ledger: pl.DataFrame, n_input: int, *, unknown_may_be_sent: bool = False
+) -> list[str]:
+    """What breaks "the results match the ledger" (none: they match). Every input row 0..n_input-1 has exactly
+    one current result; the ledger holds each phone at most once; every accepted row is in it exactly once,
+    with the message id the results carry, and no two accepted rows share a phone; nothing `invalid`,
+    `rejected` or `failed` is in it, nor any phone no row accounts for. `unknown_may_be_sent`: a provider
+    without idempotency, whose rows in doubt (`unknown`) may each be in the ledger once too."""
+    problems: list[str] = []
+    row_index = current["row_index"]
+    if (
+        current.height != n_input
+        or row_index.n_unique() != n_input
+        or set(row_index.to_list()) != set(range(n_input))
+    ):
+        problems.append(f"{current.height} current results for {n_input} input rows")
+    per_phone = ledger_by_phone(ledger)
+    duplicates = ledger.height - per_phone.height
+    if duplicates:
+        twice = per_phone.filter(pl.col("n") > 1)["to"].head(5).to_list()
+        problems.append(f"{duplicates} duplicate ledger entries (a phone sent twice), e.g. {twice}")
+    in_ledger = set(per_phone["to"].to_list())
+
+    accepted = current.filter(pl.col("status") == "accepted")
+    if accepted["phone"].n_unique() != accepted.height:
+        problems.append(f"{accepted.height - accepted['phone'].n_unique()} accepted rows share a phone")
+    joined = accepted.join(per_phone, left_on="phone", right_on="to", how="left")
+    not_once = joined.filter(pl.col("n").is_null() | (pl.col("n") != 1))
+    if not_once.height:
+        problems.append(
+            f"{not_once.height} accepted rows not in the ledger exactly once, e.g. "
+            f"{not_once['phone'].head(5).to_list()}"
+        )
+    with_id = joined.filter(pl.col("provider_message_id").is_not_null() & pl.col("message_id").is_not_null())
+    wrong_id = with_id.filter(pl.col("provider_message_id") != pl.col("message_id"))
+    if wrong_id.height:
+        problems.append(f"{wrong_id.height} accepted rows carry another message id than the ledger's")
+
+    for status in ("invalid", "rejected", "failed"):
+        sent = current.filter((pl.col("status") == status) & pl.col("phone").is_in(in_ledger))
+        if sent.height:
+            problems.append(
+                f"{sent.height} `{status}` rows are in the ledger, e.g. {sent['phone'].head(3).to_list()}"
+            )
+    allowed = set(accepted["phone"].to_list())
+    if unknown_may_be_sent:
+        allowed |= set(current.filter(pl.col("status") == "unknown")["phone"].to_list())
+    stray = in_ledger - allowed
+    if stray:
+        problems.append(f"{len(stray)} ledger phones no accepted row accounts for, e.g. {sorted(stray)[:3]}")
+    return problems
 
 
 def assert_matches_ledger(
     results: str, campaign_id: str, client: SandboxClient, provider: str, n_input: int
 ) -> pl.DataFrame:
-    """Every input row has exactly one current result; every accepted row is in the ledger exactly once;
-    the ledger holds nothing else for this campaign. Returns the current results."""
+    """The campaign's current results match the sandbox's ledger (ledger_problems): in particular the ledger
+    holds exactly the accepted rows' phones, once each. Returns the current results."""
     current = current_results(results, campaign_id)
-    assert current.height == n_input, f"{current.height} current results for {n_input} input rows"
-    assert current["row_index"].n_unique() == n_input
-    ledger = ledger_frame(client, provider)
-    accepted = current.filter(pl.col("status") == "accepted")
-    assert ledger.height == accepted.height, f"ledger {ledger.height} vs accepted {accepted.height}"
-    assert ledger["to"].n_unique() == ledger.height, "a phone was sent twice"
-    assert sorted(ledger["to"].to_list()) == sorted(accepted["phone"].to_list())
+    problems = ledger_problems(current, ledger_frame(client, provider), n_input)
+    assert not problems, problems
     return current
 
 

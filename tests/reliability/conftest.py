@@ -2,7 +2,7 @@
 one sandbox per provider (module scope). The session's report (`soak_report`) and the per-provider summary
 printed at the end of the run live in tests/conftest.py, which also merges the reports of parallel workers.
 
-Every `smscast send` / `retry` the harness runs talks to one `prefect server start` per test process (an
+Every `smscast send` / `retry` the soak driver runs talks to one `prefect server start` per test process (an
 xdist worker), the way a deployment does, instead of starting Prefect's temporary server for itself: that
 start costs 15-60 s per command on a busy 2-core machine, and a suite of a few dozen commands spent most of
 its time there. A kill still takes the command's whole process tree; the server, like a real one, outlives
@@ -17,14 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability.harness import KEY, PROVIDERS, START_KNOBS, ProviderSetup, Sizes, Soak
+from reliability.provider_setups import PROVIDERS, START_KNOBS, ProviderSetup
+from reliability.settings import KEY, Sizes
+from reliability.soak import Soak
 
 from servers.prefect_server import PrefectServer
 from servers.sandbox import SandboxServer
 
 
 class SharedApiSoak(Soak):
-    """The harness, its commands pointed at the process's Prefect API (None: a temporary one each)."""
+    """The soak driver, its commands pointed at the process's Prefect API (None: a temporary one each)."""
 
     def __init__(
         self, setup: ProviderSetup, server: SandboxServer, root: Path, lease: float, api_url: str | None
@@ -54,7 +56,7 @@ def soak(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, soak_prefect_api: str | None
 ) -> Iterator[Soak]:
     """Indirectly parametrised with a provider name: that provider's emulator in ONE sandbox process for the
-    module, its documented rate limit raised (START_KNOBS), and the harness bound to it."""
+    module, its documented rate limit raised (START_KNOBS), and the soak driver bound to it."""
     setup = PROVIDERS[request.param]
     root = tmp_path_factory.mktemp(f"soak-{setup.name}")
     with SandboxServer(

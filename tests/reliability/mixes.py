@@ -15,19 +15,14 @@ difference of its counters at the window's ends divided by the window's length.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reliability.harness import (
-    START_KNOBS,
-    Campaign,
-    Sizes,
-    Soak,
-    measure_window,
-    total_requests,
-    wait_for_first_request,
-)
+from reliability.processes import CliRun
+from reliability.provider_setups import START_KNOBS
+from reliability.settings import Sizes
+from reliability.soak import Campaign, Soak
 
 # What `smscast retry` runs under: the transient faults gone, the refusals (permanent) kept.
 CLEAR: dict[str, Any] = {
@@ -148,3 +143,54 @@ def throttling(soak: Soak, c: Campaign) -> str:
     # Ignoring the 429s at --rate 40 against the provider's 5/s would mean ~7 refusals per acceptance.
     assert n429 <= ok, f"a retry storm against the provider's rate limit: {n429} x 429 for {ok} accepted"
     return f"limit 5/s: {n429}x429 per {ok} ok"
+
+
+# ---- storm measures ----------------------------------------------------------------------------------------
+
+
+def total_requests(stats: Mapping[str, Any]) -> int:
+    return sum(int(v) for v in stats["requests"].values())
+
+
+@dataclass
+class StormMeasure:
+    seconds: float
+    requests: int
+    throttled: int  # 429s answered
+    ok: int  # 2xx answered
+    configured_rate: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / max(self.seconds, 1e-9)
+
+    def describe(self) -> str:
+        return (
+            f"{self.requests} requests in {self.seconds:.1f}s = {self.rate:.1f}/s vs --rate "
+            f"{self.configured_rate:g}/s ({self.throttled} x 429, {self.ok} x 2xx)"
+        )
+
+
+def measure_window(soak: Soak, seconds: float, configured_rate: float) -> tuple[dict[str, int], StormMeasure]:
+    """Counters over a window of `seconds` from now."""
+    s0, t0 = soak.stats()["requests"], time.monotonic()
+    time.sleep(seconds)
+    s1, t1 = soak.stats()["requests"], time.monotonic()
+    diff = {k: int(s1.get(k, 0)) - int(s0.get(k, 0)) for k in set(s0) | set(s1)}
+    return diff, StormMeasure(
+        seconds=t1 - t0,
+        requests=sum(diff.values()),
+        throttled=diff.get("429", 0),
+        ok=sum(v for k, v in diff.items() if k.startswith("2")),
+        configured_rate=configured_rate,
+    )
+
+
+def wait_for_first_request(soak: Soak, run: CliRun, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while total_requests(soak.stats()) == 0:
+        if run.poll() is not None:
+            raise AssertionError(f"the run ended before its first request:\n{run.tail()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("no request reached the sandbox")
+        time.sleep(0.02)

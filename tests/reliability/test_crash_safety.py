@@ -32,7 +32,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from reliability.harness import CliRun, Report, Soak, check_campaign, ledger_frame
+from reliability.invariants import check_campaign
+from reliability.processes import CliRun
+from reliability.report import Report
+from reliability.soak import Soak
+from support import ledger_frame
 
 from smscast import storage
 from smscast.lock import CampaignLock

@@ -17,16 +17,12 @@ import json
 import time
 
 import pytest
-from reliability.harness import (
-    LOCKED_MESSAGE,
-    Report,
-    Sizes,
-    Soak,
-    check_campaign,
-    rng_for,
-    selected_providers,
-    total_requests,
-)
+from reliability.invariants import check_campaign
+from reliability.mixes import total_requests
+from reliability.provider_setups import selected_providers
+from reliability.report import Report
+from reliability.settings import LOCKED_MESSAGE, Sizes, rng_for
+from reliability.soak import Soak
 
 from smscast import storage
 

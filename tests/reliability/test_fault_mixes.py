@@ -2,7 +2,7 @@
 
 Each mix (mixes.py): the sandbox injects its faults into one provider's API, a real `smscast send` runs the
 campaign, the faults meant to be transient are cleared, `smscast retry` runs while rows remain that it would
-re-send, and the ledger invariants must hold (harness.check_campaign).
+re-send, and the ledger invariants must hold (invariants.check_campaign).
 
     storm429    50 % of requests answered 429 for 4 s mid-send        -> the request rate must back off
     ratelimit   the provider's own limit (5/s) far below our --rate   -> few 429s, not a retry storm
@@ -24,8 +24,12 @@ import os
 import time
 
 import pytest
-from reliability.harness import Report, Sizes, Soak, check_campaign, rng_for, selected_providers
+from reliability.invariants import check_campaign
 from reliability.mixes import MIXES, Mix, apply, clear_transient, markers_for, storm, throttling
+from reliability.provider_setups import selected_providers
+from reliability.report import Report
+from reliability.settings import Sizes, rng_for
+from reliability.soak import Soak
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,11 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability.harness import PROJECT_ROOT, Report, Soak, check_campaign, selected_providers
+from reliability.invariants import check_campaign
+from reliability.provider_setups import selected_providers
+from reliability.report import Report
+from reliability.settings import PROJECT_ROOT
+from reliability.soak import Soak
 
 from smscast import storage
 from smscast.lock import CampaignLock

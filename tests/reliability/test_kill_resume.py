@@ -21,17 +21,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from reliability.harness import (
-    PROVIDERS,
-    Report,
-    Sizes,
-    Soak,
-    check_campaign,
-    rng_for,
-    selected_providers,
-    soak_seed,
-)
+from reliability.invariants import check_campaign
 from reliability.mixes import MIXES, Mix, apply, clear_transient, markers_for
+from reliability.provider_setups import PROVIDERS, selected_providers
+from reliability.report import Report
+from reliability.settings import Sizes, rng_for, soak_seed
+from reliability.soak import Soak
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,83 @@
+"""Sizes, seeds and fixed values of the reliability suite: real `smscast` processes against one sandbox per
+provider, killed with SIGKILL at chosen moments, resumed, retried, and checked against the sandbox's ledger.
+
+Sizes and seeds come from the environment, so the long run can be scaled without editing anything:
+
+    SMSCAST_SOAK_ROWS          recipients per kill campaign   (short 3,000 · long 50,000)
+    SMSCAST_SOAK_KILLS         SIGKILLs per kill campaign     (short 1 · long 4)
+    SMSCAST_SOAK_MIX_ROWS      recipients per fault mix       (short 3,000 · long 10,000)
+    SMSCAST_SOAK_SEND_SECONDS  how long one uninterrupted send phase should last, so that kills land in it
+                               (short 4 · long 8); the sandbox's latency is derived from it
+    SMSCAST_SOAK_SEED          seed of every random choice (default: drawn and printed)
+    SMSCAST_SOAK_PROVIDERS     comma-separated subset of providers (default: all six)
+    SMSCAST_SOAK_MIXES         comma-separated subset of the long run's fault mixes (default: all)
+    SMSCAST_SOAK_LEASE         campaign lock lease in seconds for the CLI runs (default 3)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+KEY = "soak-key-7f3a"
+LOCKED_MESSAGE = "being sent by another run"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def env_list(name: str) -> list[str] | None:
+    raw = os.environ.get(name, "").strip()
+    return [s.strip() for s in raw.split(",") if s.strip()] or None
+
+
+_SEED = _env_int("SMSCAST_SOAK_SEED", random.SystemRandom().randrange(1, 1_000_000))
+
+
+def soak_seed() -> int:
+    return _SEED
+
+
+def rng_for(*parts: object) -> random.Random:
+    """A random source of its own for each scenario, derived from the session seed: the choices of one
+    scenario do not shift when another is added or skipped."""
+    return random.Random(f"{_SEED}/" + "/".join(map(str, parts)))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rows: int
+    kills: int
+    mix_rows: int
+    send_seconds: float
+    lease: float
+
+    @classmethod
+    def short(cls) -> Sizes:
+        return cls(
+            rows=_env_int("SMSCAST_SOAK_ROWS", 3000),
+            kills=_env_int("SMSCAST_SOAK_KILLS", 1),
+            mix_rows=_env_int("SMSCAST_SOAK_MIX_ROWS", 3000),
+            send_seconds=_env_float("SMSCAST_SOAK_SEND_SECONDS", 4.0),
+            lease=_env_float("SMSCAST_SOAK_LEASE", 3.0),
+        )
+
+    @classmethod
+    def long(cls) -> Sizes:
+        return cls(
+            rows=_env_int("SMSCAST_SOAK_ROWS", 50_000),
+            kills=_env_int("SMSCAST_SOAK_KILLS", 4),
+            mix_rows=_env_int("SMSCAST_SOAK_MIX_ROWS", 10_000),
+            send_seconds=_env_float("SMSCAST_SOAK_SEND_SECONDS", 8.0),
+            lease=_env_float("SMSCAST_SOAK_LEASE", 3.0),
+        )
