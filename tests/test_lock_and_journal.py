@@ -72,8 +72,10 @@ def test_an_expired_lease_is_taken_over(results: str) -> None:
     dead = CampaignLock(results, "c2", lease=0.5)
     dead.acquire()
     dead._stop.set()  # a holder killed with -9: no more heartbeats
-    time.sleep(0.8)
-    with CampaignLock(results, "c2", lease=30) as heir:
+    if dead._thread is not None:
+        dead._thread.join(timeout=30)
+    # The heir's clock is a second ahead: the dead holder's 0.5 s lease is over, without waiting for it.
+    with CampaignLock(results, "c2", lease=30, clock=lambda: time.time() + 1.0) as heir:
         held = json.loads(storage.get_bytes(CampaignPaths(results, "c2").lock))
         assert held["owner"] == heir.owner
 
