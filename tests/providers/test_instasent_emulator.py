@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,26 +15,9 @@ from servers.sandbox import SandboxServer
 pytestmark = pytest.mark.integration
 
 KEY = "ins-emulator-key"
+EMULATOR, API_KEY = "instasent", KEY  # the fixtures: tests/providers/conftest.py
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PATH = "/transactional/v1/sms/bulk"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(emulators=["instasent"], api_keys={"instasent": KEY}) as sbx:
-        yield sbx
-
-
-@pytest.fixture
-def admin(server: SandboxServer) -> SandboxClient:
-    server.client.reset()
-    return server.client
-
-
-@pytest.fixture
-def http(server: SandboxServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
-        yield client
 
 
 def items(n: int, start: int = 0, **over: Any) -> list[dict[str, Any]]:

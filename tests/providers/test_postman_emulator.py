@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import httpx
 import polars as pl
@@ -26,27 +25,10 @@ from tasks.validate import validate_recipients
 pytestmark = pytest.mark.integration
 
 KEY = "pm-emulator-key"
+EMULATOR, API_KEY, HTTP_TIMEOUT = "postman", KEY, 60.0  # the fixtures: tests/providers/conftest.py
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MIB40 = 40 * 1024 * 1024
 HEADER_MISMATCH = "Validation failed (expected type is object)"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(emulators=["postman"], api_keys={"postman": KEY}) as sbx:
-        yield sbx
-
-
-@pytest.fixture
-def admin(server: SandboxServer) -> SandboxClient:
-    server.client.reset()
-    return server.client
-
-
-@pytest.fixture
-def http(server: SandboxServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
-        yield client
 
 
 def csv_of(rows: list[list[str]], header: str = "recipient,language,name") -> bytes:

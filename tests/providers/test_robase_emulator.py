@@ -4,7 +4,6 @@ the adapter against it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,25 +22,8 @@ from smscast.status import Status
 pytestmark = pytest.mark.integration
 
 KEY = "rb_live_emulator"
+EMULATOR, API_KEY = "robase", KEY  # the fixtures: tests/providers/conftest.py
 PATH = "/v1/sms/batch"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(emulators=["robase"], api_keys={"robase": KEY}) as sbx:
-        yield sbx
-
-
-@pytest.fixture
-def admin(server: SandboxServer) -> SandboxClient:
-    server.client.reset()
-    return server.client
-
-
-@pytest.fixture
-def http(server: SandboxServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
-        yield client
 
 
 def rows(n: int, start: int = 0, key: str | None = "k", body: str = "Hi") -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@ and the adapter against it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,25 +22,8 @@ from smscast.status import Status
 pytestmark = pytest.mark.integration
 
 KEY = "sdm-emulator-key"
+EMULATOR, API_KEY = "sent-dm", KEY  # the fixtures: tests/providers/conftest.py
 PATH = "/v3/messages"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(emulators=["sent-dm"], api_keys={"sent-dm": KEY}) as sbx:
-        yield sbx
-
-
-@pytest.fixture
-def admin(server: SandboxServer) -> SandboxClient:
-    server.client.reset()
-    return server.client
-
-
-@pytest.fixture
-def http(server: SandboxServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
-        yield client
 
 
 def phones(n: int, start: int = 0) -> list[str]:

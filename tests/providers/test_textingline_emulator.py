@@ -5,7 +5,6 @@ endpoint, and the adapter plus send engine against it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -27,28 +26,12 @@ from tasks.validate import validate_recipients
 pytestmark = pytest.mark.integration
 
 KEY_ID, SECRET = "kid-9", "sandbox-secret"
+# The fixtures (tests/providers/conftest.py): a clean sandbox with the rate limit off (the 429 test restores
+# the documented default), and basic auth.
+EMULATOR, API_KEY, HTTP_AUTH = "textingline", f"{KEY_ID}:{SECRET}", (KEY_ID, SECRET)
+QUIET_RATE_LIMIT = True
 PATH = "/api/v1/messaging/batch"
 SENDER = "+18005559876"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[SandboxServer]:
-    with SandboxServer(emulators=["textingline"], api_keys={"textingline": f"{KEY_ID}:{SECRET}"}) as sbx:
-        yield sbx
-
-
-@pytest.fixture
-def admin(server: SandboxServer) -> SandboxClient:
-    """A clean sandbox with the rate limit off (the 429 test restores the documented default)."""
-    server.client.reset()
-    server.client.set_faults(provider="textingline", rate_limit_rps=0)
-    return server.client
-
-
-@pytest.fixture
-def http(server: SandboxServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, auth=(KEY_ID, SECRET), timeout=30.0) as client:
-        yield client
 
 
 def recipients(n: int, start: int = 0, key: str | None = "r", **extra: Any) -> list[dict[str, Any]]:
