@@ -63,21 +63,20 @@ class Sizes:
     lease: float
 
     @classmethod
-    def short(cls) -> Sizes:
+    def _from_env(cls, rows: int, kills: int, mix_rows: int, send_seconds: float) -> Sizes:
+        """These defaults, each overridable by its SMSCAST_SOAK_* variable."""
         return cls(
-            rows=_env_int("SMSCAST_SOAK_ROWS", 3000),
-            kills=_env_int("SMSCAST_SOAK_KILLS", 1),
-            mix_rows=_env_int("SMSCAST_SOAK_MIX_ROWS", 3000),
-            send_seconds=_env_float("SMSCAST_SOAK_SEND_SECONDS", 4.0),
+            rows=_env_int("SMSCAST_SOAK_ROWS", rows),
+            kills=_env_int("SMSCAST_SOAK_KILLS", kills),
+            mix_rows=_env_int("SMSCAST_SOAK_MIX_ROWS", mix_rows),
+            send_seconds=_env_float("SMSCAST_SOAK_SEND_SECONDS", send_seconds),
             lease=_env_float("SMSCAST_SOAK_LEASE", 3.0),
         )
 
     @classmethod
+    def short(cls) -> Sizes:
+        return cls._from_env(rows=3000, kills=1, mix_rows=3000, send_seconds=4.0)
+
+    @classmethod
     def long(cls) -> Sizes:
-        return cls(
-            rows=_env_int("SMSCAST_SOAK_ROWS", 50_000),
-            kills=_env_int("SMSCAST_SOAK_KILLS", 4),
-            mix_rows=_env_int("SMSCAST_SOAK_MIX_ROWS", 10_000),
-            send_seconds=_env_float("SMSCAST_SOAK_SEND_SECONDS", 8.0),
-            lease=_env_float("SMSCAST_SOAK_LEASE", 3.0),
-        )
+        return cls._from_env(rows=50_000, kills=4, mix_rows=10_000, send_seconds=8.0)
