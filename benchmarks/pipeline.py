@@ -32,10 +32,10 @@ import orjson
 import polars as pl
 import psutil
 
-from servers.sandbox import SandboxServer
-from servers.seaweedfs import SeaweedS3
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.servers.sandbox import SandboxServer
+from smscast.servers.seaweedfs import SeaweedS3
 
 BODY = "Hi {{name}}, your order {{order}} ships today."
 KEY = "bench-key"
@@ -127,7 +127,7 @@ def baseline(source: str, base_url: str) -> dict[str, float]:
 
 
 def pipeline(source: str, results: str, base_url: str, run: int) -> dict[str, float]:
-    from flows.campaign import send_campaign
+    from smscast.flows.campaign import send_campaign
 
     spec = CampaignSpec(
         campaign_id=f"bench-{run}",

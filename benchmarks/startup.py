@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from servers.sandbox import SandboxServer
+from smscast.servers.sandbox import SandboxServer
 
 KEY = "startup-bench-key"
 START_FAILURE = "Timed out while attempting to connect to ephemeral Prefect API server"

@@ -13,16 +13,16 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from providers.registry import make_provider
 from smscast.campaign import CampaignSpec
 from smscast.lock import CampaignLock
-from tasks.dispatch import run_attempt
-from tasks.load import load_recipients
-from tasks.manifest import check_same_campaign
-from tasks.plan import PlannedCampaign, plan_campaign
-from tasks.report import report, stage
-from tasks.send import shard_runner
-from tasks.validate import validate_recipients
+from smscast.providers.registry import make_provider
+from smscast.tasks.dispatch import run_attempt
+from smscast.tasks.load import load_recipients
+from smscast.tasks.manifest import check_same_campaign
+from smscast.tasks.plan import PlannedCampaign, plan_campaign
+from smscast.tasks.report import report, stage
+from smscast.tasks.send import shard_runner
+from smscast.tasks.validate import validate_recipients
 
 # No cache policy: hashing a million-row frame for a cache key would cost more than the step itself.
 load = task(name="load", cache_policy=NONE)(load_recipients)

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow
 
-from flows.campaign import send_campaign
-from flows.retry import retry_failed
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.flows.campaign import send_campaign
+from smscast.flows.retry import retry_failed
 from smscast.s3_block import use_s3_block
 
 MAX_ID = 64  # CampaignSpec.campaign_id's pattern allows 64 characters

@@ -14,16 +14,16 @@ from typing import Any
 import polars as pl
 from prefect import flow, get_run_logger
 
-from providers.registry import make_provider
 from smscast import storage
 from smscast.errors import ConfigError
 from smscast.lock import CampaignLock
+from smscast.providers.registry import make_provider
 from smscast.results import CampaignPaths
-from tasks.current import current_results, resendable
-from tasks.dispatch import run_attempt
-from tasks.manifest import load_spec, unfinished_attempt
-from tasks.plan import PINNED_KEY, PlannedCampaign, plan_campaign
-from tasks.send import shard_runner
+from smscast.tasks.current import current_results, resendable
+from smscast.tasks.dispatch import run_attempt
+from smscast.tasks.manifest import load_spec, unfinished_attempt
+from smscast.tasks.plan import PINNED_KEY, PlannedCampaign, plan_campaign
+from smscast.tasks.send import shard_runner
 
 PLAN_COLUMNS = ("shard", "batch_seq", "batch_id", "batch_key", "status", "error_code", "error_message")
 

@@ -20,18 +20,6 @@ from typing import Any, ClassVar, NoReturn
 import httpx
 import polars as pl
 
-from providers.http import json_body, json_request, retry_after
-from providers.model import (
-    Batch,
-    Capabilities,
-    Content,
-    Idempotency,
-    OutcomeTiming,
-    Rejection,
-    RowOutcome,
-    RowRule,
-    StatusLookup,
-)
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
     AmbiguousError,
@@ -43,6 +31,18 @@ from smscast.errors import (
     SendError,
     ServerError,
     TransientError,
+)
+from smscast.providers.http import json_body, json_request, retry_after
+from smscast.providers.model import (
+    Batch,
+    Capabilities,
+    Content,
+    Idempotency,
+    OutcomeTiming,
+    Rejection,
+    RowOutcome,
+    RowRule,
+    StatusLookup,
 )
 from smscast.settings import ProviderSettings
 from smscast.status import Status

@@ -56,7 +56,10 @@ from typing import Any, ClassVar, NoReturn
 
 import httpx
 
-from providers.base import (
+from smscast.campaign import CampaignSpec
+from smscast.encoding import UCS2_ENCODING, is_gsm7
+from smscast.errors import AuthError, ConfigError
+from smscast.providers.base import (
     Batch,
     Capabilities,
     Content,
@@ -68,9 +71,6 @@ from providers.base import (
     RowOutcome,
     retry_after,
 )
-from smscast.campaign import CampaignSpec
-from smscast.encoding import UCS2_ENCODING, is_gsm7
-from smscast.errors import AuthError, ConfigError
 from smscast.status import Status
 
 MAX_ITEMS = 100

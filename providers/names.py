@@ -25,7 +25,7 @@ def module_name(name: str) -> str:
 
 
 def adapter_module(name: str) -> str:
-    return f"providers.{module_name(name)}"
+    return f"smscast.providers.{module_name(name)}"
 
 
 def emulator_name(name: str) -> str:
@@ -34,4 +34,4 @@ def emulator_name(name: str) -> str:
 
 
 def emulator_module(name: str) -> str:
-    return f"sandbox.emulators.{module_name(emulator_name(name))}"
+    return f"smscast.sandbox.emulators.{module_name(emulator_name(name))}"

@@ -67,7 +67,17 @@ from urllib.parse import urlsplit
 import httpx
 import polars as pl
 
-from providers.base import (
+from smscast import transport
+from smscast.campaign import CampaignSpec
+from smscast.errors import (
+    AmbiguousError,
+    AuthError,
+    BatchRejectedError,
+    ConfigError,
+    ServerError,
+    TerminalError,
+)
+from smscast.providers.base import (
     Batch,
     Capabilities,
     Content,
@@ -81,7 +91,7 @@ from providers.base import (
     StatusLookup,
     json_body,
 )
-from providers.postman_csv import (
+from smscast.providers.postman_csv import (
     CELL_OVERHEAD,
     FIXED_CELLS_BYTES,
     HEADER_NAME,
@@ -95,16 +105,6 @@ from providers.postman_csv import (
     csv_bytes,
     csv_columns,
     language_expr,
-)
-from smscast import transport
-from smscast.campaign import CampaignSpec
-from smscast.errors import (
-    AmbiguousError,
-    AuthError,
-    BatchRejectedError,
-    ConfigError,
-    ServerError,
-    TerminalError,
 )
 from smscast.settings import ProviderSettings
 from smscast.status import Status

@@ -10,8 +10,8 @@ import re
 import polars as pl
 import polars.selectors as cs
 
-from providers.base import Batch
 from smscast.campaign import CampaignSpec
+from smscast.providers.base import Batch
 
 LANGUAGES: tuple[str, ...] = ("english", "chinese", "malay", "tamil")
 RESERVED_COLUMNS = ("recipient", "language")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib
 
-from providers.base import Provider
-from providers.names import PROVIDER_NAMES, adapter_module
 from smscast.errors import ConfigError
+from smscast.providers.base import Provider
+from smscast.providers.names import PROVIDER_NAMES, adapter_module
 from smscast.settings import ProviderSettings, resolve_settings
 
 

@@ -50,7 +50,9 @@ from typing import Any, ClassVar
 import httpx
 import polars as pl
 
-from providers.base import (
+from smscast.campaign import CampaignSpec
+from smscast.errors import BatchRejectedError, ConfigError
+from smscast.providers.base import (
     Batch,
     Capabilities,
     Content,
@@ -63,8 +65,6 @@ from providers.base import (
     RowRule,
     json_request,
 )
-from smscast.campaign import CampaignSpec
-from smscast.errors import BatchRejectedError, ConfigError
 from smscast.status import Status
 
 PATH = "/v1/sms/batch"

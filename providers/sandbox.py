@@ -21,7 +21,15 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers.base import Batch, Capabilities, Idempotency, Provider, Refusal, RowOutcome, json_request
+from smscast.providers.base import (
+    Batch,
+    Capabilities,
+    Idempotency,
+    Provider,
+    Refusal,
+    RowOutcome,
+    json_request,
+)
 from smscast.status import Status
 
 

@@ -53,7 +53,9 @@ from typing import Any, ClassVar
 import httpx
 import polars as pl
 
-from providers.base import (
+from smscast.campaign import CampaignSpec
+from smscast.errors import AmbiguousError, BatchRejectedError, ConfigError
+from smscast.providers.base import (
     Batch,
     Capabilities,
     Content,
@@ -66,8 +68,6 @@ from providers.base import (
     RowRule,
     json_request,
 )
-from smscast.campaign import CampaignSpec
-from smscast.errors import AmbiguousError, BatchRejectedError, ConfigError
 from smscast.status import Status
 
 PATH = "/v3/messages"

@@ -54,7 +54,16 @@ from urllib.parse import quote
 import httpx
 import polars as pl
 
-from providers.base import (
+from smscast import transport
+from smscast.campaign import CampaignSpec
+from smscast.errors import (
+    AmbiguousError,
+    CampaignStopError,
+    ConfigError,
+    TerminalError,
+    TransientError,
+)
+from smscast.providers.base import (
     Batch,
     Capabilities,
     Content,
@@ -68,15 +77,6 @@ from providers.base import (
     StatusLookup,
     json_body,
     json_request,
-)
-from smscast import transport
-from smscast.campaign import CampaignSpec
-from smscast.errors import (
-    AmbiguousError,
-    CampaignStopError,
-    ConfigError,
-    TerminalError,
-    TransientError,
 )
 from smscast.settings import ProviderSettings
 from smscast.status import Status

@@ -6,6 +6,6 @@ fault knobs and a ledger of every accepted message.
     sandbox.framework    config and state, auth helpers, the request pipeline, `Emulator` base class
     sandbox.emulators    one module per provider, and the registry
     sandbox.app          create_app(): emulators + /_sandbox/ admin endpoints
-    sandbox.server       serve(), what `python -m sandbox` runs (in a subprocess: servers.sandbox)
+    sandbox.server       serve(), what `python -m smscast.sandbox` runs (in a subprocess: servers.sandbox)
     sandbox.client       SandboxClient for the admin endpoints
 """

@@ -1,4 +1,4 @@
-"""`python -m sandbox [--port N] [knob options]`: serve the provider emulator on loopback
+"""`python -m smscast.sandbox [--port N] [knob options]`: serve the provider emulator on loopback
 (see sandbox/server.py).
 
 Every fault knob (sandbox/faults.py) is an option, e.g. `--latency-ms 20 --rate-limit-rps 5 --next-5xx 1
@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
-from sandbox.emulators import EMULATORS
-from sandbox.faults import KNOB_NAMES, KnobError, Knobs, parse_knobs
-from sandbox.framework import DEFAULT_API_KEY
-from sandbox.server import DEFAULT_PORT, serve
+from smscast.sandbox.emulators import EMULATORS
+from smscast.sandbox.faults import KNOB_NAMES, KnobError, Knobs, parse_knobs
+from smscast.sandbox.framework import DEFAULT_API_KEY
+from smscast.sandbox.server import DEFAULT_PORT, serve
 
 
 def _knob_type(name: str) -> type:
@@ -30,7 +30,9 @@ def _knob_type(name: str) -> type:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sandbox", description="smscast's SMS provider emulator")
+    p = argparse.ArgumentParser(
+        prog="python -m smscast.sandbox", description="smscast's SMS provider emulator"
+    )
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback; default 127.0.0.1)")
     p.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help=f"0 picks a free port (default {DEFAULT_PORT})"

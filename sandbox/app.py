@@ -36,17 +36,17 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from sandbox.clock import Clock
-from sandbox.emulators import EMULATORS, canonical_provider
-from sandbox.faults import KnobError
-from sandbox.framework import (
+from smscast.sandbox.clock import Clock
+from smscast.sandbox.emulators import EMULATORS, canonical_provider
+from smscast.sandbox.faults import KnobError
+from smscast.sandbox.framework import (
     CONNECTION_EXTENSION,
     Emulator,
     SandboxConfig,
     SandboxState,
     json_response,
 )
-from sandbox.ledger import LedgerEntry
+from smscast.sandbox.ledger import LedgerEntry
 
 LEDGER_CHUNK = 5000
 
@@ -281,5 +281,5 @@ def create_app(config: SandboxConfig | None = None, clock: Clock | None = None) 
 
 
 def app_factory() -> SandboxApp:
-    """For `uvicorn --factory sandbox.app:app_factory`: default configuration."""
+    """For `uvicorn --factory smscast.sandbox.app:app_factory`: default configuration."""
     return create_app()

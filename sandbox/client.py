@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import orjson
 
-from sandbox.ledger import LedgerEntry
+from smscast.sandbox.ledger import LedgerEntry
 
 
 class SandboxAdminError(RuntimeError):

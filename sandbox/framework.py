@@ -44,10 +44,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from sandbox.clock import Clock
-from sandbox.emulators import canonical_provider
-from sandbox.faults import Faults, Verdict
-from sandbox.ledger import Counters, Ledger
+from smscast.sandbox.clock import Clock
+from smscast.sandbox.emulators import canonical_provider
+from smscast.sandbox.faults import Faults, Verdict
+from smscast.sandbox.ledger import Counters, Ledger
 
 DEFAULT_API_KEY = "sandbox-key"
 

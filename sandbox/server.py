@@ -1,4 +1,4 @@
-"""Run the sandbox in this process: `serve()` (blocking), which `python -m sandbox` calls. To run it in a
+"""Run the sandbox in this process: `serve()` (blocking), which `python -m smscast.sandbox` calls. To run it in a
 subprocess for tests, the demo and the benchmark, use `servers.sandbox.SandboxServer`, next to the other
 servers' launchers.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import uvicorn
 
-from sandbox.app import create_app
-from sandbox.faults import parse_knobs
-from sandbox.framework import DEFAULT_API_KEY, SandboxConfig
+from smscast.sandbox.app import create_app
+from smscast.sandbox.faults import parse_knobs
+from smscast.sandbox.framework import DEFAULT_API_KEY, SandboxConfig
 
 DEFAULT_PORT = 8765
 

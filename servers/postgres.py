@@ -42,7 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from servers.process import ServerProcess, free_ports
+from smscast.servers.process import ServerProcess, free_ports
 
 __all__ = ["EmbeddedPostgres", "PostgresStartError", "postgres_bin_dir"]
 

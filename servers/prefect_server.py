@@ -15,7 +15,7 @@ rewrite its static build, which costs seconds and a test never looks at it.
 `detach()` hands a started server over to no one: it keeps running after this object and this process are
 gone (`smscast server start` uses it; `servers.process.terminate_detached_group` stops it later by pid).
 
-    python -m servers.prefect_server --dir /tmp/prefect-demo --ui    # foreground; prints PREFECT_API_URL
+    python -m smscast.servers.prefect_server --dir /tmp/prefect-demo --ui    # foreground; prints PREFECT_API_URL
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from servers.process import ServerProcess, free_ports, run_in_foreground
+from smscast.servers.process import ServerProcess, free_ports, run_in_foreground
 
 __all__ = ["PrefectServer", "PrefectServerStartError", "health_status"]
 
@@ -211,7 +211,7 @@ class PrefectServer(ServerProcess):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m servers.prefect_server",
+        prog="python -m smscast.servers.prefect_server",
         description="Run a Prefect server on loopback in the foreground and print PREFECT_API_URL.",
     )
     parser.add_argument("--dir", type=Path, default=None, help="home and database (default: a temp dir)")

@@ -282,7 +282,7 @@ S = TypeVar("S", bound=ServerProcess)
 
 
 def run_in_foreground(server: S, ready: Callable[[S], None]) -> int:
-    """`python -m servers.<name>`: start the server, let `ready` print how to reach it, and keep it running
+    """`python -m smscast.servers.<name>`: start the server, let `ready` print how to reach it, and keep it running
     until SIGINT or SIGTERM. Returns the exit status: 1 if the server exited on its own."""
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,4 +1,4 @@
-"""The sandbox (sandbox/) in a subprocess, `python -m sandbox`, for tests, the demo and the benchmark.
+"""The sandbox (sandbox/) in a subprocess, `python -m smscast.sandbox`, for tests, the demo and the benchmark.
 
     with SandboxServer(knobs={"latency_ms": 5}) as sbx:
         httpx.post(f"{sbx.base_url}/sandbox/v1/messages/batch", ...)
@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 import orjson
 
-from sandbox.client import SandboxClient
-from sandbox.faults import parse_knobs
-from sandbox.framework import DEFAULT_API_KEY
-from servers.process import ServerProcess
+from smscast.sandbox.client import SandboxClient
+from smscast.sandbox.faults import parse_knobs
+from smscast.sandbox.framework import DEFAULT_API_KEY
+from smscast.servers.process import ServerProcess
 
 __all__ = ["SandboxServer"]
 
@@ -35,7 +35,7 @@ _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class SandboxServer(ServerProcess):
-    """The sandbox in a subprocess (`python -m sandbox`), for as long as the context lasts."""
+    """The sandbox in a subprocess (`python -m smscast.sandbox`), for as long as the context lasts."""
 
     name = "sandbox"
 
@@ -101,7 +101,7 @@ class SandboxServer(ServerProcess):
         self._tmp = tempfile.mkdtemp(prefix="smscast-sandbox-")
         self._port_file = port_file = Path(self._tmp) / "port"
         cmd = [
-            self.python, "-m", "sandbox",
+            self.python, "-m", "smscast.sandbox",
             "--host", self.host,
             "--port", str(self.requested_port),
             "--port-file", str(port_file),

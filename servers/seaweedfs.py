@@ -20,7 +20,7 @@ S3 auth is a single identity with a generated access key and secret, written to 
 Stopping sends SIGTERM to the process group (weed exits in about 1 s with `-volume.preStopSeconds=0`), then
 SIGKILL after a grace period; the gRPC Unix sockets weed leaves in /tmp after a kill are removed.
 
-    python -m servers.seaweedfs --dir /tmp/s3demo     # runs in the foreground and prints the AWS_* lines
+    python -m smscast.servers.seaweedfs --dir /tmp/s3demo     # runs in the foreground and prints the AWS_* lines
 
 """
 
@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from servers.process import ServerProcess, free_ports, run_in_foreground
+from smscast.servers.process import ServerProcess, free_ports, run_in_foreground
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -307,7 +307,7 @@ class SeaweedS3(ServerProcess):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m servers.seaweedfs",
+        prog="python -m smscast.servers.seaweedfs",
         description="Run SeaweedFS's S3 gateway on loopback in the foreground and print the AWS_* variables.",
     )
     parser.add_argument("--dir", required=True, type=Path, help="work directory (data, logs, s3.json)")

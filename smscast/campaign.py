@@ -7,7 +7,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from providers.names import PROVIDER_NAMES, ProviderName
+from smscast.providers.names import PROVIDER_NAMES, ProviderName
 
 __all__ = ["CONTENT_FIELDS", "PROVIDER_NAMES", "TEMPLATE_VAR", "CampaignSpec", "ProviderName"]
 

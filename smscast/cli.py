@@ -55,7 +55,7 @@ def _columns(pairs: list[str]) -> dict[str, str]:
 
 
 def run_campaign(spec: CampaignSpec, *, wait_for_lock: bool = False) -> dict[str, Any]:
-    from flows.campaign import send_campaign
+    from smscast.flows.campaign import send_campaign
 
     result: dict[str, Any] = send_campaign(spec, wait_for_lock=wait_for_lock)
     return result
@@ -186,7 +186,7 @@ def retry(
 ) -> None:
     """Re-send a campaign's failed rows (and unknown ones where the provider's idempotency makes it safe)
     with the same idempotency keys, as the next attempt."""
-    from flows.retry import retry_failed
+    from smscast.flows.retry import retry_failed
 
     try:
         retry_failed(
@@ -207,7 +207,7 @@ def sandbox(
     host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
 ) -> None:
     """Serve the provider emulator (every documented provider, plus smscast's own) on loopback."""
-    from sandbox.server import serve
+    from smscast.sandbox.server import serve
 
     serve(host=host, port=port)
 
@@ -220,7 +220,7 @@ def demo(
     ] = None,
 ) -> None:
     """Run a demo campaign end to end: starts the sandbox, sends the example recipients, writes results."""
-    from servers.sandbox import SandboxServer
+    from smscast.servers.sandbox import SandboxServer
 
     example = (
         Path(source) if source else Path(__file__).resolve().parent.parent / "examples" / "recipients.csv"

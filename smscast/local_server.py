@@ -36,8 +36,8 @@ from typing import Annotated, Any, Literal, TextIO
 
 import typer
 
-from servers.prefect_server import PrefectServer, PrefectServerStartError, health_status
-from servers.process import process_start_time, terminate_detached_group
+from smscast.servers.prefect_server import PrefectServer, PrefectServerStartError, health_status
+from smscast.servers.process import process_start_time, terminate_detached_group
 
 __all__ = [
     "PREFECT_COMMANDS",

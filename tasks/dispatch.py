@@ -22,11 +22,11 @@ from smscast.campaign import CampaignSpec
 from smscast.errors import CampaignStopError
 from smscast.lock import CampaignLock, CampaignLockedError
 from smscast.results import AttemptPaths
-from tasks.manifest import Manifest, read_manifest, save_spec
-from tasks.persist import persist_results, save_plan
-from tasks.plan import PlannedCampaign
-from tasks.report import CampaignSummary, report, stage
-from tasks.send import ShardReport, send_shard
+from smscast.tasks.manifest import Manifest, read_manifest, save_spec
+from smscast.tasks.persist import persist_results, save_plan
+from smscast.tasks.plan import PlannedCampaign
+from smscast.tasks.report import CampaignSummary, report, stage
+from smscast.tasks.send import ShardReport, send_shard
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 

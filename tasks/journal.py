@@ -36,10 +36,10 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from providers.base import Batch, RowOutcome
 from smscast import storage
+from smscast.providers.base import Batch, RowOutcome
 from smscast.status import Status
-from tasks.outcomes import Recovered, SentBatch, outcomes_frame
+from smscast.tasks.outcomes import Recovered, SentBatch, outcomes_frame
 
 BATCH_COLUMN = "journal_batch"  # the top-level batch a journalled row belongs to (rows may be bisected)
 LINGER = 0.1  # seconds between writes at most; with idempotency a lost outcome costs only a re-send

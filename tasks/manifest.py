@@ -11,7 +11,7 @@ from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
 from smscast.results import AttemptPaths, CampaignPaths
 from smscast.sources.credentials import split_password
-from tasks.plan import PlannedCampaign, ShardRef
+from smscast.tasks.plan import PlannedCampaign, ShardRef
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import polars as pl
 
-from providers.base import Batch, RowOutcome
+from smscast.providers.base import Batch, RowOutcome
 from smscast.results import OUTCOME_SCHEMA
 
 

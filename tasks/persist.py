@@ -20,8 +20,8 @@ from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.results import AttemptPaths, conform
 from smscast.status import Status
-from tasks.manifest import Manifest, write_manifest
-from tasks.plan import PlannedCampaign, ShardRef
+from smscast.tasks.manifest import Manifest, write_manifest
+from smscast.tasks.plan import PlannedCampaign, ShardRef
 
 
 @task(name="write-plan", cache_policy=NONE)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from providers.base import Capabilities, Provider
 from smscast.campaign import CampaignSpec
+from smscast.providers.base import Capabilities, Provider
 from smscast.status import Status
 
 ROWS_PER_SHARD = 100_000

@@ -13,15 +13,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from providers.registry import make_provider
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.providers.registry import make_provider
 from smscast.results import AttemptPaths
 from smscast.runtime import lookup as lookup_runtime
-from tasks.journal import Journal
-from tasks.persist import result_rows
-from tasks.plan import ShardRef
-from tasks.send_engine import SHARD_WORKERS, send_rows
+from smscast.tasks.journal import Journal
+from smscast.tasks.persist import result_rows
+from smscast.tasks.plan import ShardRef
+from smscast.tasks.send_engine import SHARD_WORKERS, send_rows
 
 
 def shard_runner() -> Any:

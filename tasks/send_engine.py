@@ -28,7 +28,6 @@ from typing import Protocol
 import httpx
 import polars as pl
 
-from providers.base import Batch, Provider, RowOutcome
 from smscast import transport
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
@@ -39,10 +38,11 @@ from smscast.errors import (
     SendError,
     TransientError,
 )
+from smscast.providers.base import Batch, Provider, RowOutcome
 from smscast.ratelimit import TokenBucket, shared_bucket
 from smscast.runtime import Runtime, Stop
 from smscast.status import Status
-from tasks.outcomes import Recovered, SentBatch, outcomes_frame
+from smscast.tasks.outcomes import Recovered, SentBatch, outcomes_frame
 
 SHARD_WORKERS = 2  # shard task runs in flight at once (the flows' thread pool, tasks/send.py)
 

@@ -13,10 +13,10 @@ import pandera.polars as pa
 import polars as pl
 from pandera.api.polars.types import PolarsData
 
-from providers.base import Capabilities, Provider, RowRule
 from smscast.campaign import TEMPLATE_VAR, CampaignSpec
 from smscast.encoding import segment_frame
 from smscast.phone import is_e164, normalise
+from smscast.providers.base import Capabilities, Provider, RowRule
 from smscast.status import Status
 
 # Reason code -> message. Codes are the machine-readable contract (results `error_code`, `;`-joined).

@@ -24,9 +24,9 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId,
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from servers.prefect_server import PrefectServer
-from servers.sandbox import SandboxServer
-from servers.seaweedfs import SeaweedS3
+from smscast.servers.prefect_server import PrefectServer
+from smscast.servers.sandbox import SandboxServer
+from smscast.servers.seaweedfs import SeaweedS3
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "deploy-test-key"

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from servers.postgres import EmbeddedPostgres
-from servers.seaweedfs import SeaweedS3
+from smscast.servers.postgres import EmbeddedPostgres
+from smscast.servers.seaweedfs import SeaweedS3
 
 # Variables that would override the ones the `seaweed` fixture sets (or point boto3 / polars elsewhere).
 _SHADOWING_AWS_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")

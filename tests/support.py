@@ -11,8 +11,8 @@ from typing import Any
 
 import polars as pl
 
-from sandbox.client import SandboxClient
-from tasks.current import current_results
+from smscast.sandbox.client import SandboxClient
+from smscast.tasks.current import current_results
 
 
 def write_recipients(
@@ -117,7 +117,7 @@ def sandbox_clock(base_url: str, *, freeze: bool | None = None, advance: float =
     rate limiter does freezes the clock first, so that the requests all happen "at once" however long a
     loaded machine takes over them, and refills happen only when the test advances it. `reset` restarts it.
     """
-    from sandbox.client import SandboxClient
+    from smscast.sandbox.client import SandboxClient
 
     with SandboxClient(base_url) as client:
         return client.clock(freeze=freeze, advance=advance)
@@ -175,7 +175,7 @@ def provider_sandbox(provider: str, key: str, **extra_env: str) -> Iterator[Any]
     `extra_env`) set for as long as it runs."""
     import pytest
 
-    from servers.sandbox import SandboxServer
+    from smscast.servers.sandbox import SandboxServer
     from smscast.settings import env_prefix
 
     with SandboxServer(emulators=[provider], api_keys={provider: key}) as server:

@@ -11,16 +11,16 @@ import polars as pl
 import pytest
 from support import assert_matches_ledger, ledger_frame, prefect_harness, write_recipients
 
-from flows.campaign import send_campaign
-from flows.retry import retry_failed
-from servers.postgres import EmbeddedPostgres
-from servers.sandbox import SandboxServer
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import CampaignStopError, ConfigError
+from smscast.flows.campaign import send_campaign
+from smscast.flows.retry import retry_failed
 from smscast.results import CampaignPaths
+from smscast.servers.postgres import EmbeddedPostgres
+from smscast.servers.sandbox import SandboxServer
 from smscast.sources.credentials import split_password
-from tasks.current import current_results
+from smscast.tasks.current import current_results
 
 pytestmark = pytest.mark.integration
 KEY = "flow-test-key"

@@ -27,14 +27,14 @@ from prefect.events import Event, EventTrigger, ResourceSpecification, RunDeploy
 from prefect.states import Scheduled
 from support import write_recipients
 
-from flows.deployed import dated_campaign_id, file_campaign_id
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
+from smscast.flows.deployed import dated_campaign_id, file_campaign_id
 from smscast.inbox import Landed, announce, default_state_uri, landed_event, list_inbox, poll_once
 from smscast.results import CampaignPaths
 from smscast.s3_block import _aws_credentials_env
-from tasks.current import current_results
+from smscast.tasks.current import current_results
 
 pytestmark = pytest.mark.integration
 RESULTS = f"s3://{BUCKET}/results"

@@ -17,7 +17,7 @@ from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError, SourceError
 from smscast.sources.credentials import split_password
-from tasks.load import load_recipients, source_label
+from smscast.tasks.load import load_recipients, source_label
 
 PHONES_TEXT = ["+44 7700 900123", "07700900123", "00447700900123"]
 

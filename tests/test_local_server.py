@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from servers.process import free_ports, group_alive, process_start_time
 from smscast.local_server import (
     TEMPORARY_START_TIMEOUT,
     ServerState,
@@ -29,6 +28,7 @@ from smscast.local_server import (
     state_path,
     stop_server,
 )
+from smscast.servers.process import free_ports, group_alive, process_start_time
 
 _TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 

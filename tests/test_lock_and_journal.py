@@ -16,19 +16,19 @@ import httpx
 import polars as pl
 import pytest
 
-from providers.base import Batch, Idempotency, RowOutcome
-from providers.sandbox import SandboxProvider
 from smscast import ratelimit, storage
 from smscast.campaign import CampaignSpec
 from smscast.lock import GONE, CampaignLock, CampaignLockedError, process_start, this_process
+from smscast.providers.base import Batch, Idempotency, RowOutcome
+from smscast.providers.sandbox import SandboxProvider
 from smscast.results import CampaignPaths
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
-from tasks.journal import Journal
-from tasks.outcomes import SentBatch, outcomes_frame
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, batches_of, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.journal import Journal
+from smscast.tasks.outcomes import SentBatch, outcomes_frame
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, batches_of, send_rows
+from smscast.tasks.validate import validate_recipients
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -203,7 +203,7 @@ def test_the_journal_withdraws_an_intent_when_the_answer_proves_nothing_was_sent
             calls.append("record")
 
         def recover(self, batches: list[object]) -> object:
-            from tasks.outcomes import Recovered
+            from smscast.tasks.outcomes import Recovered
 
             return Recovered([], [], batches)  # type: ignore[arg-type]
 

@@ -6,11 +6,11 @@ import dataclasses
 
 import polars as pl
 
-from providers.sandbox import SandboxProvider
 from smscast.campaign import CampaignSpec
+from smscast.providers.sandbox import SandboxProvider
 from smscast.settings import ProviderSettings
-from tasks.plan import plan_campaign
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.validate import validate_recipients
 
 PROVIDER = SandboxProvider(ProviderSettings(base_url="http://x", api_key=None))
 

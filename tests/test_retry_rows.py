@@ -7,17 +7,17 @@ from pathlib import Path
 
 import polars as pl
 
-from flows.retry import _retry_rows
-from providers.sandbox import SandboxProvider
-from providers.textingline import TextinglineProvider
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.flows.retry import _retry_rows
+from smscast.providers.sandbox import SandboxProvider
+from smscast.providers.textingline import TextinglineProvider
 from smscast.results import CampaignPaths
 from smscast.settings import ProviderSettings
-from tasks.current import current_results
-from tasks.persist import result_rows, save_plan
-from tasks.plan import plan_campaign
-from tasks.validate import validate_recipients
+from smscast.tasks.current import current_results
+from smscast.tasks.persist import result_rows, save_plan
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.validate import validate_recipients
 
 SANDBOX = SandboxProvider(ProviderSettings(base_url="http://x", api_key=None))
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from sandbox.app import create_app
-from sandbox.clock import Clock
-from sandbox.faults import Faults, Verdict
-from sandbox.framework import SandboxConfig
-from sandbox.ledger import Ledger
+from smscast.sandbox.app import create_app
+from smscast.sandbox.clock import Clock
+from smscast.sandbox.faults import Faults, Verdict
+from smscast.sandbox.framework import SandboxConfig
+from smscast.sandbox.ledger import Ledger
 
 PATH = "/sandbox/v1/messages/batch"
 AUTH = {"Authorization": "Bearer sandbox-key"}

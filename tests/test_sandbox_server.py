@@ -1,4 +1,4 @@
-"""The sandbox over real loopback HTTP: one `python -m sandbox` subprocess for the module, reset before each
+"""The sandbox over real loopback HTTP: one `python -m smscast.sandbox` subprocess for the module, reset before each
 test."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from support import sandbox_clock
 
-from sandbox.client import SandboxAdminError, SandboxClient
-from servers.sandbox import SandboxServer
+from smscast.sandbox.client import SandboxAdminError, SandboxClient
+from smscast.servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 

@@ -11,15 +11,15 @@ import httpx
 import polars as pl
 import pytest
 
-from providers.base import Batch, Idempotency, RowOutcome
-from providers.sandbox import SandboxProvider
 from smscast.campaign import CampaignSpec
 from smscast.errors import BatchRejectedError
+from smscast.providers.base import Batch, Idempotency, RowOutcome
+from smscast.providers.sandbox import SandboxProvider
 from smscast.ratelimit import TokenBucket
 from smscast.settings import ProviderSettings, Secret
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.validate import validate_recipients
 
 FAST = RetryPolicy(max_attempts=4, max_throttled=10, backoff_base=0.001, backoff_cap=0.01)
 SETTINGS = ProviderSettings(base_url="http://sandbox.test", api_key=Secret("k-123"))

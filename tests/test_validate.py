@@ -5,10 +5,10 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from providers.sandbox import SandboxProvider
 from smscast.campaign import CampaignSpec
 from smscast.phone import is_e164, mask, normalise
-from tasks.validate import validate_recipients
+from smscast.providers.sandbox import SandboxProvider
+from smscast.tasks.validate import validate_recipients
 
 CAPS = SandboxProvider.caps
 
@@ -118,7 +118,7 @@ def test_derived_recipient_id_is_stable_from_the_phone() -> None:
 
 
 def test_a_media_row_needs_no_body_only_where_the_provider_sends_mms() -> None:
-    from providers.textingline import TextinglineProvider
+    from smscast.providers.textingline import TextinglineProvider
 
     spec = CampaignSpec(campaign_id="c", source="s", results="r", sender="+18005559876")
     df = frame(

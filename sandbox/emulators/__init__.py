@@ -3,7 +3,7 @@ exposes `EMULATOR`, an `Emulator` subclass (sandbox/framework.py)."""
 
 from __future__ import annotations
 
-from providers.names import PROVIDER_NAMES, emulator_module, emulator_name
+from smscast.providers.names import PROVIDER_NAMES, emulator_module, emulator_name
 
 EMULATORS: dict[str, str] = {emulator_name(p): emulator_module(p) for p in PROVIDER_NAMES}
 

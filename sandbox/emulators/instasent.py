@@ -46,8 +46,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from sandbox.framework import Emulator, RequestRefused, json_response
-from sandbox.ledger import Adder
+from smscast.sandbox.framework import Emulator, RequestRefused, json_response
+from smscast.sandbox.ledger import Adder
 
 MAX_ITEMS = 100
 MAX_CLIENT_ID = 40

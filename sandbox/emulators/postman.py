@@ -66,7 +66,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from sandbox.framework import Emulator, RequestRefused, json_response
+from smscast.sandbox.framework import Emulator, RequestRefused, json_response
 
 MAX_FILE_BYTES = 40 * 1024 * 1024  # "40 MB" read as multer/NestJS limits are written: 40 * 1024 * 1024
 TEST_ENV_MAX_ROWS = 20

@@ -51,8 +51,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from sandbox.framework import BearerAuth, Emulator, RequestRefused, json_response, read_json
-from sandbox.ledger import Adder
+from smscast.sandbox.framework import BearerAuth, Emulator, RequestRefused, json_response, read_json
+from smscast.sandbox.ledger import Adder
 
 MAX_ROWS = 1000
 MAX_BODY_CHARS = 1600

@@ -52,7 +52,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from sandbox.framework import Emulator, HeaderKeyAuth, RequestRefused, fingerprint, json_response, read_json
+from smscast.sandbox.framework import (
+    Emulator,
+    HeaderKeyAuth,
+    RequestRefused,
+    fingerprint,
+    json_response,
+    read_json,
+)
 
 MAX_RECIPIENTS = 1000
 CHANNELS = frozenset({"sms", "whatsapp"})

@@ -62,7 +62,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from sandbox.framework import (
+from smscast.sandbox.framework import (
     BasicAuth,
     Emulator,
     RequestRefused,
@@ -71,7 +71,7 @@ from sandbox.framework import (
     json_response,
     read_json,
 )
-from sandbox.ledger import Adder
+from smscast.sandbox.ledger import Adder
 
 BATCH_PATH = "/api/v1/messaging/batch"
 MIN_RECIPIENTS = 10

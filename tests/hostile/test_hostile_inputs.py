@@ -30,18 +30,18 @@ import pytest
 from hostile.corpus import FORMULAS, ITEMS, Item
 from support import ledger_frame, prefect_harness
 
-from flows.campaign import send_campaign
-from providers.base import Batch
-from providers.registry import provider_class
-from providers.sandbox import SandboxProvider
-from servers.sandbox import SandboxServer
 from smscast.campaign import CampaignSpec
 from smscast.errors import SmscastError
+from smscast.flows.campaign import send_campaign
 from smscast.phone import is_e164, normalise
+from smscast.providers.base import Batch
+from smscast.providers.registry import provider_class
+from smscast.providers.sandbox import SandboxProvider
+from smscast.servers.sandbox import SandboxServer
 from smscast.settings import ProviderSettings
-from tasks.current import current_results
-from tasks.load import load_recipients
-from tasks.validate import validate_recipients
+from smscast.tasks.current import current_results
+from smscast.tasks.load import load_recipients
+from smscast.tasks.validate import validate_recipients
 
 KEY = "hostile-inputs-key"
 PROVIDER = SandboxProvider(ProviderSettings(base_url="http://sandbox.invalid", api_key=None))
@@ -194,7 +194,7 @@ def test_a_10mb_body_is_quarantined_by_every_provider(name: str, corpus_dir: Pat
 
 @pytest.mark.timeout(30)
 def test_postman_csv_neutralises_formula_cells(tmp_path: Path) -> None:
-    postman = pytest.importorskip("providers.postman", reason="providers/postman.py not present")
+    postman = pytest.importorskip("smscast.providers.postman", reason="providers/postman.py not present")
     item = next(i for i in ITEMS if i.name == "csv_formula_cells_as_names")
     source = item.write(tmp_path)
     spec = CampaignSpec(

@@ -52,18 +52,18 @@ from prefect.logging.handlers import APILogWorker
 from pydantic import ValidationError
 from support import prefect_harness
 
-import tasks.send_engine
-from flows.campaign import send_campaign
-from providers.registry import provider_class
-from servers.sandbox import SandboxServer
+import smscast.tasks.send_engine
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError, SmscastError
+from smscast.flows.campaign import send_campaign
+from smscast.providers.registry import provider_class
+from smscast.servers.sandbox import SandboxServer
 from smscast.settings import ProviderSettings, Secret, env_prefix, resolve_settings
-from tasks.current import current_results
-from tasks.load import load_recipients
-from tasks.plan import plan_campaign
-from tasks.send_engine import send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.current import current_results
+from smscast.tasks.load import load_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import send_rows
+from smscast.tasks.validate import validate_recipients
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ PHONE_NEEDLES = sorted({p for p in RECIPIENT_PHONES} | {p[1:] for p in RECIPIENT
 
 
 @dataclasses.dataclass(frozen=True)
-class FastPolicy(tasks.send_engine.RetryPolicy):
+class FastPolicy(smscast.tasks.send_engine.RetryPolicy):
     """The engine's policy with near-zero backoff, so that storms of failures end in a second."""
 
     backoff_base: float = 0.001
@@ -263,7 +263,7 @@ def run_captured(
 ) -> Run:
     """Run one campaign in `scenario` and capture everything it leaves behind."""
     sandbox.client.reset()
-    monkeypatch.setattr(tasks.send_engine, "RetryPolicy", FastPolicy)
+    monkeypatch.setattr(smscast.tasks.send_engine, "RetryPolicy", FastPolicy)
     prefix = env_prefix(provider)
     monkeypatch.setenv(f"{prefix}_API_KEY", WRONG[provider] if scenario == "wrong_key" else KEYS[provider])
     monkeypatch.delenv(f"{prefix}_BASE_URL", raising=False)

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sandbox.client import SandboxClient
-from servers.sandbox import SandboxServer
+from smscast.sandbox.client import SandboxClient
+from smscast.servers.sandbox import SandboxServer
 
 
 @pytest.fixture(scope="module")

@@ -32,23 +32,23 @@ import orjson
 import polars as pl
 import pytest
 
-from providers.base import Batch, OutcomeTiming, Provider, Rejection
-from providers.instasent import InstasentProvider
-from providers.postman import PostmanProvider
-from providers.robase import RobaseProvider
-from providers.sandbox import SandboxProvider
-from providers.sent_dm import SentDmProvider
-from providers.textingline import TextinglineProvider
-from servers.sandbox import SandboxServer
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.encoding import GSM7_MULTI_PART, GSM7_SINGLE, UCS2_ENCODING, UCS2_MULTI_PART, UCS2_SINGLE
 from smscast.errors import BatchRejectedError
+from smscast.providers.base import Batch, OutcomeTiming, Provider, Rejection
+from smscast.providers.instasent import InstasentProvider
+from smscast.providers.postman import PostmanProvider
+from smscast.providers.robase import RobaseProvider
+from smscast.providers.sandbox import SandboxProvider
+from smscast.providers.sent_dm import SentDmProvider
+from smscast.providers.textingline import TextinglineProvider
+from smscast.servers.sandbox import SandboxServer
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.validate import validate_recipients
 
 pytestmark = pytest.mark.integration
 

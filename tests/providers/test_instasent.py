@@ -12,8 +12,6 @@ import httpx
 import polars as pl
 import pytest
 
-from providers.base import Batch, Idempotency, Rejection
-from providers.instasent import InstasentProvider
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
@@ -25,11 +23,13 @@ from smscast.errors import (
     RateLimitedError,
     ServerError,
 )
+from smscast.providers.base import Batch, Idempotency, Rejection
+from smscast.providers.instasent import InstasentProvider
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.validate import validate_recipients
 
 BASE = "https://instasent.test"
 SETTINGS = ProviderSettings(base_url=BASE, api_key=Secret("ins-token-1"))

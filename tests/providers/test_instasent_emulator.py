@@ -1,4 +1,4 @@
-"""The Instasent emulator over real loopback HTTP (one `python -m sandbox` for the module)."""
+"""The Instasent emulator over real loopback HTTP (one `python -m smscast.sandbox` for the module)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import httpx
 import pytest
 from support import sandbox_clock
 
-from sandbox.client import SandboxClient
-from servers.sandbox import SandboxServer
+from smscast.sandbox.client import SandboxClient
+from smscast.servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 

@@ -12,15 +12,6 @@ import httpx
 import polars as pl
 import pytest
 
-from providers.base import Batch, Idempotency, Rejection
-from providers.postman import (
-    MAX_FILE_BYTES,
-    MAX_ROW_BYTES,
-    MAX_ROWS,
-    PostmanProvider,
-    csv_bytes,
-    csv_columns,
-)
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
@@ -31,11 +22,20 @@ from smscast.errors import (
     RateLimitedError,
     ServerError,
 )
+from smscast.providers.base import Batch, Idempotency, Rejection
+from smscast.providers.postman import (
+    MAX_FILE_BYTES,
+    MAX_ROW_BYTES,
+    MAX_ROWS,
+    PostmanProvider,
+    csv_bytes,
+    csv_columns,
+)
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.validate import validate_recipients
 
 BASE = "https://postman.test/api/v2"
 SETTINGS = ProviderSettings(base_url=BASE, api_key=Secret("pm-key-1"))

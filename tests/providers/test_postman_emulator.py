@@ -1,4 +1,4 @@
-"""The Postman emulator over real loopback HTTP (one `python -m sandbox` for the module), and the adapter
+"""The Postman emulator over real loopback HTTP (one `python -m smscast.sandbox` for the module), and the adapter
 against it."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import polars as pl
 import pytest
 from support import sandbox_clock
 
-from providers.postman import PostmanProvider
-from sandbox.client import SandboxClient
-from servers.sandbox import SandboxServer
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
+from smscast.providers.postman import PostmanProvider
+from smscast.sandbox.client import SandboxClient
+from smscast.servers.sandbox import SandboxServer
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.validate import validate_recipients
 
 pytestmark = pytest.mark.integration
 

@@ -12,14 +12,14 @@ from typing import Any, get_args
 
 import pytest
 
-from providers.base import Provider
-from providers.names import PROVIDER_NAMES, ProviderName, emulator_name
-from providers.registry import provider_class
-from sandbox.app import load_emulator
-from sandbox.emulators import EMULATORS, canonical_provider
-from sandbox.framework import Emulator
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
+from smscast.providers.base import Provider
+from smscast.providers.names import PROVIDER_NAMES, ProviderName, emulator_name
+from smscast.providers.registry import provider_class
+from smscast.sandbox.app import load_emulator
+from smscast.sandbox.emulators import EMULATORS, canonical_provider
+from smscast.sandbox.framework import Emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 

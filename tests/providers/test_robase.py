@@ -12,8 +12,6 @@ import httpx
 import polars as pl
 import pytest
 
-from providers.base import Batch
-from providers.robase import RobaseProvider
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
@@ -24,11 +22,13 @@ from smscast.errors import (
     RateLimitedError,
     TransientError,
 )
+from smscast.providers.base import Batch
+from smscast.providers.robase import RobaseProvider
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, batches_of, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, batches_of, send_rows
+from smscast.tasks.validate import validate_recipients
 
 SETTINGS = ProviderSettings(base_url="http://robase.test", api_key=Secret("rb_live_secret"))
 FAST = RetryPolicy(max_attempts=3, max_throttled=5, backoff_base=0.001, backoff_cap=0.01)

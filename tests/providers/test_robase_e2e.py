@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 from support import prefect_harness, provider_sandbox
 
-from flows.campaign import send_campaign
-from flows.retry import retry_failed
-from servers.sandbox import SandboxServer
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.flows.campaign import send_campaign
+from smscast.flows.retry import retry_failed
 from smscast.results import CampaignPaths
+from smscast.servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 

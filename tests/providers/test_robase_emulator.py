@@ -11,11 +11,11 @@ import polars as pl
 import pytest
 from support import sandbox_clock
 
-from providers.base import Batch
-from providers.robase import RobaseProvider
-from sandbox.client import SandboxClient
-from servers.sandbox import SandboxServer
 from smscast.campaign import CampaignSpec
+from smscast.providers.base import Batch
+from smscast.providers.robase import RobaseProvider
+from smscast.sandbox.client import SandboxClient
+from smscast.servers.sandbox import SandboxServer
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 

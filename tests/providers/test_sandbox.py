@@ -10,10 +10,10 @@ import httpx
 import polars as pl
 import pytest
 
-from providers.base import Batch, Provider
-from providers.sandbox import SandboxProvider
 from smscast.campaign import CampaignSpec
 from smscast.errors import AmbiguousError, BatchRejectedError, CampaignStopError, TransientError
+from smscast.providers.base import Batch, Provider
+from smscast.providers.sandbox import SandboxProvider
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 

@@ -12,8 +12,6 @@ import httpx
 import polars as pl
 import pytest
 
-from providers.base import Batch
-from providers.sent_dm import REJECTED_CODE, SentDmProvider, idempotency_key
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
@@ -25,11 +23,13 @@ from smscast.errors import (
     RateLimitedError,
     ServerError,
 )
+from smscast.providers.base import Batch
+from smscast.providers.sent_dm import REJECTED_CODE, SentDmProvider, idempotency_key
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, batches_of, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, batches_of, send_rows
+from smscast.tasks.validate import validate_recipients
 
 SETTINGS = ProviderSettings(base_url="http://sent.test", api_key=Secret("sdm-key-1"))
 FAST = RetryPolicy(max_attempts=3, max_throttled=5, backoff_base=0.001, backoff_cap=0.01)

@@ -12,11 +12,11 @@ import polars as pl
 import pytest
 from support import prefect_harness, provider_sandbox
 
-from flows.campaign import send_campaign
-from servers.sandbox import SandboxServer
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.flows.campaign import send_campaign
 from smscast.results import CampaignPaths
+from smscast.servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ import polars as pl
 import pytest
 from support import sandbox_clock
 
-from providers.base import Batch
-from providers.sent_dm import REJECTED_CODE, SentDmProvider
-from sandbox.client import SandboxClient
-from servers.sandbox import SandboxServer
 from smscast.campaign import CampaignSpec
 from smscast.errors import BatchRejectedError, CampaignStopError
+from smscast.providers.base import Batch
+from smscast.providers.sent_dm import REJECTED_CODE, SentDmProvider
+from smscast.sandbox.client import SandboxClient
+from smscast.servers.sandbox import SandboxServer
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 

@@ -14,9 +14,6 @@ import httpx
 import polars as pl
 import pytest
 
-from providers.base import Batch, Idempotency, OutcomeTiming, Rejection
-from providers.textingline import INVALID_CHARS, AccountRefusedError, TextinglineProvider, wire_key
-from sandbox.emulators import textingline as emulator
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
@@ -28,11 +25,14 @@ from smscast.errors import (
     RateLimitedError,
     ServerError,
 )
+from smscast.providers.base import Batch, Idempotency, OutcomeTiming, Rejection
+from smscast.providers.textingline import INVALID_CHARS, AccountRefusedError, TextinglineProvider, wire_key
+from smscast.sandbox.emulators import textingline as emulator
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.validate import validate_recipients
 
 BASE = "http://textingline.test"
 SETTINGS = ProviderSettings(base_url=BASE, api_key=Secret("kid-1:s3cr3t-value"))

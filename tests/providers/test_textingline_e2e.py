@@ -15,15 +15,15 @@ import polars as pl
 import pytest
 from support import prefect_harness
 
-from flows.campaign import send_campaign
-from providers.base import StatusLookup
-from providers.registry import make_provider
-from sandbox.emulators import textingline as tl
-from servers.sandbox import SandboxServer
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import CampaignStopError
+from smscast.flows.campaign import send_campaign
+from smscast.providers.base import StatusLookup
+from smscast.providers.registry import make_provider
 from smscast.results import CampaignPaths
+from smscast.sandbox.emulators import textingline as tl
+from smscast.servers.sandbox import SandboxServer
 from smscast.status import Status
 
 pytestmark = pytest.mark.integration

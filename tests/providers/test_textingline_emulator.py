@@ -1,4 +1,4 @@
-"""The textingline emulator over real loopback HTTP (one `python -m sandbox` for the module): documented
+"""The textingline emulator over real loopback HTTP (one `python -m smscast.sandbox` for the module): documented
 limits, auth, whole-batch refusals, both levels of idempotency, the rate limit, the (ASSUMED) status
 endpoint, and the adapter plus send engine against it."""
 
@@ -12,16 +12,16 @@ import polars as pl
 import pytest
 from support import sandbox_clock
 
-from providers.textingline import TextinglineProvider
-from sandbox.client import SandboxClient
-from sandbox.emulators import textingline as tl
-from servers.sandbox import SandboxServer
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
+from smscast.providers.textingline import TextinglineProvider
+from smscast.sandbox.client import SandboxClient
+from smscast.sandbox.emulators import textingline as tl
+from smscast.servers.sandbox import SandboxServer
 from smscast.settings import ProviderSettings, Secret
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.validate import validate_recipients
 
 pytestmark = pytest.mark.integration
 

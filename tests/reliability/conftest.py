@@ -21,8 +21,8 @@ from reliability.provider_setups import PROVIDERS, START_KNOBS, ProviderSetup
 from reliability.settings import KEY, Sizes
 from reliability.soak import Soak
 
-from servers.prefect_server import PrefectServer
-from servers.sandbox import SandboxServer
+from smscast.servers.prefect_server import PrefectServer
+from smscast.servers.sandbox import SandboxServer
 
 
 class SharedApiSoak(Soak):

@@ -10,7 +10,7 @@ from reliability.soak import Campaign, Soak
 from support import ledger_by_phone, ledger_frame, ledger_problems
 
 from smscast import storage
-from tasks.current import current_results
+from smscast.tasks.current import current_results
 
 
 @dataclass

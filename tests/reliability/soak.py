@@ -19,11 +19,11 @@ from reliability.processes import CliRun, RunRecord, last_error
 from reliability.provider_setups import ProviderSetup
 from reliability.settings import LOCKED_MESSAGE
 
-from sandbox.client import SandboxClient
-from servers.sandbox import SandboxServer
 from smscast import storage
 from smscast.results import AttemptPaths, CampaignPaths
-from tasks.current import current_results
+from smscast.sandbox.client import SandboxClient
+from smscast.servers.sandbox import SandboxServer
+from smscast.tasks.current import current_results
 
 
 @dataclass

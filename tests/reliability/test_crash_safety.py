@@ -41,13 +41,13 @@ from support import ledger_frame
 from smscast import storage
 from smscast.lock import CampaignLock
 from smscast.runtime import Stop
-from tasks.current import current_results
+from smscast.tasks.current import current_results
 
 pytestmark = pytest.mark.integration
 
 DRIVER = """
 import json, sys
-from flows.campaign import send_campaign
+from smscast.flows.campaign import send_campaign
 from smscast.campaign import CampaignSpec
 from smscast.errors import SmscastError
 try:

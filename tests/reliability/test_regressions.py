@@ -19,14 +19,14 @@ from pathlib import Path
 import httpx
 import polars as pl
 
-from providers.textingline import TextinglineProvider
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.lock import CampaignLock
+from smscast.providers.textingline import TextinglineProvider
 from smscast.settings import ProviderSettings, Secret
-from tasks.plan import plan_campaign
-from tasks.send_engine import RetryPolicy, send_rows
-from tasks.validate import validate_recipients
+from smscast.tasks.plan import plan_campaign
+from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.validate import validate_recipients
 
 
 def test_a_lease_of_one_second_or_less_is_held_once_acquired(tmp_path: Path) -> None:
