@@ -15,7 +15,7 @@ import functools
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NamedTuple, NoReturn
 
 import httpx
 import polars as pl
@@ -64,9 +64,14 @@ __all__ = [
     "retry_after",
 ]
 
-# What a module's reading of an error body gives: the provider's code (None if it gave none), its message,
-# and whether a split of the batch can remove the cause (some row refuses the whole request).
-Refusal = tuple[str | None, str, bool]
+
+class Refusal(NamedTuple):
+    """A module's reading of an error body."""
+
+    code: str | None  # the provider's code, None if it gave none
+    message: str
+    split: bool = False  # a smaller request can avoid the cause (a row refuses the whole request, …)
+    rows: tuple[int, ...] = ()  # positions of the rows the refusal names, where the provider names them
 
 
 class Provider:
@@ -154,16 +159,18 @@ class Provider:
         raise NotImplementedError
 
     def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
-        """(code, message, split) of an error answer, from the provider's error body."""
-        return None, "", False
+        """The code, message and cause of an error answer, from the provider's error body."""
+        return Refusal(None, "")
 
     def raise_for_refusal(self, response: httpx.Response, payload: Any) -> NoReturn:
         """A 4xx/5xx answer: the statuses every provider shares (`raise_for_transport_status`), then the
         module's code and message (`read_refusal`) through `http_refusal`. A module whose vendor codes
         outrank the HTTP status (textingline) or that reads a status differently (Postman) overrides it."""
         self.raise_for_transport_status(response)
-        code, message, split = self.read_refusal(response, payload)
-        raise self.http_refusal(response, code, message, split=split)
+        refusal = self.read_refusal(response, payload)
+        raise self.http_refusal(
+            response, refusal.code, refusal.message, split=refusal.split, rows=refusal.rows
+        )
 
     # ---- optional hooks -------------------------------------------------------------------------------
 
@@ -280,16 +287,23 @@ class Provider:
         return retry_after(response)
 
     def reject_batch(
-        self, response: httpx.Response, code: str, message: str, *, split: bool
+        self, response: httpx.Response, code: str, message: str, *, split: bool, rows: tuple[int, ...] = ()
     ) -> BatchRejectedError:
         return BatchRejectedError(
             f"{self.caps.name}: batch refused (HTTP {response.status_code}, {code}): {message}",
             code=code,
             retryable_split=split,
+            rows=rows,
         )
 
     def http_refusal(
-        self, response: httpx.Response, code: str | None, message: str, *, split: bool = False
+        self,
+        response: httpx.Response,
+        code: str | None,
+        message: str,
+        *,
+        split: bool = False,
+        rows: tuple[int, ...] = (),
     ) -> SendError:
         """The error for a non-2xx answer (after `raise_for_transport_status`) the module has no more specific
         handling for. The provider did not take the request: its rows are REJECTED with the provider's code
@@ -326,4 +340,4 @@ class Provider:
             return TransientError(
                 f"{name}: request refused for now (HTTP {status}, {code}): {self.redact(message)}", code=code
             )
-        return self.reject_batch(response, code, message, split=split)
+        return self.reject_batch(response, code, message, split=split, rows=rows)

@@ -166,7 +166,7 @@ class InstasentProvider(Provider):
 
     def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
         message = str(payload.get("message", "")) if isinstance(payload, dict) else ""
-        return None, message, False
+        return Refusal(None, message)
 
     def wait(self, response: httpx.Response) -> float | None:
         return _wait(response)

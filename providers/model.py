@@ -24,12 +24,16 @@ class Idempotency(StrEnum):
 
 
 class Rejection(StrEnum):
-    """How the provider refuses a bad row. Which refusals a split can remove is the module's knowledge (the
-    refusal's code or details, `BatchRejectedError.retryable_split`): a PER_ROW provider refuses a whole
-    request for a row too (sent.dm's malformed `to`), and a WHOLE_BATCH one for causes no row carries."""
+    """How the provider refuses a bad row, which decides how the engine isolates it when a refusal of the whole
+    request is caused by a row (tasks/send_engine.py, `ShardSender._isolate`). Which refusals a split can
+    avoid is the module's knowledge (the refusal's code or details, `BatchRejectedError.retryable_split`)."""
 
-    PER_ROW = "per_row"  # bad rows are refused one by one, the rest go through
-    WHOLE_BATCH = "whole_batch"  # one bad row fails the whole request: the engine bisects to isolate it
+    # Bad rows are refused one by one and the rest go through. When such a provider refuses a whole request
+    # for a row anyway (sent.dm's malformed `to[3]`), it names the row: the engine rejects the named rows and
+    # sends the others in one request. Bisection is the fallback when the refusal names none.
+    PER_ROW = "per_row"
+    # One bad row fails the whole request and the answer does not say which: the engine bisects to isolate it.
+    WHOLE_BATCH = "whole_batch"
 
 
 class OutcomeTiming(StrEnum):

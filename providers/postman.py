@@ -275,7 +275,7 @@ class PostmanProvider(Provider):
             and not message.startswith(HEADER_MISMATCH)
             and not message.startswith(FILE_TOO_LARGE)
         )
-        return code, message, split
+        return Refusal(code, message, split)
 
     def read_outcomes(
         self, batch: Batch, response: httpx.Response, payload: Any

@@ -210,7 +210,7 @@ class RobaseProvider(Provider):
         err = payload.get("error") if isinstance(payload, dict) else None
         err = err if isinstance(err, dict) else {}
         code = str(err.get("type") or "") or None
-        return code, _with_field(err), code in SPLITTABLE
+        return Refusal(code, _with_field(err), code in SPLITTABLE)
 
     def read_outcomes(
         self, batch: Batch, response: httpx.Response, payload: Any

@@ -72,7 +72,7 @@ class SandboxProvider(Provider):
         err = payload.get("error") if isinstance(payload, dict) else None
         err = err if isinstance(err, dict) else {}
         # Every 400 of this API is about the request (size, JSON, sender), never one row: no split.
-        return _text(err.get("code")), str(err.get("message") or ""), False
+        return Refusal(_text(err.get("code")), str(err.get("message") or ""))
 
     def read_outcomes(
         self, batch: Batch, response: httpx.Response, payload: Any

@@ -200,11 +200,8 @@ class SentDmProvider(Provider):
         # A 409 is sent.dm's "Resource conflict … concurrent modification": the same Idempotency-Key is still
         # being processed, so the request may be accepted; `http_refusal` makes it ambiguous (re-sent with
         # the same key). Any other refusal leaves the request's recipients `rejected`.
-        return (
-            str(err.get("code") or "") or None,
-            str(err.get("message") or ""),
-            _names_recipients(err.get("details")),
-        )
+        split, rows = _blamed_recipients(err.get("details"))
+        return Refusal(str(err.get("code") or "") or None, str(err.get("message") or ""), split, rows)
 
     def read_outcomes(
         self, batch: Batch, response: httpx.Response, payload: Any
@@ -274,17 +271,24 @@ def _recipient_error(item: Mapping[str, Any]) -> tuple[str, str | None] | None:
     return None
 
 
-def _names_recipients(details: Any) -> bool:
-    """Whether field-level `details` blame the `to` list (a bad recipient), which bisection can isolate.
-    Template, channel or key problems are the same for every half of the batch."""
+def _blamed_recipients(details: Any) -> tuple[bool, tuple[int, ...]]:
+    """Whether field-level `details` blame the `to` list (a bad recipient refuses the whole request), and the
+    positions they name (`to[3]`). Template, channel or key problems are the same for every part of the batch.
+    sent.dm refuses per row otherwise (Rejection.PER_ROW): with the rows named, the engine sends the others at
+    once instead of bisecting."""
     if isinstance(details, dict):
         fields = [str(k) for k in details]
         fields += [str(v.get("field")) for v in details.values() if isinstance(v, dict) and "field" in v]
     elif isinstance(details, list):
         fields = [str(d.get("field", "")) for d in details if isinstance(d, dict)]
     else:
-        return False
-    return any(f == "to" or f.startswith(("to[", "to.")) for f in fields)
+        return False, ()
+    blamed = any(f == "to" or f.startswith(("to[", "to.")) for f in fields)
+    named = sorted({int(m.group(1)) for f in fields if (m := _TO_INDEX.fullmatch(f))})
+    return blamed, tuple(named)
+
+
+_TO_INDEX = re.compile(r"to\[(\d+)\]")
 
 
 ADAPTER = SentDmProvider

@@ -226,7 +226,7 @@ class TextinglineProvider(Provider):
 
     def raise_for_refusal(self, response: httpx.Response, payload: Any) -> NoReturn:
         status = response.status_code
-        code, message, _ = self.read_refusal(response, payload)
+        code, message, *_ = self.read_refusal(response, payload)
         # Decided on the vendor's code before the HTTP status: 33004 comes with 403 and 33012 with 429,
         # neither of which is a credentials problem or a rate limit.
         if code in ACCOUNT_CODES:
@@ -244,7 +244,7 @@ class TextinglineProvider(Provider):
         super().raise_for_refusal(response, payload)
 
     def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:
-        return (*_vendor_error(payload), False)
+        return Refusal(*_vendor_error(payload))
 
     def read_outcomes(
         self, batch: Batch, response: httpx.Response, payload: Any

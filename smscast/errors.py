@@ -64,11 +64,16 @@ class AmbiguousError(TransientError):
 
 class BatchRejectedError(TerminalError):
     """The provider refused the whole batch (4xx, or a whole-file validation failure). `retryable_split`
-    says whether the refusal is typically caused by one bad row, so that bisecting the batch isolates it."""
+    says whether a smaller request can avoid the cause (a bad row, a request too large or mixed); `rows` are the
+    positions in the batch of the rows the refusal names, where the provider names them. How the engine
+    isolates the cause follows the provider's `Capabilities.rejection` (tasks/send_engine.py)."""
 
-    def __init__(self, message: str, *, code: str, retryable_split: bool = False) -> None:
+    def __init__(
+        self, message: str, *, code: str, retryable_split: bool = False, rows: tuple[int, ...] = ()
+    ) -> None:
         super().__init__(message, code=code)
         self.retryable_split = retryable_split
+        self.rows = rows
 
 
 class CampaignStopError(TerminalError):

@@ -38,7 +38,7 @@ from smscast.errors import (
     SendError,
     TransientError,
 )
-from smscast.providers.base import Batch, Provider, RowOutcome
+from smscast.providers.base import Batch, Provider, Rejection, RowOutcome
 from smscast.ratelimit import TokenBucket, shared_bucket
 from smscast.runtime import Runtime, Stop
 from smscast.status import Status
@@ -260,8 +260,8 @@ class ShardSender:
                 return self._all(batch, Status.FAILED, exc.code, str(exc))
             except BatchRejectedError as exc:
                 self._count("batch_rejected")
-                if exc.retryable_split and self.caps.bisects(len(batch)):
-                    return await self._bisect(batch)
+                if exc.retryable_split and (isolated := await self._isolate(batch, exc)) is not None:
+                    return isolated
                 message = str(exc)
                 if exc.retryable_split and len(batch) > 1:
                     minimum = f"{self.caps.name} needs {self.caps.min_rows}+ per request"
@@ -301,6 +301,22 @@ class ShardSender:
         crash during the backoff leaves the batch to be sent rather than in doubt."""
         if self.journal is not None:
             await asyncio.to_thread(self.journal.forget, batch)
+
+    async def _isolate(self, batch: Batch, exc: BatchRejectedError) -> list[SentBatch] | None:
+        """A whole-request refusal that a smaller request can avoid, handled as the provider refuses rows
+        (`caps.rejection`): a PER_ROW provider that names the rows loses only those, and the rest go at once in
+        one request; otherwise halves are sent until the cause stands alone. None: it cannot be isolated."""
+        named = sorted({i for i in exc.rows if 0 <= i < len(batch)})
+        if self.caps.rejection is Rejection.PER_ROW and named and len(named) < len(batch):
+            refused = batch.subset(named, "X")
+            others = [i for i in range(len(batch)) if i not in set(named)]
+            return [
+                *self._all(refused, Status.REJECTED, exc.code, str(exc)),
+                *await self.send_batch(batch.subset(others, "K")),
+            ]
+        if self.caps.bisects(len(batch)):
+            return await self._bisect(batch)
+        return None
 
     async def _bisect(self, batch: Batch) -> list[SentBatch]:
         """A whole-batch refusal caused by some row: send each half on its own, recursively, until the

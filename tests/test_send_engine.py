@@ -13,7 +13,7 @@ import pytest
 
 from smscast.campaign import CampaignSpec
 from smscast.errors import BatchRejectedError
-from smscast.providers.base import Batch, Idempotency, RowOutcome
+from smscast.providers.base import Batch, Idempotency, Rejection, RowOutcome
 from smscast.providers.sandbox import SandboxProvider
 from smscast.ratelimit import TokenBucket
 from smscast.settings import ProviderSettings, Secret
@@ -205,6 +205,66 @@ def test_whole_batch_rejection_is_bisected_to_the_bad_rows() -> None:
     assert out.filter(pl.col("status") == "rejected")["row_index"].to_list() == [3, 12]
     assert out.filter(pl.col("status") == "accepted").height == 14
     assert out.filter(pl.col("row_index") == 3)["batch_id"].item().endswith("-L-R-R")  # 8 -> 4 -> 2 -> 1
+
+
+class NamesRows(SandboxProvider):
+    """Refuses the whole request for its BAD rows and names them by position, like sent.dm's `to[3]`."""
+
+    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
+        if response.status_code == 400:
+            named = tuple(json.loads(response.content)["bad"])
+            raise BatchRejectedError("refused", code="VALIDATION_001", retryable_split=True, rows=named)
+        return super().parse_response(batch, response)
+
+
+def refuse_bad_rows_by_position(seen: list[list[int]]) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        msgs = json.loads(request.content)["messages"]
+        seen.append([int(m["body"].split()[-1][1:]) for m in msgs])
+        bad = [i for i, m in enumerate(msgs) if "BAD" in m["body"]]
+        return httpx.Response(400, json={"bad": bad}) if bad else accept_all(request)
+
+    return handler
+
+
+def with_bad_rows(rows: pl.DataFrame, bad: list[int]) -> pl.DataFrame:
+    # The body ends with the row's name (n<index>), so the handler can tell which rows each request held.
+    return rows.with_columns(
+        body=pl.when(pl.col("row_index").is_in(bad))
+        .then(pl.lit("BAD ") + pl.col("body"))
+        .otherwise(pl.col("body"))
+    )
+
+
+@pytest.mark.parametrize(
+    ("rejection", "names_rows", "requests"),
+    [
+        # A per-row provider that names the rows: they are rejected, the other 6 go at once (2 requests).
+        (Rejection.PER_ROW, True, 2),
+        # The same refusal from a whole-batch provider: halves until the bad rows stand alone.
+        (Rejection.WHOLE_BATCH, True, 11),
+        # A per-row provider that names nothing: bisection is the fallback.
+        (Rejection.PER_ROW, False, 11),
+    ],
+)
+def test_isolation_follows_how_the_provider_refuses_rows(
+    rejection: Rejection, names_rows: bool, requests: int
+) -> None:
+    caps = dataclasses.replace(SandboxProvider.caps, rejection=rejection)
+    base = NamesRows if names_rows else WholeBatch
+    provider = type("P", (base,), {"caps": caps})(SETTINGS)
+    rows, spec = planned_rows(8, provider, batch_size=8)
+    rows = with_bad_rows(rows, [2, 5])
+    seen: list[list[int]] = []
+
+    out = run(provider, rows, spec, refuse_bad_rows_by_position(seen))[0].sort("row_index")
+    assert out.filter(pl.col("status") == "rejected")["row_index"].to_list() == [2, 5]
+    assert out.filter(pl.col("status") == "accepted")["row_index"].to_list() == [0, 1, 3, 4, 6, 7]
+    assert len(seen) == requests
+    if rejection is Rejection.PER_ROW and names_rows:
+        assert sorted(seen[1]) == [0, 1, 3, 4, 6, 7]  # the others, together, in one request
+        rejected = out.filter(pl.col("status") == "rejected")
+        assert set(rejected["error_code"]) == {"VALIDATION_001"}
 
 
 def test_auth_failure_stops_the_campaign_and_records_every_row() -> None:
