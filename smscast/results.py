@@ -11,6 +11,9 @@ Every path under a results location is spelled here and nowhere else (`CampaignP
     <results>/_work/campaign=<id>/attempt=<n>/plan/unsent.parquet        rows that will not be sent
     <results>/_work/campaign=<id>/attempt=<n>/plan/manifest.json         written after the plan: it is complete
     <results>/_work/campaign=<id>/attempt=<n>/journal/shard=NNNNN        each batch's outcome as it came back
+    <results>/campaign=<id>/delivery/part-<time>-<uid>.parquet   delivery facts (smscast/delivery.py)
+    <results>/campaign=<id>/settled/part-<time>-<uid>.parquet    send statuses settled by reconciliation
+    <results>/_dlr/part-<time>-<uid>.parquet                     delivery reports received, not yet matched
 
 The results dataset has one row per input row per attempt. Downstream jobs read its columns; add, never rename.
 """
@@ -106,6 +109,16 @@ class CampaignPaths:
     def spec(self) -> str:
         return f"{self.work}/spec.json"
 
+    @property
+    def delivery(self) -> str:
+        """Delivery facts: append-only parts (smscast/delivery.py), never inside an attempt's folder."""
+        return f"{self.dataset}/delivery"
+
+    @property
+    def settled(self) -> str:
+        """Send statuses that reconciliation settled (an `unknown` row found or proven absent)."""
+        return f"{self.dataset}/settled"
+
     def attempt(self, n: int) -> AttemptPaths:
         return AttemptPaths(self, n)
 
@@ -184,9 +197,25 @@ class AttemptPaths:
         return f"{self.journals}/shard={shard:05d}"
 
 
+def dlr_inbox(results: str) -> str:
+    """Where the delivery-report receiver records what it took, for every campaign under `results`."""
+    return f"{results.rstrip('/')}/_dlr"
+
+
+def campaign_ids(results: str) -> list[str]:
+    """Every campaign with results under `results` (attempt 1 started writing), sorted."""
+    found = {
+        m.group(1)
+        for uri in storage.list_files(f"{results.rstrip('/')}/", suffix=".parquet")
+        if (m := _CAMPAIGN.search(uri))
+    }
+    return sorted(found)
+
+
 # How the listings above recognise what the properties spell (list_files may normalise the results prefix).
 _MANIFEST = "manifest.json"
 _RESULT_PART = re.compile(r"/attempt=(\d+)/[^/]+$")
+_CAMPAIGN = re.compile(r"/campaign=([^/]+)/attempt=\d+/[^/]+$")
 _SHARD_PART = re.compile(r"/part-s\d+\.parquet$")
 _PLANNED = re.compile(r"/attempt=(\d+)/plan/manifest\.json$")
 _PLAN_SHARD = re.compile(r"/plan/shard=\d+\.parquet$")
