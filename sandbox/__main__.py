@@ -1,9 +1,11 @@
 """`python -m smscast.sandbox [--port N] [knob options]`: serve the provider emulator on loopback
 (see sandbox/server.py).
 
-Every fault knob (sandbox/faults.py) is an option, e.g. `--latency-ms 20 --rate-limit-rps 5 --next-5xx 1
---reject-suffixes 000,13`; `--api-key generic=secret` overrides one provider's key; `--config-json` takes the
-whole configuration at once (used by `servers.sandbox.SandboxServer`).
+Every knob (sandbox/faults.py) is an option, e.g. `--latency-ms 20 --rate-limit-rps 5 --next-5xx 1
+--reject-suffixes 000,13`, or for delivery truth `--undelivered-share 0.05 --dlr-delay-ms 2000 --dlr-url
+http://127.0.0.1:9000/dlr --dlr-duplicate-share 0.01 --async-reject-share 0.02`; `--api-key generic=secret`
+overrides one provider's key; `--config-json` takes the whole configuration at once (used by
+`servers.sandbox.SandboxServer`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning")
     p.add_argument("--config-json", help="JSON: knobs, provider_knobs, api_keys, default_key, emulators")
     p.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
-    knobs = p.add_argument_group("fault knobs (see sandbox/faults.py)")
+    knobs = p.add_argument_group("fault and delivery knobs (see sandbox/faults.py)")
     for name in KNOB_NAMES:
         knobs.add_argument(
             f"--{name.replace('_', '-')}",

@@ -8,9 +8,12 @@ Admin endpoints (no auth; the sandbox binds loopback only):
     GET  /_sandbox/health                     {"status": "ok", "providers": [...], "entries": n, "pid": …}
     GET  /_sandbox/ledger?provider=&batch=&format=json|ndjson|parquet&offset=&limit=
                                               json: a JSON array of entries (streamed); ndjson: one entry per
-                                              line (streamed); parquet: one file, accepted_at as a timestamp
+                                              line (streamed); parquet: one file, accepted_at and delivery_at
+                                              as timestamps. Each entry carries its message's delivery truth:
+                                              delivery_status, delivery_error_code, delivery_at
     GET  /_sandbox/stats                      ledger size, per-provider counters, responses held back by the
-                                              timeout knob, knobs
+                                              timeout knob, knobs, delivery report counters (`callbacks`,
+                                              sandbox/callbacks.py), emulators' own counters (`emulators`)
     GET  /_sandbox/faults                     {"global": {...knobs}, "providers": {name: {...overrides}}}
     POST /_sandbox/faults                     {"provider"?: name, <knob>: value, ...}: partial update; answers
                                               the new state (400 on an unknown knob or a bad value)
@@ -160,8 +163,11 @@ class _Admin:
         cols = self.state.ledger.columns(provider, batch)
         stop = None if limit is None else offset + limit
         cols = {k: v[offset:stop] for k, v in cols.items()}
-        micros = pc.round(pc.multiply(pa.array(cols.pop("accepted_at"), pa.float64()), 1_000_000))
-        at = micros.cast(pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+
+        def stamps(name: str) -> pa.Array:
+            micros = pc.round(pc.multiply(pa.array(cols[name], pa.float64()), 1_000_000))
+            return micros.cast(pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+
         table = pa.table(
             {
                 "seq": pa.array(cols["seq"], pa.int64()),
@@ -170,7 +176,10 @@ class _Admin:
                 },
                 "body": pa.array(cols["body"], pa.string()),
                 "message_id": pa.array(cols["message_id"], pa.string()),
-                "accepted_at": at,
+                "accepted_at": stamps("accepted_at"),
+                "delivery_status": pa.array(cols["delivery_status"], pa.string()),
+                "delivery_error_code": pa.array(cols["delivery_error_code"], pa.string()),
+                "delivery_at": stamps("delivery_at"),
             }
         )
         sink = io.BytesIO()
@@ -183,6 +192,8 @@ class _Admin:
         payload["stored_responses"] = len(state.idempotency)
         payload["held_responses"] = state.held_responses
         payload["faults"] = state.faults.snapshot()
+        payload["callbacks"] = state.dlr.stats()
+        payload["emulators"] = {name: s for name, e in state.emulators.items() if (s := e.stats())}
         return json_response(payload)
 
     async def get_faults(self, request: Request) -> Response:

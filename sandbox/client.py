@@ -57,7 +57,9 @@ class SandboxClient:
         offset: int = 0,
         limit: int | None = None,
     ) -> list[LedgerEntry]:
-        """Ledger entries in acceptance order (streamed as NDJSON)."""
+        """Ledger entries in acceptance order (streamed as NDJSON), each with its message's delivery truth:
+        `delivery_status` (the final outcome: delivered | undelivered | expired), `delivery_error_code` (the
+        vendor's code, None unless undelivered) and `delivery_at` (when it is reached; pending before)."""
         params: dict[str, str | int] = {"format": "ndjson", "offset": offset}
         if provider is not None:
             params["provider"] = provider
@@ -85,6 +87,12 @@ class SandboxClient:
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._json(self._http.get("/_sandbox/stats"))
+        return result
+
+    def callbacks(self) -> dict[str, Any]:
+        """Delivery report counters (sandbox/callbacks.py): reports, posted, acknowledged, retried, abandoned,
+        reports_acknowledged, reports_abandoned, scheduled, queued, and the same per route."""
+        result: dict[str, Any] = self.stats()["callbacks"]
         return result
 
     def faults(self) -> dict[str, Any]:

@@ -32,6 +32,17 @@ class Clock:
         self._mono = monotonic
         self._offset = 0.0
         self._frozen_at: float | None = None  # the real monotonic reading when it was frozen
+        self._frozen_wall = 0.0  # the real wall reading then: a frozen clock reads exactly the same each time
+        # Called after every freeze, resume or advance: whoever waits for a moment of sandbox time (the
+        # delivery report scheduler) must look again, since a frozen clock never gets there by itself.
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     @property
     def frozen(self) -> bool:
@@ -43,9 +54,7 @@ class Clock:
 
     def time(self) -> float:
         """Seconds since the epoch, as `time.time()`."""
-        wall = self._wall()
-        if self._frozen_at is not None:
-            wall -= self._mono() - self._frozen_at  # stopped at the moment it was frozen
+        wall = self._wall() if self._frozen_at is None else self._frozen_wall
         return wall + self._offset
 
     def now(self) -> datetime:
@@ -57,18 +66,22 @@ class Clock:
 
     def freeze(self) -> None:
         if self._frozen_at is None:
-            self._frozen_at = self._mono()
+            self._frozen_at, self._frozen_wall = self._mono(), self._wall()
+            self._changed()
 
     def resume(self) -> None:
         """Run again from the frozen reading (the time spent frozen is skipped, not caught up)."""
         if self._frozen_at is not None:
             self._offset -= self._mono() - self._frozen_at
             self._frozen_at = None
+            self._changed()
 
     def advance(self, seconds: float) -> None:
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"advance: expected a finite number of seconds >= 0, got {seconds!r}")
         self._offset += seconds
+        if seconds:
+            self._changed()
 
     def update(self, changes: dict[str, Any]) -> None:
         """The admin call's partial update: {"freeze": bool, "advance": seconds}, freezing first."""

@@ -26,6 +26,21 @@ Knobs (defaults in `Knobs`):
                                     (permanent; `invalid_number` in the generic API)
     transient_suffixes              same, transient (`carrier_unavailable` in the generic API)
 
+Delivery truth (sandbox/truth.py, sandbox/callbacks.py), read when a message is accepted:
+
+    undelivered_share               share of accepted messages whose final outcome is `undelivered` (with an
+                                    error code of the vendor's); the rest are `delivered`. Decided by a hash
+                                    of the message id and `seed` (0 when unset), so the same run agrees
+                                    with itself everywhere and after a restart
+    dlr_delay_ms                    the final state is reached this long after acceptance, on the sandbox
+                                    clock; before that lookups and the ledger's callbacks say `pending`
+    dlr_url                         where delivery reports are POSTed (None: none are), with
+                                    /instasent, /sent-dm or /generic appended to its path
+    dlr_duplicate_share             share of reports posted twice
+    dlr_retry_window_s              how long (real time) a report is retried before it is abandoned
+    async_reject_share              textingline: share of a queued job's recipients that the job fails
+                                    itself (never sent, not in the ledger, re-sendable)
+
 One-shot counters set for a provider are used before the global ones. The order of checks per request is:
 auth, drop_before, rate limiter, 429, 5xx, latency, processing, drop_after, timeout.
 """
@@ -35,6 +50,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -68,6 +84,12 @@ class Knobs:
     seed: int | None = None
     reject_suffixes: tuple[str, ...] = field(default=())
     transient_suffixes: tuple[str, ...] = field(default=())
+    undelivered_share: float = 0.0
+    dlr_delay_ms: float = 0.0
+    dlr_url: str | None = None
+    dlr_duplicate_share: float = 0.0
+    dlr_retry_window_s: float = 300.0
+    async_reject_share: float = 0.0
 
 
 KNOB_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Knobs))
@@ -128,6 +150,14 @@ def _suffixes(name: str, v: Any) -> tuple[str, ...]:
     return out
 
 
+def _url(name: str, v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", v, re.ASCII | re.IGNORECASE):
+        raise KnobError(f"{name}: expected an http(s) URL, got {v!r}")
+    return v
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "latency_ms": _nonneg_float,
     "latency_jitter_ms": _nonneg_float,
@@ -139,6 +169,12 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "seed": _seed,
     "reject_suffixes": _suffixes,
     "transient_suffixes": _suffixes,
+    "undelivered_share": _probability,
+    "dlr_delay_ms": _nonneg_float,
+    "dlr_url": _url,
+    "dlr_duplicate_share": _probability,
+    "dlr_retry_window_s": _nonneg_float,
+    "async_reject_share": _probability,
     **{name: _nonneg_int for name in SHOTS},
     **{name: _probability for name in RATES},
 }

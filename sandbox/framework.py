@@ -1,6 +1,6 @@
-"""What every emulator module builds on: configuration and shared state, auth helpers, the request pipeline
-(auth, fault knobs, rate limiter, latency, processing, dropped connections, held responses), an idempotency
-store for request-level keys, and fast JSON.
+"""What every emulator module builds on: configuration and shared state, the request pipeline (auth
+(sandbox/auth.py), fault knobs, rate limiter, latency, processing, dropped connections, held responses), an
+idempotency store for request-level keys, delivery truth and reports, and fast JSON.
 
 An emulator module under `sandbox/emulators/` defines one `Emulator` subclass and exposes it as `EMULATOR`:
 
@@ -8,6 +8,7 @@ An emulator module under `sandbox/emulators/` defines one `Emulator` subclass an
         name = "robase"                       # the provider name used by the ledger, stats, faults and keys
         auth = BearerAuth()                   # or HeaderKeyAuth("x-api-key"), BasicAuth()
         sends_retry_after = True              # whether the vendor's 429 carries Retry-After
+        error_codes = (("unreachable", "…"),) # the vendor's reasons for an undelivered message
 
         def message_id(self, seq: int) -> str: ...   # the vendor's id spelling, from the ledger's sequence
         def error(self, status, code, message, headers=None) -> Response: ...  # the vendor's error body
@@ -16,27 +17,23 @@ An emulator module under `sandbox/emulators/` defines one `Emulator` subclass an
 
         async def send_batch(self, request: Request) -> Response:
             payload = await read_json(request)        # RequestRefused(400, "invalid_json") on bad JSON
-            ...                                       # validate rows; self.ledger.index/open_batch/add
+            ...                                       # validate rows; self.open_batch(...) -> add(...)
             return json_response({...})
 
 `endpoint()` wraps the handler in the pipeline, so a module only knows its own wire format. Also at hand:
 `default_knobs` (the vendor's documented rate limit, say), `row_fault(phone)` / `row_suffixes()` for the
-per-row refusal knobs, `self.ledger.index(name, scope)` + `adder()` for row keys, `self.idempotency` for
-request-level keys (store the first response, replay it), `ledger.batch_positions()` for async status
-lookups (routes made with `endpoint(..., methods=("GET",), faults=False)`), `reset()` for module state, and
-`self.clock` (sandbox/clock.py) for any reading of time, so that tests can freeze and advance it.
+per-row refusal knobs, `self.ledger.index(name, scope)` + `self.open_batch()` for row keys and delivery truth,
+`dlr_route` + `dlr_report()` for delivery reports, `self.idempotency` for request-level keys, `ledger.state()`
+for status lookups (routes made with `endpoint(..., methods=("GET",), faults=False)`), `reset()` for module
+state, and `self.clock` (sandbox/clock.py) for any reading of time, so that tests can freeze and advance it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import orjson
 from starlette.requests import Request
@@ -44,10 +41,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from smscast.sandbox.auth import Auth, BearerAuth
+from smscast.sandbox.callbacks import Callbacks, Report
 from smscast.sandbox.clock import Clock
+from smscast.sandbox.counters import Counters
 from smscast.sandbox.emulators import canonical_provider
-from smscast.sandbox.faults import Faults, Verdict
-from smscast.sandbox.ledger import Counters, Ledger
+from smscast.sandbox.faults import Faults, Knobs, Verdict
+from smscast.sandbox.idempotency import IdempotencyStore
+from smscast.sandbox.ledger import Adder, Ledger
+from smscast.sandbox.truth import DELIVERED, ErrorCodes, Fate
 
 DEFAULT_API_KEY = "sandbox-key"
 
@@ -78,47 +80,6 @@ class SandboxConfig:
         return self.api_keys.get(provider, self.default_key)
 
 
-class IdempotencyStore:
-    """Request-level idempotency (a key per request, e.g. sent.dm's `Idempotency-Key` header): the first
-    response is stored with a fingerprint of the request; a repeat replays it. What a repeat with a different
-    request means (replay, 409, 422) is the emulator's choice, so `get` returns the stored fingerprint too."""
-
-    def __init__(self) -> None:
-        self._store: dict[tuple[str, str, str], StoredResponse] = {}
-
-    def get(self, provider: str, key: str, scope: str = "") -> StoredResponse | None:
-        return self._store.get((provider, scope, key))
-
-    def put(self, provider: str, key: str, fingerprint: str, response: Response, scope: str = "") -> None:
-        self._store[(provider, scope, key)] = StoredResponse(
-            fingerprint=fingerprint,
-            status=response.status_code,
-            body=bytes(response.body),
-            media_type=response.media_type or "application/json",
-        )
-
-    def clear(self) -> None:
-        self._store.clear()
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    fingerprint: str
-    status: int
-    body: bytes
-    media_type: str
-
-    def replay(self, headers: Mapping[str, str] | None = None) -> Response:
-        return Response(self.body, status_code=self.status, media_type=self.media_type, headers=headers)
-
-
-def fingerprint(body: bytes) -> str:
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
-
-
 class SandboxState:
     """Everything one sandbox process shares between its emulators and the admin endpoints."""
 
@@ -130,62 +91,19 @@ class SandboxState:
         self.idempotency = IdempotencyStore()
         self.emulators: dict[str, Emulator] = {}
         self.held_responses = 0  # responses held back by the timeout knob right now
+        self.dlr = Callbacks(self.clock, self.ledger)  # delivery reports (sandbox/callbacks.py)
 
     def reset(self, *, faults: bool = True) -> None:
         """Forget the ledger, counters and stored responses (and, by default, restore the start knobs); a
         frozen clock runs again, so that no test leaves the next one in a stopped world."""
         self.clock.resume()
         self.ledger.reset()
+        self.dlr.reset()
         self.idempotency.clear()
         if faults:
             self.faults.reset()
         for emulator in self.emulators.values():
             emulator.reset()
-
-
-# ---- auth helpers -----------------------------------------------------------------------------------------
-
-
-class Auth(Protocol):
-    def check(self, request: Request, expected: str) -> bool: ...
-
-
-def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
-class BearerAuth:
-    """`Authorization: Bearer <key>`."""
-
-    def check(self, request: Request, expected: str) -> bool:
-        raw = request.headers.get("authorization", "")
-        scheme, _, token = raw.partition(" ")
-        return scheme.lower() == "bearer" and _same(token.strip(), expected)
-
-
-class HeaderKeyAuth:
-    """The key in a header of its own, e.g. `x-api-key: <key>`."""
-
-    def __init__(self, header: str = "x-api-key") -> None:
-        self.header = header.lower()
-
-    def check(self, request: Request, expected: str) -> bool:
-        return _same(request.headers.get(self.header, ""), expected)
-
-
-class BasicAuth:
-    """HTTP basic auth; the configured key is `user:password` (e.g. textingline's `key_id:secret`)."""
-
-    def check(self, request: Request, expected: str) -> bool:
-        raw = request.headers.get("authorization", "")
-        scheme, _, token = raw.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            given = base64.b64decode(token.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return _same(given, expected)
 
 
 # ---- responses --------------------------------------------------------------------------------------------
@@ -268,6 +186,12 @@ class Emulator:
     # Knobs this provider starts with, e.g. its documented rate limit {"rate_limit_rps": 5 / 60,
     # "rate_limit_burst": 5}; the configuration's per-provider knobs win over them.
     default_knobs: ClassVar[Mapping[str, Any]] = {}
+    # Delivery truth (sandbox/truth.py): the vendor's (code, message) reasons for an undelivered message;
+    # and, where the vendor posts delivery reports, the route appended to `dlr_url`, and how many reports
+    # one POST carries (0: one JSON object; n: a JSON array of up to n), each shaped by `dlr_report`.
+    error_codes: ClassVar[ErrorCodes] = ()
+    dlr_route: ClassVar[str | None] = None
+    dlr_group: ClassVar[int] = 0
 
     def __init__(self, state: SandboxState) -> None:
         self.state = state
@@ -278,6 +202,8 @@ class Emulator:
         self.api_key = state.config.key_for(self.name)
         self.ledger.register(self.name, self.message_id)
         self.faults.set_provider_defaults(self.name, self.default_knobs)
+        if self.dlr_route is not None:
+            state.dlr.register(self.name, self.dlr_route, self.dlr_report, self.dlr_group)
 
     # ---- what a module fills in -----------------------------------------------------------------------
 
@@ -301,7 +227,55 @@ class Emulator:
     def reset(self) -> None:
         """Forget module-specific state (async job tables…) on `POST /_sandbox/reset`."""
 
+    def dlr_report(self, report: Report) -> Any:
+        """One delivery report in the vendor's wire shape (JSON-able), for a module with a `dlr_route`."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        """Module-specific counters for the admin stats (`emulators`), if any."""
+        return {}
+
     # ---- helpers ----------------------------------------------------------------------------------------
+
+    def fate(self, knobs: Knobs | None = None) -> Fate:
+        """The delivery outcome of this provider's messages under the knobs of now (or `knobs`)."""
+        k = knobs or self.faults.knobs(self.name)
+        return Fate(self.name, k.seed or 0, k.undelivered_share, self.error_codes)
+
+    def open_batch(
+        self, batch: str, batch_key: str | None = None, index: dict[str, int] | None = None
+    ) -> Adder:
+        """Open a ledger batch for a request's new messages (see `Ledger.adder`). The knobs of this moment
+        decide each message's delivery truth as it is added, when it is reached, and its delivery reports."""
+        k = self.faults.knobs(self.name)
+        ledger = self.ledger
+        now, delay = self.clock.time(), k.dlr_delay_ms / 1000.0
+        batch_no = ledger.open_batch(self.name, batch, batch_key, accepted_at=now, delay=delay)
+        add = ledger.adder(batch_no, index)
+        if self.dlr_route is not None and k.dlr_url is not None:
+            self.state.dlr.schedule(
+                self.name,
+                batch_no,
+                k.dlr_url,
+                now,
+                now + delay,
+                seed=k.seed or 0,
+                duplicate_share=k.dlr_duplicate_share,
+                window_s=k.dlr_retry_window_s,
+            )
+        fate = self.fate(k)
+        if fate.share <= 0.0:
+            return add  # every message delivered: nothing to store, the hot path stays as it was
+        message_id, set_outcome = ledger.message_id, ledger.set_outcome
+
+        def add_and_decide(to: str, body: str | None, key: str | None = None) -> int:
+            pos = add(to, body, key)
+            outcome = fate(message_id(pos))
+            if outcome is not DELIVERED:
+                set_outcome(pos, outcome)
+            return pos
+
+        return add_and_decide
 
     def endpoint(
         self, path: str, handler: Handler, methods: Sequence[str] = ("POST",), *, faults: bool = True

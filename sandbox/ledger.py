@@ -13,6 +13,9 @@ million entries in one process cheaply. It is columnar, with no object per entry
 * ``message_id`` is not stored at all: it is derived from the entry's sequence number by the provider's
   formatter (``register``), e.g. ``sbx_<seq>``. Sequence numbers keep growing across ``reset`` so that message
   ids stay unique for the life of the process.
+* delivery truth (sandbox/truth.py): each message's final outcome, decided at acceptance, and the moment it is
+  reached (the batch's acceptance plus the `dlr_delay_ms` of then). Only the exceptions are stored: an
+  outcome other than `delivered`, a moment other than the batch's, in sparse dicts.
 
 Entries of one batch are contiguous: an emulator adds a request's rows without awaiting in between, and the
 server runs one event loop, so no lock is needed anywhere here.
@@ -23,9 +26,11 @@ from __future__ import annotations
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypedDict
+
+from smscast.sandbox.counters import Counters
+from smscast.sandbox.truth import DELIVERED, PENDING, Outcome
 
 MessageIdFormat = Callable[[int], str]
 
@@ -52,35 +57,9 @@ class LedgerEntry(TypedDict):
     body: str | None
     message_id: str
     accepted_at: str  # ISO 8601, UTC
-
-
-@dataclass
-class Counters:
-    """Per-provider counters (messages accepted are the ledger's own count). `requests` is keyed by HTTP
-    status as a string, plus the pseudo statuses ``drop_before``, ``drop_after`` (connection closed with no
-    response) and ``timeout`` (response held back)."""
-
-    requests: dict[str, int] = field(default_factory=dict)
-    duplicates: int = 0  # rows answered from the idempotency index, no new entry
-    rejected: int = 0  # rows refused one by one (permanent and transient)
-    rejected_codes: dict[str, int] = field(default_factory=dict)
-
-    def request(self, status: int | str) -> None:
-        k = str(status)
-        self.requests[k] = self.requests.get(k, 0) + 1
-
-    def reject(self, code: str, n: int = 1) -> None:
-        self.rejected += n
-        self.rejected_codes[code] = self.rejected_codes.get(code, 0) + n
-
-    def as_dict(self, accepted: int) -> dict[str, Any]:
-        return {
-            "requests": dict(self.requests),
-            "accepted": accepted,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "rejected_codes": dict(self.rejected_codes),
-        }
+    delivery_status: str  # the final outcome: delivered | undelivered | expired (smscast/delivery.py)
+    delivery_error_code: str | None  # the vendor's code when not delivered
+    delivery_at: str  # ISO 8601, UTC: when the outcome is reached (before it, the message is pending)
 
 
 def _default_message_id(seq: int) -> str:
@@ -107,6 +86,7 @@ class Ledger:
         self._b_batch: list[str] = []
         self._b_key: list[str | None] = []
         self._b_at: list[float] = []
+        self._b_due: list[float] = []  # when the batch's messages reach their final outcome
         self._b_start: list[int] = []
         self._b_lookup: dict[tuple[str, str], int] = {}
         # entry columns
@@ -117,6 +97,8 @@ class Ledger:
         self._e_body = array("Q")  # offset << 24 | length into _blob; _NO_BODY for None
         self._blob = bytearray()
         self._bodies: dict[str, int] = {}  # intern table: body -> packed (offset, length)
+        self._outcomes: dict[int, Outcome] = {}  # position -> final outcome, when not DELIVERED
+        self._dues: dict[int, float] = {}  # position -> when its outcome is reached, when not the batch's
         # idempotency index: (provider, scope) -> key -> position
         self._index: dict[tuple[str, str], dict[str, int]] = {}
         self._counters: dict[str, Counters] = {p: Counters() for p in self._formats}
@@ -159,14 +141,22 @@ class Ledger:
         return None if idx is None else idx.get(key)
 
     def open_batch(
-        self, provider: str, batch: str, batch_key: str | None = None, accepted_at: float | None = None
+        self,
+        provider: str,
+        batch: str,
+        batch_key: str | None = None,
+        accepted_at: float | None = None,
+        delay: float = 0.0,
     ) -> int:
-        """Start a batch (one provider request) and return its number for `add`."""
+        """Start a batch (one provider request) and return its number for `add`. Its messages reach their
+        final outcome `delay` seconds after `accepted_at`."""
         n = len(self._b_batch)
+        at = self._clock() if accepted_at is None else accepted_at
         self._b_provider.append(provider)
         self._b_batch.append(batch)
         self._b_key.append(batch_key)
-        self._b_at.append(self._clock() if accepted_at is None else accepted_at)
+        self._b_at.append(at)
+        self._b_due.append(at + delay)
         self._b_start.append(len(self._e_key))
         self._b_lookup[(provider, batch)] = n
         return n
@@ -233,6 +223,30 @@ class Ledger:
         `adder`."""
         return self.adder(batch_no, index)(to, body, key)
 
+    def set_outcome(self, pos: int, outcome: Outcome, due: float | None = None) -> None:
+        """Record the final outcome of the message at `pos` (and, with `due`, when it is reached)."""
+        if outcome.status == DELIVERED.status:
+            self._outcomes.pop(pos, None)
+        else:
+            self._outcomes[pos] = outcome
+        if due is not None:
+            self._dues[pos] = due
+
+    def outcome(self, pos: int) -> Outcome:
+        return self._outcomes.get(pos, DELIVERED)
+
+    def due(self, pos: int) -> float:
+        due = self._dues.get(pos)
+        return self._b_due[self._e_batch[pos]] if due is None else due
+
+    def state(self, pos: int, now: float) -> Outcome:
+        """What the message is at `now`: pending until its outcome is reached, then the outcome."""
+        return PENDING if now < self.due(pos) else self.outcome(pos)
+
+    def positions(self, batch_no: int) -> range:
+        """Positions of the entries of the batch `open_batch` numbered `batch_no`."""
+        return range(self._b_start[batch_no], self._next_start(batch_no))
+
     def seq(self, pos: int) -> int:
         return self._seq_base + pos + 1
 
@@ -251,11 +265,7 @@ class Ledger:
     def count(self, provider: str | None = None) -> int:
         if provider is None:
             return len(self._e_key)
-        return sum(
-            self._next_start(b) - self._b_start[b]
-            for b in range(len(self._b_batch))
-            if self._b_provider[b] == provider
-        )
+        return sum(len(self.positions(b)) for b, p in enumerate(self._b_provider) if p == provider)
 
     def _next_start(self, b: int) -> int:
         return self._b_start[b + 1] if b + 1 < len(self._b_start) else len(self._e_key)
@@ -288,20 +298,6 @@ class Ledger:
         b = self._e_batch[pos]
         return self._b_provider[b], self._b_batch[b], self._b_key[b], self._b_at[b]
 
-    def entry(self, pos: int) -> LedgerEntry:
-        provider, batch, batch_key, at = self.batch_of(pos)
-        return {
-            "seq": self._seq_base + pos + 1,
-            "provider": provider,
-            "batch": batch,
-            "batch_key": batch_key,
-            "key": self._e_key[pos],
-            "to": self.to(pos),
-            "body": self.body(pos),
-            "message_id": self.message_id(pos),
-            "accepted_at": _iso(at),
-        }
-
     def _snapshot(self, provider: str | None, batch: str | None) -> Iterator[tuple[int, int, int]]:
         """(batch number, start, stop) of the matching batches that exist now. Lists are bound locally, so a
         reader streaming the ledger while requests add to it (or reset it) sees a consistent prefix."""
@@ -329,6 +325,7 @@ class Ledger:
         b_provider, b_batch, b_key, b_at = self._b_provider, self._b_batch, self._b_key, self._b_at
         to_other, e_to, e_key, e_body = self._to_other, self._e_to, self._e_key, self._e_body
         blob, base = self._blob, self._seq_base
+        outcomes, dues, b_due = self._outcomes, self._dues, self._b_due
         for b, start, stop in self._snapshot(provider, batch):
             size = stop - start
             if skip >= size:
@@ -336,7 +333,7 @@ class Ledger:
                 continue
             start += skip
             skip = 0
-            prov, name, bkey, at = b_provider[b], b_batch[b], b_key[b], _iso(b_at[b])
+            prov, name, bkey, at, due = b_provider[b], b_batch[b], b_key[b], _iso(b_at[b]), _iso(b_due[b])
             fmt = self._formats.get(prov, _default_message_id)
             for pos in range(start, stop):
                 if left == 0:
@@ -350,6 +347,7 @@ class Ledger:
                 else:
                     off = packed >> _LEN_BITS
                     body = blob[off : off + (packed & _LEN_MASK)].decode()
+                outcome = outcomes.get(pos, DELIVERED)
                 yield {
                     "seq": seq,
                     "provider": prov,
@@ -360,10 +358,13 @@ class Ledger:
                     "body": body,
                     "message_id": fmt(seq),
                     "accepted_at": at,
+                    "delivery_status": outcome.status,
+                    "delivery_error_code": outcome.error_code,
+                    "delivery_at": due if (own := dues.get(pos)) is None else _iso(own),
                 }
 
     def columns(self, provider: str | None = None, batch: str | None = None) -> dict[str, list[Any]]:
-        """The ledger as columns (for Parquet): accepted_at as epoch seconds (float)."""
+        """The ledger as columns (for Parquet): accepted_at and delivery_at as epoch seconds (float)."""
         cols: dict[str, list[Any]] = {k: [] for k in LedgerEntry.__annotations__}
         to_other, e_to, base = self._to_other, self._e_to, self._seq_base
         for b, start, stop in self._snapshot(provider, batch):
@@ -381,6 +382,10 @@ class Ledger:
             cols["body"].extend(map(self._body, self._e_body[start:stop]))
             cols["to"].extend(f"+{v}" if v >= 0 else to_other[-v - 1] for v in e_to[start:stop])
             cols["message_id"].extend(map(fmt, seqs))
+            outcomes = list(map(self.outcome, range(start, stop)))
+            cols["delivery_status"].extend(o.status for o in outcomes)
+            cols["delivery_error_code"].extend(o.error_code for o in outcomes)
+            cols["delivery_at"].extend(map(self.due, range(start, stop)))
         return cols
 
     def stats(self) -> dict[str, Any]:

@@ -206,11 +206,39 @@ def retry(
 def sandbox(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
     host: Annotated[str, typer.Option(help="Loopback address to bind.")] = "127.0.0.1",
+    undelivered_share: Annotated[
+        float, typer.Option(help="Share (0-1) of accepted messages that end undelivered.")
+    ] = 0.0,
+    dlr_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Where delivery reports are POSTed (Instasent, sent.dm, generic); none when unset."
+        ),
+    ] = None,
+    dlr_delay_ms: Annotated[
+        float, typer.Option(help="Milliseconds from acceptance to the final delivery state.")
+    ] = 0.0,
+    dlr_duplicate_share: Annotated[float, typer.Option(help="Share of delivery reports posted twice.")] = 0.0,
+    async_reject_share: Annotated[
+        float, typer.Option(help="textingline: share of a queued job's recipients the job later fails.")
+    ] = 0.0,
 ) -> None:
     """Serve the provider emulator (every documented provider, plus smscast's own) on loopback."""
+    from smscast.sandbox.faults import KnobError
     from smscast.sandbox.server import serve
 
-    serve(host=host, port=port)
+    try:
+        serve(
+            host=host,
+            port=port,
+            undelivered_share=undelivered_share,
+            dlr_url=dlr_url,
+            dlr_delay_ms=dlr_delay_ms,
+            dlr_duplicate_share=dlr_duplicate_share,
+            async_reject_share=async_reject_share,
+        )
+    except KnobError as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -26,6 +26,11 @@ ROWS_PER_SHARD = 100_000
 # key must be grouped into one batch by the caller (extra_groups).
 PINNED_KEY = "_pinned_batch_key"
 
+# Optional input column: a row re-sent as a NEW message (its earlier one was accepted but not delivered) names
+# the attempt it is re-sent in, and gets a key of that attempt's own: with the old key the provider would take
+# it for the message it already has and send nothing (flows/retry.py, --include-undelivered).
+RESEND_ATTEMPT = "_resend_attempt"
+
 
 @dataclass(frozen=True)
 class ShardRef:
@@ -54,8 +59,13 @@ def row_keys(campaign_id: str, recipient_ids: pl.Series) -> pl.Series:
     )
 
 
-def batch_key(campaign_id: str, provider: str, keys: list[str]) -> str:
-    h = hashlib.blake2b(f"{campaign_id}\x1f{provider}\x1f".encode(), digest_size=12)
+def batch_key(campaign_id: str, provider: str, keys: list[str], attempt: int = 1) -> str:
+    # A retry's request gets a key of its own attempt: its rows were never accepted (`failed`; `unknown` ones
+    # carry the key of the request that left them so, PINNED_KEY), and the same rows under the old key would
+    # be answered with the earlier request's result (textingline returns the old job for a repeated key, even
+    # when that job later failed the rows). Attempt 1 keeps the form its keys always had.
+    scope = campaign_id if attempt == 1 else f"{campaign_id}\x1fa{attempt}"
+    h = hashlib.blake2b(f"{scope}\x1f{provider}\x1f".encode(), digest_size=12)
     h.update("\x1f".join(keys).encode())
     return "scb-" + h.hexdigest()
 
@@ -76,6 +86,12 @@ def plan_campaign(
     df = validated.with_columns(
         idempotency_key=row_keys(spec.campaign_id, validated.get_column("recipient_id"))
     )
+    if RESEND_ATTEMPT in df.columns:
+        resent = pl.col(RESEND_ATTEMPT).is_not_null()
+        fresh = row_keys(f"{spec.campaign_id}\x1fresend-{spec.attempt}", df.get_column("recipient_id"))
+        df = df.with_columns(
+            idempotency_key=pl.when(resent).then(pl.lit(fresh)).otherwise(pl.col("idempotency_key"))
+        )
     groups = [*provider.batch_group_keys(spec), *(extra_groups or [])]
     group_cols = [f"_g{i}" for i in range(len(groups))]
     df = df.with_columns([g.alias(n) for g, n in zip(groups, group_cols, strict=True)])
@@ -123,7 +139,10 @@ def plan_campaign(
     keys = sendable.group_by("batch_seq", maintain_order=True).agg(pl.col("idempotency_key"))
     keys = keys.with_columns(
         batch_key=pl.Series(
-            [batch_key(spec.campaign_id, caps.name, k) for k in keys.get_column("idempotency_key").to_list()],
+            [
+                batch_key(spec.campaign_id, caps.name, k, spec.attempt)
+                for k in keys.get_column("idempotency_key").to_list()
+            ],
             dtype=pl.String,
         )
     ).select("batch_seq", "batch_key")
@@ -136,7 +155,7 @@ def plan_campaign(
 
     rest = pl.concat([df.filter(~valid), below], how="diagonal_relaxed")
     rows = pl.concat([sendable, rest], how="diagonal_relaxed").drop(
-        ["_n", "_b", PINNED_KEY, *group_cols], strict=False
+        ["_n", "_b", PINNED_KEY, RESEND_ATTEMPT, *group_cols], strict=False
     )
     rows = rows.sort("row_index")
     shard_stats = (

@@ -16,6 +16,18 @@ Per-row codes: invalid_number (not E.164, or a `reject_suffixes` knob match), bo
 `transient_suffixes` knob match; transient, nothing recorded). A `ref` seen before (per provider) answers the
 first message's id with `"duplicate": true` and records nothing; the `Idempotency-Key` header is recorded as
 the entries' batch_key.
+
+Delivery truth (sandbox/truth.py): each accepted message ends `delivered`, or `undelivered` (the
+`undelivered_share` knob) with one of the codes of ERROR_CODES. With the `dlr_url` knob set, delivery reports
+are POSTed to `<dlr_url path>/generic`, a JSON ARRAY of up to 100 reports per POST (grouping is what lets a
+receiver keep up with volume), one report per state transition: `pending` at acceptance, then the final one
+`dlr_delay_ms` later (sandbox clock):
+
+    [{"message_id": "sbx_…", "client_ref": "<the message's ref>" | null, "status": "pending" | "delivered"
+      | "undelivered" | "expired", "error_code": str | null, "error_message": str | null,
+      "reported_at": "2026-05-01T08:00:00.000000Z"}, …]
+
+`expired` is in the vocabulary but never produced. `reported_at` is when the state was reached (sandbox clock).
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from smscast.sandbox.callbacks import Report
 from smscast.sandbox.framework import Emulator, RequestRefused, json_response, read_json
 from smscast.sandbox.ledger import Adder
 
@@ -36,10 +49,20 @@ MAX_BODY_CHARS = 1600
 MAX_REF_CHARS = 256
 E164 = re.compile(r"\+[1-9]\d{6,14}", re.ASCII)
 SENDER = re.compile(r"[A-Za-z0-9 ]{1,11}|\+?[0-9]{3,15}", re.ASCII)
+# Why a message was not delivered, in this API's own snake_case vocabulary.
+ERROR_CODES = (
+    ("absent_subscriber", "the handset is switched off or out of coverage"),
+    ("unknown_subscriber", "the number is not in service"),
+    ("carrier_rejected", "the carrier refused the message"),
+    ("blocked_number", "the recipient blocks messages from this sender"),
+)
 
 
 class GenericEmulator(Emulator):
     name = "generic"
+    error_codes = ERROR_CODES
+    dlr_route = "generic"
+    dlr_group = 100
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -50,6 +73,17 @@ class GenericEmulator(Emulator):
 
     def message_id(self, seq: int) -> str:
         return f"sbx_{seq}"
+
+    def dlr_report(self, report: Report) -> dict[str, Any]:
+        outcome = report.outcome
+        return {
+            "message_id": report.message_id,
+            "client_ref": report.key,
+            "status": outcome.status,
+            "error_code": outcome.error_code,
+            "error_message": outcome.error_message,
+            "reported_at": report.at_iso,
+        }
 
     async def send_batch(self, request: Request) -> Response:
         payload = await read_json(request)
@@ -130,7 +164,7 @@ class GenericEmulator(Emulator):
                     refuse(i, "carrier_unavailable", "the carrier is unavailable, try again later")
                     continue
             if add is None:
-                add = ledger.adder(ledger.open_batch(name, batch, batch_key), index)
+                add = self.open_batch(batch, batch_key, index)
             pos = add(to, body, ref)
             append({"index": i, "status": "accepted", "message_id": f"sbx_{seq0 + pos}"})
 

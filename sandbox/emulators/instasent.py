@@ -32,6 +32,20 @@ Deterministic triggers for tests: the `reject_suffixes` knob refuses an item who
 (`to: ["This number cannot receive SMS."]`); `transient_suffixes` has no Instasent meaning (the API has no
 per-item transient refusal) and is ignored. Ledger entries: provider `instasent`, batch = `bulk_<n>` (the
 request; Instasent has no batch id of its own), batch_key null, key = the clientId.
+
+Delivery reports ("DLRs work the same as for a single send: one webhook POST per status transition, keyed by
+the message id"; the clientId "is echoed on every DLR"). The payload is ASSUMED (the document points to a
+page it does not include). With the `dlr_url` knob set, each new message's reports are POSTed to
+`<dlr_url path>/instasent`, one JSON object per POST: `sent` at acceptance, then the final one
+`dlr_delay_ms` later on the sandbox clock:
+
+    {"id": "<message id>", "clientId": "<the clientId sent>" | null,
+     "status": "sent" | "delivered" | "failed" | "expired", "errorCode": str | null,
+     "updatedAt": "2026-05-01T08:00:00.000000Z"}
+
+`sent` is pending (smscast/delivery.py), `failed` undelivered (`undelivered_share` knob), with one of
+ERROR_CODES (ASSUMED); `expired` is in the vocabulary but never produced. A de-duplicated item (a clientId
+seen before) is no new message and has no reports of its own.
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from smscast.sandbox.callbacks import Report
 from smscast.sandbox.framework import Emulator, RequestRefused, json_response
 from smscast.sandbox.ledger import Adder
 
@@ -76,6 +91,14 @@ def is_gsm7(text: str) -> bool:
 CLIENT_ID_TOO_LONG = f"This value is too long. It should have {MAX_CLIENT_ID} characters or less."
 NOT_BOOL = "This value should be of type bool."
 UNREACHABLE = "This number cannot receive SMS."
+# Why a message was not delivered (ASSUMED codes, in the carriers' usual terms).
+ERROR_CODES = (
+    ("ABSENT_SUBSCRIBER", "Handset switched off or out of coverage"),
+    ("UNKNOWN_SUBSCRIBER", "Number not in service"),
+    ("CARRIER_REJECTED", "Rejected by the carrier"),
+    ("BLOCKED", "Recipient blocked the sender"),
+)
+DLR_STATUS = {"pending": "sent", "delivered": "delivered", "undelivered": "failed", "expired": "expired"}
 
 
 def item_errors(item: Any, reject_sfx: tuple[str, ...]) -> dict[str, list[str]]:
@@ -122,6 +145,8 @@ class InstasentEmulator(Emulator):
     # the wait (as a Retry-After header), which `error` turns into the vendor's header.
     sends_retry_after = True
     default_knobs: ClassVar[Mapping[str, Any]] = {"rate_limit_rps": 5.0, "rate_limit_burst": 5}
+    error_codes = ERROR_CODES
+    dlr_route = "instasent"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -136,6 +161,15 @@ class InstasentEmulator(Emulator):
 
     def message_id(self, seq: int) -> str:
         return f"{seq:024x}"
+
+    def dlr_report(self, report: Report) -> dict[str, Any]:
+        return {
+            "id": report.message_id,
+            "clientId": report.key,
+            "status": DLR_STATUS[report.outcome.status],
+            "errorCode": report.outcome.error_code,
+            "updatedAt": report.at_iso,
+        }
 
     def error(
         self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
@@ -205,7 +239,7 @@ class InstasentEmulator(Emulator):
                 entities.append(self._entity(hit, allow_unicode))
                 continue
             if add is None:
-                add = ledger.adder(ledger.open_batch(name, f"bulk_{self._request_seq}", None), index)
+                add = self.open_batch(f"bulk_{self._request_seq}", None, index)
             pos = add(item["to"], item["text"], client_id)
             self._senders[pos] = item["from"]
             entities.append(self._entity(pos, allow_unicode))

@@ -26,8 +26,8 @@ been created in the portal with them); a later upload with other parameters is a
 Deterministic triggers for tests:
 * `reject_suffixes` knob: a recipient ending in one of them is a row error, so the WHOLE file is refused
   (400 parameter_invalid), as the document says of any row error.
-* `transient_suffixes` knob: the row is accepted, but Retrieve Batch Messages reports it `failure`
-  (errorType server_error, errorCode server_unknown_error); Retry Batch Send retries it.
+* `transient_suffixes` knob: the row is accepted (ledger: `undelivered`), but Retrieve Batch Messages
+  reports it `failure` (errorType server_error, errorCode server_unknown_error); Retry Batch Send retries it.
 * a header that is not the campaign's (or not lowercase) gives the header-mismatch 400.
 * Test environment: the same API under `/test` (base URL `http://host:port/test`) refuses more than 20 rows.
 
@@ -39,9 +39,9 @@ entries per recipient (exactly what the adapter's Idempotency.NONE declares). Le
 ASSUMED (named by the document, shapes from Postman v2's public API reference; the adapter uses the same):
 
     GET  /campaigns/{campaignId}/batch/{batchId}/messages?limit=1..1000&after=<cursor>&search=<digits>
-    200  {"data": [{"id", "recipient", "language", "values", "latestStatus": "success" | "failure",
-                    "campaignId", "batchId", "numAttempts", "messageAttempts": [{"status", "errorType",
-                    "errorCode"}], "createdAt", "updatedAt"}],
+    200  {"data": [{"id", "recipient", "language", "values", "latestStatus", "campaignId", "batchId",
+                    "numAttempts", "messageAttempts": [{"status", "errorType", "errorCode"}] (the latest
+                    attempt), "createdAt", "updatedAt"}],
           "pageData": {"startCursor", "endCursor", "hasNextPage", "hasPreviousPage"}}
     404  {"code": "batch_not_found", …}
     POST /campaigns/{campaignId}/batch/{batchId}/retry   201 with no body;
@@ -49,6 +49,16 @@ ASSUMED (named by the document, shapes from Postman v2's public API reference; t
          most 3 retries each) are sent again under their own ids: no new ledger entry.
 
 Lookups are not counted against the rate limit here (the framework keeps fault knobs off status lookups).
+
+`latestStatus` follows each message's delivery truth (sandbox/truth.py), final `dlr_delay_ms` after the
+send (or the retry) on the sandbox clock:
+
+    sent_to_telco  pending: handed on, no final word yet
+    success        final: delivered
+    failure        final: not delivered. errorType server_error / errorCode server_unknown_error (the
+                   `transient_suffixes` knob), or errorType telco_error with one of ERROR_CODES (the
+                   `undelivered_share` knob; codes ASSUMED). Retry Batch Send retries either kind; a retried
+                   message gets a fresh outcome (the hash of its id and attempt number).
 """
 
 from __future__ import annotations
@@ -66,7 +76,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from smscast.sandbox.callbacks import iso
 from smscast.sandbox.framework import Emulator, RequestRefused, json_response
+from smscast.sandbox.truth import DELIVERED_STATUS, PENDING_STATUS, UNDELIVERED_STATUS, Outcome
 
 MAX_FILE_BYTES = 40 * 1024 * 1024  # "40 MB" read as multer/NestJS limits are written: 40 * 1024 * 1024
 TEST_ENV_MAX_ROWS = 20
@@ -81,6 +93,14 @@ HEADER_MISMATCH = "Validation failed (expected type is object)"
 FILE_TOO_LARGE = "File too large, max file size is 40MB"
 TEST_ENV_LIMIT = f"Test environment limit exceeded, max {TEST_ENV_MAX_ROWS} rows"
 MAX_ROW_ERRORS_SHOWN = 10
+SERVER_FAILURE = Outcome(UNDELIVERED_STATUS, "server_unknown_error", "Postman could not send the message")
+# Why a message was not delivered: errorType telco_error (ASSUMED codes).
+ERROR_CODES = (
+    ("telco_unreachable_recipient", "The recipient's handset could not be reached"),
+    ("telco_invalid_recipient", "The number is not in service"),
+    ("telco_rejected", "The telco rejected the message"),
+)
+LATEST_STATUS = {PENDING_STATUS: "sent_to_telco", DELIVERED_STATUS: "success"}  # anything else: failure
 
 # The framework's generic codes, in Postman's words.
 _VENDOR_ERRORS: dict[str, tuple[str, str]] = {
@@ -91,10 +111,9 @@ _VENDOR_ERRORS: dict[str, tuple[str, str]] = {
 
 @dataclass
 class _Message:
-    pos: int  # ledger position (message id and recipient live there)
+    pos: int  # ledger position (message id, recipient and delivery truth live there)
     language: str
     values: dict[str, str]
-    status: str  # latestStatus: "success" or "failure"
     created_at: str
     attempts: int = 1
     updated_at: str = ""
@@ -138,6 +157,7 @@ class PostmanEmulator(Emulator):
     sends_retry_after = False  # the document mentions no Retry-After
     # "Default is 10 TPS per campaign, shared across all endpoints."
     default_knobs: ClassVar[Mapping[str, Any]] = {"rate_limit_rps": 10.0, "rate_limit_burst": 10}
+    error_codes = ERROR_CODES
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -219,7 +239,7 @@ class PostmanEmulator(Emulator):
 
         self._batch_seq += 1
         batch_id = f"batch_{uuid.UUID(int=self._batch_seq)}"
-        add = self.ledger.adder(self.ledger.open_batch(self.name, batch_id, None))
+        add = self.open_batch(batch_id)
         body_mode = params == ("body",)
         messages: list[_Message] = []
         created_at = self.clock.iso()
@@ -228,8 +248,9 @@ class PostmanEmulator(Emulator):
             values = dict(zip(params, row[2:], strict=True))
             body = values["body"] if body_mode else orjson.dumps(values, option=orjson.OPT_SORT_KEYS).decode()
             pos = add(f"+{recipient}", body, None)
-            failed = bool(transient_sfx) and recipient.endswith(transient_sfx)
-            messages.append(_Message(pos, language, values, "failure" if failed else "success", created_at))
+            if transient_sfx and recipient.endswith(transient_sfx):
+                self.ledger.set_outcome(pos, SERVER_FAILURE)
+            messages.append(_Message(pos, language, values, created_at))
         self._batches[batch_id] = _Batch(campaign, messages)
         return json_response({"isValid": True, "batchId": batch_id}, 201)
 
@@ -276,21 +297,27 @@ class PostmanEmulator(Emulator):
             return None
         return batch_id, found
 
-    def _message_object(self, batch_id: str, batch: _Batch, m: _Message) -> dict[str, Any]:
-        failed = m.status == "failure"
-        attempt: dict[str, Any] = {
-            "status": m.status,
-            "errorType": "server_error" if failed else None,
-            "errorCode": "server_unknown_error" if failed else None,
-        }
+    def _latest(self, m: _Message, now: float) -> tuple[str, str | None, str | None]:
+        """(latestStatus, errorType, errorCode) of a message at `now`."""
+        outcome = self.ledger.state(m.pos, now)
+        status = LATEST_STATUS.get(outcome.status, "failure")
+        if status != "failure":
+            return status, None, None
+        kind = "server_error" if outcome.error_code == SERVER_FAILURE.error_code else "telco_error"
+        return status, kind, outcome.error_code
+
+    def _message_object(self, batch_id: str, batch: _Batch, m: _Message, now: float) -> dict[str, Any]:
+        status, error_type, error_code = self._latest(m, now)
+        attempt = {"status": status, "errorType": error_type, "errorCode": error_code}
+        due = self.ledger.due(m.pos)
         return {
             "createdAt": m.created_at,
-            "updatedAt": m.updated_at or m.created_at,
+            "updatedAt": iso(due) if now >= due else (m.updated_at or m.created_at),
             "id": self.ledger.message_id(m.pos),
             "recipient": self.ledger.to(m.pos).removeprefix("+"),
             "values": m.values,
             "language": m.language,
-            "latestStatus": m.status,
+            "latestStatus": status,
             "campaignId": batch.campaign,
             "batchId": batch_id,
             "numAttempts": m.attempts,
@@ -319,7 +346,8 @@ class PostmanEmulator(Emulator):
         if after:
             start = ids.index(after) + 1 if after in ids else len(ids)
         page = messages[start : start + limit]
-        data = [self._message_object(batch_id, batch, m) for m in page]
+        now = self.clock.time()
+        data = [self._message_object(batch_id, batch, m, now) for m in page]
         return json_response(
             {
                 "data": data,
@@ -337,29 +365,35 @@ class PostmanEmulator(Emulator):
     async def batch_retry(self, request: Request) -> Response:
         found = self._batch(request)
         if found is None:
-            raise _retry_refused(
+            raise RequestRefused(
+                400,
                 "batch_not_found_or_is_not_retryable",
                 "Batch cannot be retried as it does not exist or is currently not retryable.",
             )
         _, batch = found
-        retryable = [m for m in batch.messages if m.status == "failure" and m.attempts <= MAX_RETRIES]
+        now = self.clock.time()
+        retryable = [
+            m for m in batch.messages if m.attempts <= MAX_RETRIES and self._latest(m, now)[0] == "failure"
+        ]
         if not retryable:
-            raise _retry_refused(
+            raise RequestRefused(
+                400,
                 "no_failed_batch_messages_to_retry",
                 "Batch cannot be retried as either all messages are successful or all failed messages have "
                 "exceeded the maximum number of attempts.",
             )
-        now = self.clock.iso()
+        stamp, knobs = self.clock.iso(), self.faults.knobs(self.name)
+        due, fate = now + knobs.dlr_delay_ms / 1000, self.fate(knobs)
         for m in retryable:
             m.attempts += 1
-            m.updated_at = now
-            # Still failing while the knob says so; otherwise the retry gets through.
-            m.status = "failure" if self.row_fault(self.ledger.to(m.pos)) == "transient" else "success"
+            m.updated_at = stamp
+            # Still failing while the knob says so; otherwise the retry gets a fresh outcome.
+            if self.row_fault(self.ledger.to(m.pos)) == "transient":
+                outcome = SERVER_FAILURE
+            else:
+                outcome = fate(self.ledger.message_id(m.pos), salt=str(m.attempts))
+            self.ledger.set_outcome(m.pos, outcome, due)
         return Response(b"", status_code=201)
-
-
-def _retry_refused(code: str, message: str) -> RequestRefused:
-    return RequestRefused(400, code, message)
 
 
 EMULATOR = PostmanEmulator

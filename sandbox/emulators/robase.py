@@ -37,6 +37,10 @@ first message's `sms` again and records nothing; with a different message it is 
 Rate: 4 calls per second, burst 4 ("4 batches/s"; "each batch call counts as 1 request"). Ledger entries:
 provider `robase`, batch `rb_batch_<n>` (robase has no request-level key: batch_key None), key = the row's
 idempotency_key, body = the text, or `{"template", "variables"}` as JSON for template rows.
+
+Delivery truth (sandbox/truth.py): each message ends `delivered`, or `undelivered` (`undelivered_share` knob)
+with one of ERROR_CODES (ASSUMED, in the style of the row error types), `dlr_delay_ms` after acceptance
+(not after `send_at`); the emulator has no status lookup or delivery report, so only the ledger says so.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from smscast.sandbox.framework import BearerAuth, Emulator, RequestRefused, json_response, read_json
+from smscast.sandbox.auth import BearerAuth
+from smscast.sandbox.framework import Emulator, RequestRefused, json_response, read_json
 from smscast.sandbox.ledger import Adder
 
 MAX_ROWS = 1000
@@ -87,9 +92,18 @@ def _send_at(raw: Any) -> str | None:
     return _iso(when)
 
 
+# Why a message was not delivered (ASSUMED, in the style of robase's error types).
+ERROR_CODES = (
+    ("phone_unreachable", "the handset could not be reached"),
+    ("phone_inactive", "the number is not in service"),
+    ("carrier_rejected", "the carrier refused the message"),
+)
+
+
 class RobaseEmulator(Emulator):
     name = "robase"
     auth = BearerAuth()
+    error_codes = ERROR_CODES
     sends_retry_after = True  # ASSUMED: the document does not mention 429 at all
     default_knobs: ClassVar[Mapping[str, Any]] = {"rate_limit_rps": 4, "rate_limit_burst": 4}
 
@@ -218,7 +232,7 @@ class RobaseEmulator(Emulator):
                 self._batch_seq += 1
                 batch = f"rb_batch_{self._batch_seq}"
                 self._batch_send_at[batch] = send_at
-                add = ledger.adder(ledger.open_batch(name, batch, None), index)
+                add = self.open_batch(batch, None, index)
             pos = add(to, content, key)
             accepted += 1
             data.append({"index": i, "sms": self._sms(fmt(seq0 + pos), to, sender, key, send_at, created_at)})

@@ -39,6 +39,19 @@ for byte (plus `Idempotent-Replayed: true`) and records nothing; only 200s are s
 may be corrected and re-sent under its key. Ledger entries: provider `sent-dm`, batch = meta.request_id,
 batch_key = the Idempotency-Key, key = None (sent.dm has no per-message key), body = the template id and
 parameters as JSON (sent.dm renders the text).
+
+Delivery reports ("Subscribe to webhooks for delivery status"). The payload is ASSUMED (the document shows
+none; this follows sent.dm's webhook envelope style). With the `dlr_url` knob set, each new message's reports
+are POSTed to `<dlr_url path>/sent-dm`, one JSON object per POST: `SENT` at acceptance, then the final one
+`dlr_delay_ms` later on the sandbox clock:
+
+    {"field": "message", "sub_type": "message.status_updated",
+     "payload": {"message_id": "msg_…", "message_status": "SENT" | "DELIVERED" | "FAILED", "channel": "sms",
+                 "error_code": str | null, "error_message": str | null,
+                 "updated_at": "2026-05-01T08:00:00.000000Z"}}
+
+`SENT` is pending (smscast/delivery.py), `FAILED` undelivered (`undelivered_share` knob) with one of
+ERROR_CODES (ASSUMED, in the catalogue's `AREA_NNN` style). A replayed request has no reports of its own.
 """
 
 from __future__ import annotations
@@ -52,14 +65,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from smscast.sandbox.framework import (
-    Emulator,
-    HeaderKeyAuth,
-    RequestRefused,
-    fingerprint,
-    json_response,
-    read_json,
-)
+from smscast.sandbox.auth import HeaderKeyAuth
+from smscast.sandbox.callbacks import Report
+from smscast.sandbox.framework import Emulator, RequestRefused, json_response, read_json
+from smscast.sandbox.idempotency import fingerprint
 
 MAX_RECIPIENTS = 1000
 CHANNELS = frozenset({"sms", "whatsapp"})
@@ -67,6 +76,14 @@ E164 = re.compile(r"\+[1-9]\d{6,14}", re.ASCII)
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{1,255}", re.ASCII)
 MISSING_TEMPLATE_PREFIX = "missing"
 DOC_URL = "https://docs.sent.dm/errors/"
+# Why a message was not delivered (ASSUMED codes, in the style of sent.dm's error catalogue).
+ERROR_CODES = (
+    ("DELIVERY_001", "Recipient handset unreachable"),
+    ("DELIVERY_002", "Recipient number not in service"),
+    ("DELIVERY_003", "Message filtered by the carrier"),
+    ("DELIVERY_004", "Recipient has opted out"),
+)
+DLR_STATUS = {"pending": "SENT", "delivered": "DELIVERED", "undelivered": "FAILED", "expired": "FAILED"}
 
 # The framework's generic codes (auth, fault knobs) in sent.dm's catalogue spelling.
 _CODES = {
@@ -82,6 +99,8 @@ class SentDmEmulator(Emulator):
     auth = HeaderKeyAuth("x-api-key")
     sends_retry_after = True
     default_knobs: ClassVar[Mapping[str, Any]] = {"rate_limit_rps": 200 / 60, "rate_limit_burst": 200}
+    error_codes = ERROR_CODES
+    dlr_route = "sent-dm"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,6 +111,21 @@ class SentDmEmulator(Emulator):
 
     def message_id(self, seq: int) -> str:
         return f"msg_{seq:03d}"  # the document's "msg_001"
+
+    def dlr_report(self, report: Report) -> dict[str, Any]:
+        outcome = report.outcome
+        return {
+            "field": "message",
+            "sub_type": "message.status_updated",
+            "payload": {
+                "message_id": report.message_id,
+                "message_status": DLR_STATUS[outcome.status],
+                "channel": "sms",
+                "error_code": outcome.error_code,
+                "error_message": outcome.error_message,
+                "updated_at": report.at_iso,
+            },
+        }
 
     def _meta(self) -> dict[str, str]:
         self._request_seq += 1
@@ -163,7 +197,7 @@ class SentDmEmulator(Emulator):
                 counters.reject("recipient_rejected")
                 continue
             if add is None:
-                add = ledger.adder(ledger.open_batch(self.name, meta["request_id"], key))
+                add = self.open_batch(meta["request_id"], key)
             pos = add(number, body, None)
             recipients.append({"message_id": fmt(seq0 + pos), "to": number, "channel": channel})
         response = json_response(

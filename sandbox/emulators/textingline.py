@@ -10,7 +10,8 @@ providers/textingline.py).
 
     GET /api/v1/messaging/batch/{id}      ASSUMED: the doc names a batch status but shows no endpoint
     200 {"id", "from", "totalRecipients", "status": "completed", "createdAt",
-         "recipients": [{"to", "idempotencyKey", "messageId", "status", "errorCode"}]}   (request order)
+         "recipients": [{"to", "idempotencyKey", "messageId", "status", "errorCode"}]}   (request order;
+         a `duplicate` also has "messageStatus", "messageErrorCode": the state of the message it names)
     404 {"code": 33404, …}                ASSUMED code (the vendor's reference shows none for "not found")
 
 Credentials: the configured key is `key_id:secret`; a key without a colon (the sandbox's default
@@ -44,10 +45,25 @@ Rate limit: 5 requests per minute ("The batch endpoint allows 5 requests per min
 seconds until the next token, about 12. Raise it with the `rate_limit_rps` / `rate_limit_burst` knobs. The
 status lookup is not rate limited and ignores the fault knobs.
 
-Per-recipient outcomes are asynchronous: every recipient of an accepted job is in the ledger (the job took
-it); the per-row knobs change only what the status lookup reports — `reject_suffixes` → `undelivered`
-(errorCode 33010, recipient blocked), `transient_suffixes` → `failed` (errorCode 33007, send failed),
-decided when the job is created. Everything else is `sent`.
+Per-recipient outcomes are asynchronous, decided when the job is created (sandbox/truth.py) and reported by
+the status lookup from `dlr_delay_ms` after it on (sandbox clock). Per-recipient `status` (ASSUMED names):
+
+    queued       the job has not processed the recipient yet (only one it will fail itself, see below)
+    sent         handed to the carrier, no final word yet: pending
+    delivered    final: the handset has it
+    undelivered  final, with errorCode: 33010 (recipient blocked: the `reject_suffixes` knob), or one of
+                 ERROR_CODES 33030-33032 (the `undelivered_share` knob; codes ASSUMED)
+    failed       final, errorCode 33007 ("message send failed", retry): the `transient_suffixes` knob
+                 (a ledger message), or the job failed the recipient itself (`async_reject_share`)
+    duplicate    a recipient key seen before: no new message; messageId is the earlier one
+
+Every recipient the job sent is in the ledger (its delivery_status `undelivered`, code 33007, for a
+`transient_suffixes` failure). The `async_reject_share` knob makes the job fail that share of a queued job's
+recipients itself, never sending them: no ledger message, no messageId, `queued` then `failed` 33007. Their
+idempotencyKey is not consumed ("failed sends do not consume the key"): the recipient key is what stops a
+duplicate across batches, and only a message the job sent takes it, so a re-send of such a recipient in a
+new batch is a new message. Re-sending under the SAME batch idempotencyKey replays the original job instead
+(batch-level idempotency), so a re-send must come in a batch with a key of its own.
 """
 
 from __future__ import annotations
@@ -62,16 +78,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from smscast.sandbox.framework import (
-    BasicAuth,
-    Emulator,
-    RequestRefused,
-    SandboxState,
-    fingerprint,
-    json_response,
-    read_json,
-)
+from smscast.sandbox.auth import BasicAuth
+from smscast.sandbox.framework import Emulator, RequestRefused, SandboxState, json_response, read_json
+from smscast.sandbox.idempotency import fingerprint
 from smscast.sandbox.ledger import Adder
+from smscast.sandbox.truth import DELIVERED_STATUS, PENDING_STATUS, UNDELIVERED_STATUS, Outcome, chance
 
 BATCH_PATH = "/api/v1/messaging/batch"
 MIN_RECIPIENTS = 10
@@ -83,6 +94,16 @@ UNASSIGNED_SENDER = "+15005550004"
 QUOTA_SENDER = "+15005550012"
 NO_CREDIT_SENDER = "+15005550023"
 NOT_FOUND = 33404  # ASSUMED
+SEND_FAILED = "33007"  # "message send failed": transient, the lookup's `failed`
+BLOCKED = Outcome(UNDELIVERED_STATUS, "33010", "Recipient blocked")
+TRANSIENT = Outcome(UNDELIVERED_STATUS, SEND_FAILED, "Message send failed, retry the request")
+# Why a message was not delivered (ASSUMED codes, next to the vendor's 330xx).
+ERROR_CODES = (
+    ("33030", "Unreachable destination handset"),
+    ("33031", "Unknown destination handset"),
+    ("33032", "Message filtered by the carrier"),
+)
+ASYNC_FAILED = -(1 << 62)  # the slot of a recipient the job failed itself: no ledger message
 
 E164 = re.compile(r"\+[1-9]\d{6,14}", re.ASCII)
 SENDER = re.compile(r"\+[1-9]\d{6,14}|\d{5,6}", re.ASCII)
@@ -101,15 +122,18 @@ FRAMEWORK_CODES: dict[str, tuple[int, str]] = {
 
 @dataclass
 class Job:
-    """An accepted batch, for the status lookup. `slots[i]` is the ledger position of recipient i, or
-    -(position + 1) of the earlier entry a repeated recipient key points at."""
+    """An accepted batch, for the status lookup. `slots[i]` is the ledger position of recipient i,
+    -(position + 1) of the earlier entry a repeated recipient key points at, or ASYNC_FAILED."""
 
     id: str
     sender: str
     created_at: str
+    due: float  # when the job's recipients reach their final state (sandbox clock)
     slots: array[int] = field(default_factory=lambda: array("q"))
-    faults: dict[int, str] = field(default_factory=dict)  # recipient index -> "reject" | "transient"
     repeated_to: dict[int, str] = field(default_factory=dict)  # recipient index -> `to` of a repeated key
+    failed: dict[int, tuple[str, str | None]] = field(
+        default_factory=dict
+    )  # index -> (to, key): ASYNC_FAILED
 
     def public(self) -> dict[str, Any]:
         return {
@@ -126,6 +150,7 @@ class TextinglineEmulator(Emulator):
     auth = BasicAuth()
     sends_retry_after = True  # "a 429 response is returned with a Retry-After header" (API reference)
     default_knobs: ClassVar[Mapping[str, Any]] = {"rate_limit_rps": 5 / 60, "rate_limit_burst": 5}
+    error_codes = ERROR_CODES
 
     def __init__(self, state: SandboxState) -> None:
         super().__init__(state)
@@ -133,9 +158,14 @@ class TextinglineEmulator(Emulator):
             self.api_key = f"{self.api_key}:{self.api_key}"
         self._batch_seq = 0  # not reset: batch ids stay unique for the life of the process
         self._jobs: dict[str, Job] = {}
+        self._async_failed = 0  # recipients failed by their job (the async_reject_share knob)
 
     def reset(self) -> None:
         self._jobs.clear()
+        self._async_failed = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"async_rejected": self._async_failed}
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
@@ -257,30 +287,38 @@ class TextinglineEmulator(Emulator):
 
     def _accept(self, sender: str, batch_key: str | None, recipients: list[dict[str, Any]]) -> Job:
         self._batch_seq += 1
-        job = Job(id=f"brc_{self._batch_seq:022d}", sender=sender, created_at=self.clock.iso())
-        name = self.name
+        knobs = self.faults.knobs(self.name)
+        now = self.clock.time()
+        job = Job(f"brc_{self._batch_seq:022d}", sender, self.clock.iso(), now + knobs.dlr_delay_ms / 1000)
         ledger = self.ledger
-        counters = ledger.counters(name)
-        index = ledger.index(name)
+        counters = ledger.counters(self.name)
+        index = ledger.index(self.name)
         reject_sfx, transient_sfx = self.row_suffixes()
-        add: Adder | None = None  # the ledger batch is opened with the first new recipient
+        seed, reject_share = knobs.seed or 0, knobs.async_reject_share
+        add: Adder | None = None  # the ledger batch is opened with the first recipient the job sends
         slots = job.slots
         for i, r in enumerate(recipients):
-            key = r.get("idempotencyKey")
+            key, to = r.get("idempotencyKey"), r["to"]
             hit = index.get(key) if key is not None else None
             if hit is not None:
                 counters.duplicates += 1
                 slots.append(-(hit + 1))
-                job.repeated_to[i] = r["to"]
+                job.repeated_to[i] = to
+                continue
+            if chance(seed, reject_share, "async", job.id, str(i)):
+                # Never sent: no ledger message, and the key stays free for a re-send.
+                slots.append(ASYNC_FAILED)
+                job.failed[i] = (to, key)
+                self._async_failed += 1
                 continue
             if add is None:
-                add = ledger.adder(ledger.open_batch(name, job.id, batch_key), index)
-            to = r["to"]
-            slots.append(add(to, r.get("body") or None, key))
+                add = self.open_batch(job.id, batch_key, index)
+            pos = add(to, r.get("body") or None, key)
+            slots.append(pos)
             if reject_sfx and to.endswith(reject_sfx):
-                job.faults[i] = "reject"
+                ledger.set_outcome(pos, BLOCKED)
             elif transient_sfx and to.endswith(transient_sfx):
-                job.faults[i] = "transient"
+                ledger.set_outcome(pos, TRANSIENT)
         self._jobs[job.id] = job
         return job
 
@@ -291,27 +329,40 @@ class TextinglineEmulator(Emulator):
         if job is None:
             raise RequestRefused(404, str(NOT_FOUND), "Batch not found")
         ledger = self.ledger
-        fmt = ledger.message_id_format(self.name)
+        now = self.clock.time()
         items: list[dict[str, Any]] = []
         for i, slot in enumerate(job.slots):
+            if slot == ASYNC_FAILED:
+                to, key = job.failed[i]
+                final = now >= job.due
+                status, error = ("failed", int(SEND_FAILED)) if final else ("queued", None)
+                items.append(
+                    {"to": to, "idempotencyKey": key, "messageId": None, "status": status, "errorCode": error}
+                )
+                continue
             pos = slot if slot >= 0 else -slot - 1
-            status, error = "sent", None
+            status, error = _state(ledger.state(pos, now))
+            item = {
+                "to": job.repeated_to[i] if slot < 0 else ledger.to(pos),
+                "idempotencyKey": ledger.key(pos),
+                "messageId": ledger.message_id(pos),
+                "status": status,
+                "errorCode": error,
+            }
             if slot < 0:
-                status = "duplicate"
-            elif (fault := job.faults.get(i)) == "reject":
-                status, error = "undelivered", 33010
-            elif fault == "transient":
-                status, error = "failed", 33007
-            items.append(
-                {
-                    "to": job.repeated_to[i] if slot < 0 else ledger.to(pos),
-                    "idempotencyKey": ledger.key(pos),
-                    "messageId": fmt(ledger.seq(pos)),
-                    "status": status,
-                    "errorCode": error,
-                }
-            )
+                item.update(status="duplicate", errorCode=None, messageStatus=status, messageErrorCode=error)
+            items.append(item)
         return json_response({**job.public(), "status": "completed", "recipients": items})
+
+
+def _state(outcome: Outcome) -> tuple[str, int | None]:
+    """The lookup's (status, errorCode) of a ledger message's state."""
+    if outcome.status == PENDING_STATUS:
+        return "sent", None
+    if outcome.status == DELIVERED_STATUS:
+        return "delivered", None
+    code = None if outcome.error_code is None else int(outcome.error_code)
+    return ("failed" if outcome.error_code == SEND_FAILED else "undelivered"), code
 
 
 EMULATOR = TextinglineEmulator
