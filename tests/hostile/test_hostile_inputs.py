@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 import pytest
 from hostile.corpus import FORMULAS, ITEMS, Item
+from provider_facts import FACTS
 from support import ledger_frame, prefect_harness
 
 from smscast.campaign import CampaignSpec
@@ -151,13 +152,8 @@ def test_normalise_still_refuses_what_is_not_invisible(raw: str) -> None:
 
 # ---- a 10 MB body through every provider that sends text ------------------------------------------------------
 
-TEXT_PROVIDERS: dict[str, dict[str, Any]] = {  # provider -> spec fields to send the body column
-    "sandbox": {"sender": "ACME"},
-    "robase": {"sender": "ACME"},
-    "textingline": {"sender": "+18005559876"},
-    "postman": {"language": "english"},
-    "instasent": {"sender": "Instasent"},
-}
+# Every provider whose campaigns can carry our own text (sent.dm sends templates only).
+TEXT_PROVIDERS = [f.name for f in FACTS.values() if f.sends_text]
 # Instasent's document states no length limit and providers/instasent.py declares neither max_body_chars nor
 # max_segments (nor a row rule), so nothing stops a 10 MB body: it would go out as ~66,000 segments, billed.
 # Suggested fix (providers/instasent.py, or a floor in tasks/validate.py for providers that declare no limit):
@@ -165,10 +161,7 @@ TEXT_PROVIDERS: dict[str, dict[str, Any]] = {  # provider -> spec fields to send
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize(
-    "name",
-    TEXT_PROVIDERS,
-)
+@pytest.mark.parametrize("name", TEXT_PROVIDERS)
 def test_a_10mb_body_is_quarantined_by_every_provider(name: str, corpus_dir: Path, tmp_path: Path) -> None:
     if importlib.util.find_spec(f"providers.{name}") is None:
         pytest.skip(f"providers/{name}.py not present")
@@ -179,7 +172,7 @@ def test_a_10mb_body_is_quarantined_by_every_provider(name: str, corpus_dir: Pat
         provider=name,  # type: ignore[arg-type]
         source=str(item.write(corpus_dir)),
         results=str(tmp_path / "res"),
-        **TEXT_PROVIDERS[name],
+        **FACTS[name].spec_fields(),  # the body column from the file
     )
     start = time.process_time()  # CPU seconds (see test_load_and_validate)
     out = validate_recipients(load_recipients(spec), spec, provider.caps, provider).sort("row_index")

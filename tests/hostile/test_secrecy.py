@@ -49,6 +49,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.logging.handlers import APILogWorker
+from provider_facts import FACTS
 from pydantic import ValidationError
 from support import prefect_harness
 
@@ -58,7 +59,7 @@ from smscast.errors import ConfigError, SmscastError
 from smscast.flows.campaign import send_campaign
 from smscast.providers.registry import provider_class
 from smscast.servers.sandbox import SandboxServer
-from smscast.settings import ProviderSettings, Secret, env_prefix, resolve_settings
+from smscast.settings import ProviderSettings, Secret, resolve_settings
 from smscast.tasks.current import current_results
 from smscast.tasks.load import load_recipients
 from smscast.tasks.plan import plan_campaign
@@ -67,31 +68,29 @@ from smscast.tasks.validate import validate_recipients
 
 pytestmark = pytest.mark.integration
 
-SPECS: dict[str, dict[str, Any]] = {
-    "sandbox": {"sender": "ACME", "body": "Hi {{name}}"},
-    "sent-dm": {"template": "tmpl_news", "template_vars": ("name",)},
-    "robase": {"sender": "SHUTTLERS", "body": "Hi {{name}}"},
-    "textingline": {"sender": "+18005559876", "body": "Hi {{name}}", "rate": 50.0},
-    "postman": {"template": "campaign_x", "template_vars": ("name",), "language": "english"},
-    "instasent": {"sender": "Instasent", "body": "Hi {{name}}"},
-}
+
+def spec_fields(provider: str) -> dict[str, Any]:
+    """A campaign that greets each recipient by name: in our text, or as the template's parameter."""
+    facts = FACTS[provider]
+    content: dict[str, Any] = {"template_vars": ("name",)} if facts.template else {"body": "Hi {{name}}"}
+    if facts.test_rate is not None:  # the documented rate would make the run last minutes
+        content["rate"] = facts.test_rate
+    return facts.spec_fields(**content)
 
 
 def _available(provider: str) -> bool:
     return importlib.util.find_spec(f"providers.{provider.replace('-', '_')}") is not None
 
 
-PROVIDERS = [p for p in SPECS if _available(p)]  # a provider module still in progress is skipped
+PROVIDERS = [p for p in FACTS if _available(p)]  # a provider module still in progress is skipped
 
 
 def key_for(provider: str, tag: str = "9f8e7d") -> str:
-    if provider == "textingline":  # basic auth: key_id:secret
-        return f"SECRET-{provider}-{tag}:SECRET-tlsecret-{tag}"
-    return f"SECRET-{provider}-{tag}"
+    return FACTS[provider].api_key(f"SECRET-{provider}-{tag}")  # textingline's: key_id:secret
 
 
-KEYS = {p: key_for(p) for p in SPECS}
-WRONG = {p: key_for(p, "wrong-4c3b2a") for p in SPECS}
+KEYS = {p: key_for(p) for p in FACTS}
+WRONG = {p: key_for(p, "wrong-4c3b2a") for p in FACTS}
 URL_PASSWORD = "SECRET-urlpass-5e6f7a"
 
 
@@ -132,7 +131,7 @@ class FastPolicy(smscast.tasks.send_engine.RetryPolicy):
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    knobs = {"textingline": {"rate_limit_rps": 100, "rate_limit_burst": 20}}
+    knobs = {f.emulator: f.lift for f in FACTS.values() if f.test_rate is not None}
     with (
         prefect_harness(),
         SandboxServer(api_keys={p: KEYS[p] for p in PROVIDERS}, provider_knobs=knobs) as server,
@@ -264,11 +263,11 @@ def run_captured(
     """Run one campaign in `scenario` and capture everything it leaves behind."""
     sandbox.client.reset()
     monkeypatch.setattr(smscast.tasks.send_engine, "RetryPolicy", FastPolicy)
-    prefix = env_prefix(provider)
-    monkeypatch.setenv(f"{prefix}_API_KEY", WRONG[provider] if scenario == "wrong_key" else KEYS[provider])
-    monkeypatch.delenv(f"{prefix}_BASE_URL", raising=False)
-    if provider == "postman":
-        monkeypatch.setenv("SMSCAST_POSTMAN_TEST_ENV", "1")
+    facts = FACTS[provider]
+    monkeypatch.setenv(facts.key_env, WRONG[provider] if scenario == "wrong_key" else KEYS[provider])
+    monkeypatch.delenv(facts.base_url_env, raising=False)
+    for name, value in facts.test_env_vars.items():  # Postman's test environment: 20 rows per file
+        monkeypatch.setenv(name, value)
     base_url: str | None = sandbox.base_url
     if scenario == "ok":
         sandbox.client.set_faults(provider=provider, reject_suffixes=["13"])
@@ -281,14 +280,14 @@ def run_captured(
     elif scenario == "malformed_base_url":
         # No scheme. Through the environment: given as spec.base_url, CampaignSpec itself refuses it.
         base_url = None
-        monkeypatch.setenv(f"{prefix}_BASE_URL", "127.0.0.1:8080/api")
+        monkeypatch.setenv(facts.base_url_env, "127.0.0.1:8080/api")
     elif scenario == "url_password":
         with_password = sandbox.base_url.replace("http://", f"http://smscast:{URL_PASSWORD}@")
         if password_in_spec:
             base_url = with_password
         else:  # the environment, as a deployment would configure it
             base_url = None
-            monkeypatch.setenv(f"{prefix}_BASE_URL", with_password)
+            monkeypatch.setenv(facts.base_url_env, with_password)
 
     for name in _LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name or None)
@@ -302,7 +301,7 @@ def run_captured(
         source=str(write_recipients(tmp_path / "recipients.csv")),
         results=str(results),
         base_url=base_url,
-        **SPECS[provider],
+        **spec_fields(provider),
     )
     try:
         state = send_campaign(spec, return_state=True)
@@ -478,7 +477,7 @@ def test_a_key_echoed_by_the_server_is_not_recorded(provider: str, tmp_path: Pat
         source=str(write_recipients(tmp_path / "r.csv")),
         results=str(tmp_path / "res"),
         rate=10_000,
-        **{k: v for k, v in SPECS[provider].items() if k != "rate"},
+        **{k: v for k, v in spec_fields(provider).items() if k != "rate"},
     )
     checked = validate_recipients(load_recipients(spec), spec, instance.caps, instance)
     planned = plan_campaign(checked, spec, instance.caps, instance).rows

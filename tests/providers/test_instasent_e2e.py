@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from provider_facts import FACTS
 from support import prefect_harness, provider_sandbox
 
 from smscast import storage
@@ -19,7 +20,8 @@ from smscast.servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 
-KEY = "ins-e2e-key"
+INSTASENT = FACTS["instasent"]
+KEY = INSTASENT.api_key("ins-e2e-key")
 N = 60
 
 
@@ -58,7 +60,7 @@ def test_campaign_results_match_the_ledger(sandbox: SandboxServer, tmp_path: Pat
         provider="instasent",
         source=str(write_csv(tmp_path / "r.csv")),
         results=str(results),
-        sender="Instasent",
+        sender=INSTASENT.sender,
         body="Hola {{name}}, tu pedido sale hoy.",
         batch_size=25,
     )

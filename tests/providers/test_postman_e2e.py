@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from provider_facts import FACTS
 from support import prefect_harness, provider_sandbox
 
 from smscast import storage
@@ -20,7 +21,8 @@ from smscast.servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 
-KEY = "pm-e2e-key"
+POSTMAN = FACTS["postman"]
+KEY = POSTMAN.api_key("pm-e2e-key")
 N = 60
 LANGS = ("english", "chinese", "malay", "tamil")
 
@@ -34,7 +36,7 @@ def prefect_api() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
     # Postman's test environment: the adapter plans files of at most 20 rows.
-    with provider_sandbox("postman", KEY, SMSCAST_POSTMAN_TEST_ENV="1") as server:
+    with provider_sandbox("postman", KEY, **POSTMAN.test_env_vars) as server:
         yield server
 
 
@@ -63,7 +65,7 @@ def test_campaign_results_match_the_ledger(sandbox: SandboxServer, tmp_path: Pat
         results=str(results),
         template="campaign_e2e",
         template_vars=("recipient_name", "topic"),
-        base_url=f"{sandbox.base_url}/test",
+        base_url=sandbox.base_url + POSTMAN.test_env_path,
     )
     summary = send_campaign(spec)
 

@@ -1,16 +1,15 @@
-"""A provider is declared once (providers/names.py): every name there has an adapter, an emulator, a contract
-profile and a README row, and every list of providers is derived from that one."""
+"""A provider is declared once (providers/names.py): every name there has an adapter, an emulator, a row of
+test facts (tests/provider_facts.py, its contract profile among them) and a README row, and every list of
+providers is derived from that one."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from typing import Any, get_args
+from typing import get_args
 
 import pytest
+from provider_facts import FACTS
 
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
@@ -22,19 +21,6 @@ from smscast.sandbox.emulators import EMULATORS, canonical_provider
 from smscast.sandbox.framework import Emulator
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@functools.cache
-def _contract_profiles() -> dict[str, Any]:
-    # By path: `providers` on sys.path is the adapters' package, not this folder.
-    spec = importlib.util.spec_from_file_location(
-        "contract_profiles", Path(__file__).with_name("test_contract.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while they are built
-    spec.loader.exec_module(module)
-    return {p.name: p for p in module.PROFILES}
 
 
 def _readme_providers() -> list[str]:
@@ -52,9 +38,7 @@ def test_each_provider_has_an_adapter_an_emulator_a_contract_profile_and_a_readm
     assert issubclass(emulator, Emulator)
     assert canonical_provider(name) == emulator_name(name)
 
-    profiles = _contract_profiles()
-    assert name in profiles, f"tests/providers/test_contract.py has no Profile for {name}"
-    assert profiles[name].provider_cls is adapter and profiles[name].emulator == emulator_name(name)
+    assert name in FACTS, f"tests/provider_facts.py has no facts for {name}"
 
     assert name in _readme_providers(), f"README.md's Providers table has no row for `{name}`"
 
@@ -62,7 +46,7 @@ def test_each_provider_has_an_adapter_an_emulator_a_contract_profile_and_a_readm
 def test_every_list_of_providers_is_the_one_declaration() -> None:
     assert get_args(ProviderName) == PROVIDER_NAMES
     assert set(EMULATORS) == {emulator_name(n) for n in PROVIDER_NAMES}
-    assert sorted(_contract_profiles()) == sorted(PROVIDER_NAMES)
+    assert sorted(FACTS) == sorted(PROVIDER_NAMES)
     assert sorted(_readme_providers()) == sorted(PROVIDER_NAMES)
     # The campaign's choices (the UI form's) are the same names.
     choices = CampaignSpec.model_json_schema()["properties"]["provider"]["enum"]

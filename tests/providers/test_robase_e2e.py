@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from provider_facts import FACTS
 from support import prefect_harness, provider_sandbox
 
 from smscast import storage
@@ -20,7 +21,8 @@ from smscast.servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 
-KEY = "rb_live_e2e"
+ROBASE = FACTS["robase"]
+KEY = ROBASE.api_key("rb_live_e2e")
 N = 60
 LATER = "2026-05-01T08:00:00Z"
 
@@ -64,7 +66,7 @@ def test_campaign_and_retry_match_the_ledger(sandbox: SandboxServer, tmp_path: P
         provider="robase",
         source=str(write_csv(tmp_path / "r.csv")),
         results=str(results),
-        sender="SHUTTLERS",
+        sender=ROBASE.sender,
         body="Hi {{name}}, your ride is at 10:00am.",
         base_url=sandbox.base_url,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from provider_facts import FACTS
 from support import prefect_harness, provider_sandbox
 
 from smscast import storage
@@ -20,7 +21,7 @@ from smscast.servers.sandbox import SandboxServer
 
 pytestmark = pytest.mark.integration
 
-KEY = "sdm-e2e-key"
+KEY = FACTS["sent-dm"].api_key("sdm-e2e-key")
 N = 60
 TIERS = ("gold", "silver", "bronze")
 

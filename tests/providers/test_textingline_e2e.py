@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
+from provider_facts import FACTS
 from support import prefect_harness
 
 from smscast import storage
@@ -28,8 +28,8 @@ from smscast.status import Status
 
 pytestmark = pytest.mark.integration
 
-KEY = "kid-e2e:secret-e2e"
-SENDER = "+18005559876"
+TEXTINGLINE = FACTS["textingline"]
+KEY = TEXTINGLINE.api_key("tl-e2e")  # key_id:secret
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,20 +40,17 @@ def prefect_api() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    # The documented 5 requests a minute would make each campaign here take a minute: raised for the test.
-    knobs = {"textingline": {"rate_limit_rps": 50, "rate_limit_burst": 10}}
-    old = os.environ.get("SMSCAST_TEXTINGLINE_API_KEY")
+    # The documented 5 requests a minute would make each campaign here take a minute: lifted for the test.
+    emulator = TEXTINGLINE.emulator
     with SandboxServer(
-        emulators=["textingline"], api_keys={"textingline": KEY}, provider_knobs=knobs
+        emulators=[emulator], api_keys={emulator: KEY}, provider_knobs={emulator: TEXTINGLINE.lift}
     ) as server:
-        os.environ["SMSCAST_TEXTINGLINE_API_KEY"] = KEY
+        mp = pytest.MonkeyPatch()
+        mp.setenv(TEXTINGLINE.key_env, KEY)
         try:
             yield server
         finally:
-            if old is None:
-                os.environ.pop("SMSCAST_TEXTINGLINE_API_KEY", None)
-            else:
-                os.environ["SMSCAST_TEXTINGLINE_API_KEY"] = old
+            mp.undo()
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +76,7 @@ def write_csv(path: Path, n: int, special: dict[int, str] | None = None) -> Path
 def spec_for(sandbox: SandboxServer, tmp_path: Path, cid: str, source: Path, **kw: Any) -> CampaignSpec:
     return CampaignSpec(
         campaign_id=cid, provider="textingline", source=str(source), results=str(tmp_path / "res"),
-        base_url=sandbox.base_url, sender=kw.pop("sender", SENDER), rate=20, **kw,
+        base_url=sandbox.base_url, sender=kw.pop("sender", TEXTINGLINE.sender), rate=TEXTINGLINE.test_rate, **kw,
     )  # fmt: skip
 
 

@@ -176,7 +176,7 @@ def test_repeated_recipient_key_in_a_new_batch_creates_nothing(
     ledger = admin.ledger(provider="textingline")
     assert len(ledger) == 15 and len({e["to"] for e in ledger}) == 15
     status = http.get(f"{PATH}/{second.json()['id']}").json()
-    assert [r["status"] for r in status["recipients"]] == ["duplicate"] * 5 + ["sent"] * 5
+    assert [r["status"] for r in status["recipients"]] == ["duplicate"] * 5 + ["delivered"] * 5
     original = http.get(f"{PATH}/{first['id']}").json()["recipients"]
     assert [r["messageId"] for r in status["recipients"][:5]] == [r["messageId"] for r in original[:5]]
     assert admin.stats()["providers"]["textingline"]["duplicates"] == 5
@@ -221,7 +221,7 @@ def test_status_reports_async_outcomes_from_the_row_knobs(admin: SandboxClient, 
     assert [r["to"] for r in items] == [f"+1415555{i:04d}" for i in range(10)]
     assert (items[3]["status"], items[3]["errorCode"]) == ("undelivered", 33010)
     assert (items[4]["status"], items[4]["errorCode"]) == ("failed", 33007)
-    assert {r["status"] for i, r in enumerate(items) if i not in (3, 4)} == {"sent"}
+    assert {r["status"] for i, r in enumerate(items) if i not in (3, 4)} == {"delivered"}
     # The job took every recipient: all ten are in the ledger, with the ids the lookup names.
     ledger = admin.ledger(provider="textingline")
     assert [e["message_id"] for e in ledger] == [r["messageId"] for r in items]
@@ -293,7 +293,7 @@ def test_engine_bisects_5000_rows_around_one_compliance_refusal(
         return [s for batch in found for s in batch]
 
     statuses = asyncio.run(lookup())
-    assert len(statuses) == accepted.height and {s.provider_status for s in statuses} == {"sent"}
+    assert len(statuses) == accepted.height and {s.provider_status for s in statuses} == {"delivered"}
     assert {s.phone for s in statuses} == sent
 
 

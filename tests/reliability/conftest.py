@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability.provider_setups import PROVIDERS, START_KNOBS, ProviderSetup
-from reliability.settings import KEY, Sizes
+from provider_facts import FACTS, ProviderFacts
+from reliability.settings import KEY, START_KNOBS, Sizes
 from reliability.soak import Soak
 
 from smscast.servers.prefect_server import PrefectServer
@@ -29,9 +29,9 @@ class SharedApiSoak(Soak):
     """The soak driver, its commands pointed at the process's Prefect API (None: a temporary one each)."""
 
     def __init__(
-        self, setup: ProviderSetup, server: SandboxServer, root: Path, lease: float, api_url: str | None
+        self, facts: ProviderFacts, server: SandboxServer, root: Path, lease: float, api_url: str | None
     ) -> None:
-        super().__init__(setup, server, root, lease)
+        super().__init__(facts, server, root, lease)
         self.api_url = api_url
 
     def env(self, lease: float | None = None) -> dict[str, str]:
@@ -57,11 +57,13 @@ def soak(
 ) -> Iterator[Soak]:
     """Indirectly parametrised with a provider name: that provider's emulator in ONE sandbox process for the
     module, its documented rate limit raised (START_KNOBS), and the soak driver bound to it."""
-    setup = PROVIDERS[request.param]
-    root = tmp_path_factory.mktemp(f"soak-{setup.name}")
+    facts = FACTS[request.param]
+    root = tmp_path_factory.mktemp(f"soak-{facts.name}")
     with SandboxServer(
-        emulators=[setup.emulator], default_key=KEY, provider_knobs={setup.emulator: START_KNOBS}
+        emulators=[facts.emulator],
+        api_keys={facts.emulator: facts.api_key(KEY)},
+        provider_knobs={facts.emulator: START_KNOBS},
     ) as server:
-        yield SharedApiSoak(setup, server, root, Sizes.short().lease, soak_prefect_api)
+        yield SharedApiSoak(facts, server, root, Sizes.short().lease, soak_prefect_api)
         # The sandbox outlived every kill of the module.
         assert server.process is not None and server.process.poll() is None, server.log_tail()

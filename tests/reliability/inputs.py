@@ -6,7 +6,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from reliability.provider_setups import ProviderSetup
+from provider_facts import ProviderFacts
 
 INVALID_PHONES = ("12", "not-a-number")  # appended to every input: must end `invalid`, never sent
 
@@ -16,7 +16,7 @@ def phone(i: int) -> str:
 
 
 def write_input(
-    path: Path, setup: ProviderSetup, n_valid: int, *, markers: Sequence[int] = ()
+    path: Path, facts: ProviderFacts, n_valid: int, *, markers: Sequence[int] = ()
 ) -> tuple[Path, int]:
     """n_valid recipients, then the invalid ones. `markers`: rows whose text carries textingline's compliance
     marker (the whole request is refused for it). Returns (path, number of input rows)."""
@@ -27,8 +27,8 @@ def write_input(
     for i in range(n_valid + len(INVALID_PHONES)):
         p = phone(i) if i < n_valid else INVALID_PHONES[i - n_valid]
         row = {"phone": p, "name": ("SHAFT-TEST " if i in marked else "") + f"N{i}"}
-        if setup.columns is not None:
-            row.update(setup.columns(i))
+        if facts.soak.columns is not None:
+            row.update(facts.soak.columns(i))
         rows.append(row)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -48,7 +48,7 @@ def check_campaign(
     message id the results carry; nothing refused, failed or invalid is in it); every attempt is complete
     unless `expect_complete` is off; with idempotency every valid row ends accepted unless the provider refused
     it for good; without (Postman) the rows in doubt are `unknown`, each in the ledger at most once."""
-    setup = soak.setup
+    facts = soak.facts
     problems: list[str] = []
     current = current_results(soak.results, c.cid)
     if expect_complete:
@@ -56,16 +56,16 @@ def check_campaign(
             if not storage.exists(soak.attempt(c, attempt).done):
                 problems.append(f"attempt {attempt} has no _SUCCESS")
     ledger = ledger_frame(soak.client, soak.emu)
-    problems += ledger_problems(current, ledger, c.n_input, unknown_may_be_sent=not setup.resend_safe)
+    problems += ledger_problems(current, ledger, c.n_input, unknown_may_be_sent=not soak.resend_safe)
     per_phone = ledger_by_phone(ledger)
     duplicates = ledger.height - per_phone.height
     statuses = {str(s): int(n) for s, n in current.group_by("status").len().iter_rows()}
     in_ledger = set(per_phone["to"].to_list())
-    if setup.template is not None and not setup.resend_safe:  # Postman: the reference names the batch
+    if facts.template is not None and not soak.resend_safe:  # Postman: the reference names the batch
         accepted = current.filter(pl.col("status") == "accepted")
         refs = accepted.join(per_phone, left_on="phone", right_on="to").filter(pl.col("batch").is_not_null())
         wrong_ref = refs.filter(
-            pl.col("provider_batch_ref") != pl.lit(f"{setup.template}/") + pl.col("batch")
+            pl.col("provider_batch_ref") != pl.lit(f"{facts.template}/") + pl.col("batch")
         )
         if wrong_ref.height:
             problems.append(f"{wrong_ref.height} accepted rows name another batch than the ledger's")
@@ -77,7 +77,7 @@ def check_campaign(
     if set(invalid_rows["status"].to_list()) - {"invalid"}:
         problems.append(f"rows with unusable phones ended {invalid_rows['status'].to_list()}")
     must_reject = pl.lit(False)
-    if setup.per_row_reject and reject_suffixes:
+    if facts.soak.per_row_reject and reject_suffixes:
         must_reject = pl.col("phone").str.ends_with(reject_suffixes[0])
         for s in reject_suffixes[1:]:
             must_reject = must_reject | pl.col("phone").str.ends_with(s)
@@ -85,7 +85,7 @@ def check_campaign(
         must_reject = must_reject | pl.col("row_index").is_in(list(c.markers))
     valid = valid.with_columns(_must_reject=must_reject)
     # Without idempotency a refused row may sit in a batch whose answer was lost: `unknown` is right then.
-    refused_ok = ["rejected"] if setup.resend_safe else ["rejected", "unknown"]
+    refused_ok = ["rejected"] if soak.resend_safe else ["rejected", "unknown"]
     wrongly_accepted = valid.filter(pl.col("_must_reject") & ~pl.col("status").is_in(refused_ok))
     if wrongly_accepted.height:
         problems.append(
@@ -93,20 +93,20 @@ def check_campaign(
             f"{wrongly_accepted['status'].unique().to_list()}"
         )
     rightly_refused = pl.col("_must_reject")
-    if setup.marker_rejects and c.markers:
+    if facts.soak.marker_rejects and c.markers:
         # A whole-batch refusal cannot be narrowed below 2 x the provider's minimum: the marker row's last
         # sub-batch is refused with it, saying so.
         marker_batches = valid.filter(pl.col("_must_reject"))["batch_id"].to_list()
         rightly_refused = rightly_refused | (
             pl.col("batch_id").is_in(marker_batches) & (pl.col("status") == "rejected")
         )
-    ok_statuses = ["accepted"] if setup.resend_safe else ["accepted", "unknown"]
+    ok_statuses = ["accepted"] if soak.resend_safe else ["accepted", "unknown"]
     lost = valid.filter(~pl.col("status").is_in(ok_statuses) & ~rightly_refused)
     if lost.height:
         problems.append(
             f"{lost.height} valid rows lost: {lost.group_by('status', 'error_code').len().rows()}"
         )
-    if setup.transient_at_send and transient_suffixes:
+    if facts.soak.transient_at_send and transient_suffixes:
         # Refused for now at send time: they must have gone through `smscast retry` (attempt 2 or later).
         transient = valid.filter(
             pl.col("phone").str.ends_with(transient_suffixes[0]) & ~pl.col("_must_reject")
@@ -119,7 +119,7 @@ def check_campaign(
     unknown_in_ledger = len(set(unknown["phone"].to_list()) & in_ledger)
     stats = soak.stats()
     return Verdict(
-        provider=setup.name,
+        provider=facts.name,
         campaign=c.cid,
         rows=c.n_input,
         statuses=statuses,

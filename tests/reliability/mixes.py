@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reliability.processes import CliRun
-from reliability.provider_setups import START_KNOBS
-from reliability.settings import Sizes
+from reliability.settings import START_KNOBS, Sizes
 from reliability.soak import Campaign, Soak
 
 # What `smscast retry` runs under: the transient faults gone, the refusals (permanent) kept.
@@ -69,8 +68,8 @@ MIXES: dict[str, Mix] = {
                 "rate_drop_after": 0.02,
             },
         ),
-        Mix("rejections", lambda s: {"reject_suffixes": [s.setup.reject_suffix]}, rejects=True),
-        Mix("transient", lambda s: {"transient_suffixes": [s.setup.transient_suffix]}),
+        Mix("rejections", lambda s: {"reject_suffixes": [s.facts.soak.reject_suffix]}, rejects=True),
+        Mix("transient", lambda s: {"transient_suffixes": [s.facts.soak.transient_suffix]}),
         Mix(
             "combined",
             lambda s: {
@@ -81,8 +80,8 @@ MIXES: dict[str, Mix] = {
                 "rate_5xx": 0.03,
                 "rate_drop_after": 0.01,
                 "timeout_delay_s": 3,
-                "reject_suffixes": [s.setup.reject_suffix],
-                "transient_suffixes": [s.setup.transient_suffix],
+                "reject_suffixes": [s.facts.soak.reject_suffix],
+                "transient_suffixes": [s.facts.soak.transient_suffix],
             },
             args=("--request-timeout", "1"),
             rejects=True,
@@ -93,7 +92,7 @@ MIXES: dict[str, Mix] = {
 
 def markers_for(soak: Soak, mix: Mix, n: int) -> list[int]:
     """textingline refuses a whole request for a compliance-marked body: the rejections it can be given."""
-    if not (mix.rejects and soak.setup.marker_rejects):
+    if not (mix.rejects and soak.facts.soak.marker_rejects):
         return []
     return list(range(7, n, 500))
 

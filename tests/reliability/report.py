@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from provider_facts import FACTS
 from reliability.invariants import Verdict
-from reliability.provider_setups import PROVIDERS
 from reliability.soak import Campaign
 
 
@@ -90,7 +90,7 @@ class Report:
             "backoff",
         )
         rows = []
-        for name in PROVIDERS:
+        for name in FACTS:
             t = self.tallies.get(name)
             if t is None:
                 continue

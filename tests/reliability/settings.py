@@ -20,6 +20,9 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from provider_facts import FACTS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KEY = "soak-key-7f3a"
@@ -39,6 +42,27 @@ def _env_float(name: str, default: float) -> float:
 def env_list(name: str) -> list[str] | None:
     raw = os.environ.get(name, "").strip()
     return [s.strip() for s in raw.split(",") if s.strip()] or None
+
+
+def selected_providers() -> list[str]:
+    """The providers a run covers: SMSCAST_SOAK_PROVIDERS, or every one (tests/provider_facts.py)."""
+    chosen = env_list("SMSCAST_SOAK_PROVIDERS")
+    if chosen is None:
+        return list(FACTS)
+    unknown = set(chosen) - set(FACTS)
+    if unknown:
+        raise ValueError(f"SMSCAST_SOAK_PROVIDERS: unknown {sorted(unknown)}; known {list(FACTS)}")
+    return chosen
+
+
+# Start knobs of every emulator: each documented rate limit raised far above what the runs ask for
+# (textingline's 5 a minute would make a 50,000-row campaign take hours), so that only the mixes that mean to
+# throttle do.
+START_KNOBS: dict[str, Any] = {"rate_limit_rps": 5000, "rate_limit_burst": 5000}
+
+# Rows per request, within each provider's own maximum (Instasent's 100).
+SHORT_BATCH = 100
+LONG_BATCH = 500
 
 
 _SEED = _env_int("SMSCAST_SOAK_SEED", random.SystemRandom().randrange(1, 1_000_000))

@@ -14,16 +14,29 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from provider_facts import ProviderFacts
 from reliability.inputs import write_input
 from reliability.processes import CliRun, RunRecord, last_error
-from reliability.provider_setups import ProviderSetup
-from reliability.settings import LOCKED_MESSAGE
+from reliability.settings import KEY, LOCKED_MESSAGE, LONG_BATCH, SHORT_BATCH
 
 from smscast import storage
 from smscast.results import AttemptPaths, CampaignPaths
 from smscast.sandbox.client import SandboxClient
 from smscast.servers.sandbox import SandboxServer
 from smscast.tasks.current import current_results
+
+_OPTIONS = {"sender": "--sender", "template": "--template", "language": "--language", "body": "--body"}
+
+
+def cli_args(fields: dict[str, Any]) -> list[str]:
+    """CampaignSpec content fields as `smscast send` options."""
+    args: list[str] = []
+    for name, value in fields.items():
+        if name == "template_vars":
+            args += [a for var in value for a in ("--template-var", var)]
+        else:
+            args += [_OPTIONS[name], str(value)]
+    return args
 
 
 @dataclass
@@ -43,8 +56,8 @@ class Campaign:
 class Soak:
     """One provider's sandbox and the commands to drive campaigns through it."""
 
-    def __init__(self, setup: ProviderSetup, server: SandboxServer, root: Path, lease: float) -> None:
-        self.setup = setup
+    def __init__(self, facts: ProviderFacts, server: SandboxServer, root: Path, lease: float) -> None:
+        self.facts = facts
         self.server = server
         self.root = root
         self.lease = lease
@@ -59,7 +72,7 @@ class Soak:
 
     @property
     def emu(self) -> str:
-        return self.setup.emulator
+        return self.facts.emulator
 
     # -- environment and commands --
 
@@ -72,7 +85,7 @@ class Soak:
             SMSCAST_LOCK_LEASE_SECONDS=str(lease if lease is not None else self.lease),
             PYTHONUNBUFFERED="1",
         )
-        env[self.setup.key_env] = self.setup.key
+        env[self.facts.key_env] = self.facts.api_key(KEY)
         return env
 
     def campaign(
@@ -86,25 +99,33 @@ class Soak:
         batch_size: int | None = None,
         rate: float = 400.0,
     ) -> Campaign:
-        source, n_input = write_input(self.root / f"{cid}.csv", self.setup, n_valid, markers=markers)
+        source, n_input = write_input(self.root / f"{cid}.csv", self.facts, n_valid, markers=markers)
         return Campaign(
             cid, source, n_input, n_valid, long, tuple(extra_args), tuple(markers), batch_size, rate
         )
 
+    def default_batch(self, long: bool) -> int:
+        return min(LONG_BATCH if long else SHORT_BATCH, self.facts.caps.max_rows)
+
     def batch_size(self, c: Campaign) -> int:
-        return c.batch_size or self.setup.batch(c.long)
+        return c.batch_size or self.default_batch(c.long)
+
+    @property
+    def resend_safe(self) -> bool:
+        """Whether the provider recognises a re-send (idempotency), as its adapter declares."""
+        return self.facts.caps.resend_safe
 
     def send_args(self, c: Campaign) -> list[str]:
         return [
             "send", str(c.source),
-            "--provider", self.setup.name,
+            "--provider", self.facts.name,
             "--campaign-id", c.cid,
             "--results", self.results,
             "--base-url", self.server.base_url,
             "--batch-size", str(self.batch_size(c)),
             "--concurrency", "4",  # two shards' worth: two requests in flight per shard
             "--rate", f"{c.rate:g}",
-            *self.setup.args,
+            *cli_args(self.facts.spec_fields(**self.facts.soak.content)),
             *c.extra_args,
         ]  # fmt: skip
 
@@ -225,7 +246,7 @@ class Soak:
         # A resumed shard sends the batches with no recorded outcome: with idempotency, what is not accepted
         # yet (and the few batches that were in flight); without, the batches never started.
         remaining = max(1, c.n_valid - int(stats["accepted"]))
-        if not self.setup.resend_safe:
+        if not self.resend_safe:
             started = [f for f in storage.list_files(f"{first.journals}/") if f.endswith(".intent")]
             remaining = max(1, c.n_valid - len(started) * self.batch_size(c))
         if fraction is None:
@@ -313,7 +334,7 @@ class Soak:
 
     def retriable(self, c: Campaign) -> int:
         current = current_results(self.results, c.cid)
-        statuses = ["failed", "unknown"] if self.setup.resend_safe else ["failed"]
+        statuses = ["failed", "unknown"] if self.resend_safe else ["failed"]
         return current.filter(pl.col("status").is_in(statuses)).height
 
     def _last_log_tail(self) -> str:

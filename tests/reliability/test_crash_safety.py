@@ -78,13 +78,13 @@ def test_resuming_an_interrupted_multi_shard_retry_sends_nothing_twice(
     soak.reset(latency_ms=1)
     spec = {
         "campaign_id": c.cid, "provider": "postman", "source": str(c.source), "results": soak.results,
-        "base_url": soak.server.base_url, "template": "soak_campaign", "body": "Hi {{name}}",
-        "language": "english", "batch_size": 100, "shard_batches": 10, "rate": 400, "concurrency": 4,
+        "base_url": soak.server.base_url, **soak.facts.spec_fields(body="Hi {{name}}"),
+        "batch_size": 100, "shard_batches": 10, "rate": 400, "concurrency": 4,
     }  # fmt: skip
     env = soak.env()
     first = CliRun(
         [json.dumps(spec)],
-        {**env, soak.setup.key_env: "a-wrong-key"},
+        {**env, soak.facts.key_env: "a-wrong-key"},
         soak.logs / "bug-multishard-attempt1.log",
         command=[sys.executable, "-c", DRIVER],
     )
@@ -103,7 +103,7 @@ def test_resuming_an_interrupted_multi_shard_retry_sends_nothing_twice(
     )
     assert retry.poll() is None, retry.tail()
     retry.kill()
-    soak_report.add_interruption(soak.setup.name, "retry-persist")
+    soak_report.add_interruption(soak.facts.name, "retry-persist")
     time.sleep(1.0)
     soak.client.set_faults(provider=soak.emu, latency_ms=1)
     soak.retry_until_done(c)
@@ -125,7 +125,7 @@ def test_a_run_that_lost_its_lock_does_not_overwrite_the_new_runs_results(
     wait_for(lambda: stalled.poll() is not None or soak.client.health()["entries"] >= 600, 300, "sending")
     assert stalled.poll() is None, stalled.tail()
     os.killpg(stalled.pid, signal.SIGSTOP)
-    soak_report.add_interruption(soak.setup.name, "stall")
+    soak_report.add_interruption(soak.facts.name, "stall")
     try:
         soak.wait_out_lease(c)
         soak.client.set_faults(provider=soak.emu, latency_ms=1)
@@ -181,7 +181,7 @@ def test_rows_refused_with_503_before_a_crash_are_not_left_unknown(soak: Soak, s
     soak.reset(latency_ms=soak.latency_for(c, 6.0), next_5xx=6)
     killed = soak.run_and_kill(c, "send@40", rng=None)
     assert killed.killed, killed.note
-    soak_report.add_kills(soak.setup.name, c)
+    soak_report.add_kills(soak.facts.name, c)
     soak.client.set_faults(provider=soak.emu, latency_ms=1)
     soak.complete(c)
     verdict = check_campaign(soak, c)

@@ -19,9 +19,8 @@ import time
 import pytest
 from reliability.invariants import check_campaign
 from reliability.mixes import total_requests
-from reliability.provider_setups import selected_providers
 from reliability.report import Report
-from reliability.settings import LOCKED_MESSAGE, Sizes, rng_for
+from reliability.settings import LOCKED_MESSAGE, Sizes, rng_for, selected_providers
 from reliability.soak import Soak
 
 from smscast import storage
@@ -38,7 +37,7 @@ def wait_until(predicate, timeout: float, what: str, step: float = 0.02) -> None
 
 
 def duplicate_runs(soak: Soak, report: Report, rows: int) -> None:
-    name = soak.setup.name
+    name = soak.facts.name
     tally = report.tally(name)
 
     # 1. Two live runs of one campaign.

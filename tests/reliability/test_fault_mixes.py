@@ -26,16 +26,15 @@ import time
 import pytest
 from reliability.invariants import check_campaign
 from reliability.mixes import MIXES, Mix, apply, clear_transient, markers_for, storm, throttling
-from reliability.provider_setups import selected_providers
 from reliability.report import Report
-from reliability.settings import Sizes, rng_for
+from reliability.settings import Sizes, rng_for, selected_providers
 from reliability.soak import Soak
 
 pytestmark = pytest.mark.integration
 
 
 def run_mix(soak: Soak, report: Report, mix: Mix, sizes: Sizes, *, long: bool) -> None:
-    name = soak.setup.name
+    name = soak.facts.name
     rng = rng_for("mix", name, mix.name, long)
     n = mix.rows(sizes)
     c = soak.campaign(
@@ -45,7 +44,7 @@ def run_mix(soak: Soak, report: Report, mix: Mix, sizes: Sizes, *, long: bool) -
         extra_args=mix.args,
         markers=markers_for(soak, mix, n),
         # Batches of 100 also in the long run: enough requests per campaign for the per-request fault rates.
-        batch_size=mix.batch_size or soak.setup.batch_size,
+        batch_size=mix.batch_size or soak.default_batch(long=False),
         rate=mix.rate,
     )
     knobs = apply(soak, mix, rng.randrange(1 << 30))

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import pytest
 from reliability.invariants import check_campaign
-from reliability.provider_setups import selected_providers
 from reliability.report import Report
-from reliability.settings import PROJECT_ROOT
+from reliability.settings import PROJECT_ROOT, selected_providers
 from reliability.soak import Soak
 
 from smscast import storage
@@ -94,7 +93,7 @@ def kill_and_rerun_at_once(soak: Soak, report: Report, *, cid: str, rows: int, k
     resent.append(int(soak.stats()["duplicates"]) - duplicates_before)
     soak.retry_until_done(c)
     verdict = check_campaign(soak, c)
-    report.add_kills(soak.setup.name, c)
+    report.add_kills(soak.facts.name, c)
     report.add_verdict(verdict)
     print(verdict.summary(), f"re-sent per resume {resent} (bound {bound} per kill)")
     assert not verdict.problems, verdict.summary() + "\n" + "\n".join(verdict.problems)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from provider_facts import FACTS
 from reliability.invariants import check_campaign
 from reliability.mixes import MIXES, Mix, apply, clear_transient, markers_for
-from reliability.provider_setups import PROVIDERS, selected_providers
 from reliability.report import Report
-from reliability.settings import Sizes, rng_for, soak_seed
+from reliability.settings import Sizes, rng_for, selected_providers, soak_seed
 from reliability.soak import Soak
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,13 @@ def kill_phases(provider: str, kills: int, rng: random.Random, long: bool) -> li
     if long or provider == "postman":
         first = "send"
     else:
-        first = SHORT_FIRST_KILLS[(list(PROVIDERS).index(provider) + soak_seed()) % len(SHORT_FIRST_KILLS)]
+        first = SHORT_FIRST_KILLS[(list(FACTS).index(provider) + soak_seed()) % len(SHORT_FIRST_KILLS)]
     rest = rng.choices(list(PHASE_WEIGHTS), weights=list(PHASE_WEIGHTS.values()), k=max(0, kills - 1))
     return [first, *rest][:kills]
 
 
 def kill_and_finish(soak: Soak, report: Report, sizes: Sizes, *, long: bool, mix: Mix | None = None) -> None:
-    name = soak.setup.name
+    name = soak.facts.name
     rng = rng_for("kill", name, long, mix.name if mix else "clean")
     cid = f"kill-{'long' if long else 'short'}" + (f"-{mix.name}" if mix else "")
     markers = markers_for(soak, mix, sizes.rows) if mix else []
