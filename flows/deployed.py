@@ -1,8 +1,8 @@
 """The flows behind the deployments (deployments/prefect.yaml): one thin flow per way a campaign starts.
 
 Each loads the S3 credentials block when the environment has none (smscast.s3_block.use_s3_block), derives what
-the way of starting needs (a dated campaign id, a campaign id stable for a file), and runs the campaign or
-retry flow as a subflow. The campaign settings are the typed CampaignSpec, which the UI renders as a form.
+the way of starting needs (a dated campaign id, a campaign id stable for a file), and runs the campaign,
+retry or reconcile flow as a subflow. The campaign settings are the typed CampaignSpec, which the UI renders as a form.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from prefect import flow
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.flows.campaign import send_campaign
+from smscast.flows.reconcile import reconcile, reconcile_recent
 from smscast.flows.retry import retry_failed
 from smscast.s3_block import use_s3_block
 
@@ -93,3 +94,15 @@ def retry_campaign(campaign_id: str, results: str, max_attempts: int = 5) -> dic
     """Re-send a finished campaign's failed rows (started by its `smscast.campaign.finished` event)."""
     use_s3_block()
     return retry_failed(campaign_id=campaign_id, results=results, max_attempts=max_attempts)
+
+
+@flow(name="reconcile")
+def reconcile_deployed(
+    results: str, campaign_id: str | None = None, max_age_hours: float = 48.0
+) -> dict[str, Any]:
+    """Reconcile one campaign (`campaign_id`: the after-campaign trigger passes the finished one), or every
+    campaign under `results` sent within `max_age_hours` (the schedule)."""
+    use_s3_block()
+    if campaign_id:
+        return reconcile(campaign_id=campaign_id, results=results)
+    return reconcile_recent(results=results, max_age_hours=max_age_hours)

@@ -14,13 +14,14 @@ import base64
 import functools
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, NoReturn
 
 import httpx
 import polars as pl
 
 from smscast.campaign import CampaignSpec
+from smscast.delivery import DeliveryStatus
 from smscast.errors import (
     AmbiguousError,
     AuthError,
@@ -30,6 +31,7 @@ from smscast.errors import (
     RateLimitedError,
     SendError,
     ServerError,
+    TerminalError,
     TransientError,
 )
 from smscast.providers.http import json_body, json_request, retry_after
@@ -37,6 +39,7 @@ from smscast.providers.model import (
     Batch,
     Capabilities,
     Content,
+    DeliveryChannel,
     Idempotency,
     OutcomeTiming,
     Rejection,
@@ -49,10 +52,13 @@ from smscast.status import Status
 
 __all__ = [
     "Batch",
+    "BatchNotFoundError",
     "Capabilities",
     "Content",
+    "DeliveryChannel",
     "Idempotency",
     "OutcomeTiming",
+    "Pace",
     "Provider",
     "Refusal",
     "Rejection",
@@ -63,6 +69,16 @@ __all__ = [
     "json_request",
     "retry_after",
 ]
+
+
+# Awaited before each request a lookup makes: the provider's rate limit (tasks/reconcile.py passes the
+# same token bucket sending uses).
+Pace = Callable[[], Awaitable[None]]
+
+
+class BatchNotFoundError(TerminalError):
+    """The provider answered, in its own words (its error code, not a bare 404), that it holds no such batch:
+    proof that nothing of it was accepted."""
 
 
 class Refusal(NamedTuple):
@@ -99,6 +115,9 @@ class Provider:
     caps: Capabilities
     # The provider's message/batch states -> our status. An unlisted state is UNKNOWN (see `state_status`).
     STATES: ClassVar[Mapping[str, Status]] = {}
+    # A message's state, as a lookup reports it -> what became of it (`delivery_state`). An unlisted state
+    # says nothing: no delivery fact is recorded from it.
+    DELIVERY_STATES: ClassVar[Mapping[str, DeliveryStatus]] = {}
     # The provider's refusal codes whose status is not plain REJECTED, and the documented ones for the
     # reader. An unlisted code is REJECTED (see `refusal_status`). Only REJECTED or FAILED may appear here.
     REFUSALS: ClassVar[Mapping[str, Status]] = {}
@@ -110,10 +129,14 @@ class Provider:
         if wrong:
             raise TypeError(f"{cls.__name__}.REFUSALS: a refusal is REJECTED or FAILED, not {wrong}")
         caps = cls.__dict__.get("caps")
-        # An asynchronous provider's rows are settled only by a later lookup: it must have one.
-        asynchronous = isinstance(caps, Capabilities) and caps.outcome is OutcomeTiming.ASYNC
-        if asynchronous and cls.lookup_status is Provider.lookup_status:
-            raise TypeError(f"{cls.__name__}: an ASYNC provider implements lookup_status")
+        if not isinstance(caps, Capabilities):
+            return
+        # An asynchronous provider's rows are settled only by a later lookup: it must have one, and say so.
+        looks_up = DeliveryChannel.LOOKUP in caps.delivery_reports
+        if caps.outcome is OutcomeTiming.ASYNC and not looks_up:
+            raise TypeError(f"{cls.__name__}: an ASYNC provider reports delivery by LOOKUP")
+        if looks_up and (cls.lookup_status is Provider.lookup_status or not cls.DELIVERY_STATES):
+            raise TypeError(f"{cls.__name__}: a LOOKUP provider implements lookup_status and DELIVERY_STATES")
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.settings = settings
@@ -201,9 +224,14 @@ class Provider:
         parameters, textingline's no SMS/MMS mix). Plan batches each group separately."""
         return []
 
-    async def lookup_status(self, client: httpx.AsyncClient, batch_ref: str) -> list[StatusLookup]:
-        """Per-recipient status of an async batch (reconcile). Sync providers have nothing to look up."""
-        raise NotImplementedError(f"{self.caps.name} reports outcomes synchronously")
+    async def lookup_status(
+        self, client: httpx.AsyncClient, batch_ref: str, *, pace: Pace | None = None
+    ) -> list[StatusLookup]:
+        """Every recipient of a batch, as the provider reports it now (a provider with LOOKUP in its
+        `delivery_reports`). `pace` is awaited before each request. Raises BatchNotFoundError when the
+        provider says it has no such batch, and the send errors' classes for anything else (a 5xx, a
+        timeout, a 429 with its wait)."""
+        raise NotImplementedError(f"{self.caps.name} has no status lookup")
 
     # ---- shared helpers ----------------------------------------------------------------------------
 
@@ -240,6 +268,11 @@ class Provider:
         if state is None:
             return Status.UNKNOWN
         return cls.STATES.get(state, Status.UNKNOWN)
+
+    @classmethod
+    def delivery_state(cls, state: str | None) -> DeliveryStatus | None:
+        """What became of a message in `state` (DELIVERY_STATES); None for a state the table does not know."""
+        return None if state is None else cls.DELIVERY_STATES.get(state)
 
     @classmethod
     def refusal_status(cls, code: str | None) -> Status:

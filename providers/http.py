@@ -1,9 +1,10 @@
-"""Reading and writing HTTP for provider modules: JSON in and out, Retry-After."""
+"""Reading and writing HTTP for provider modules: JSON in and out, Retry-After, times."""
 
 from __future__ import annotations
 
 import email.utils
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -41,3 +42,15 @@ def json_body(response: httpx.Response) -> Any:
         return orjson.loads(response.content)
     except ValueError:
         return None
+
+
+def iso_time(value: Any) -> datetime | None:
+    """An ISO 8601 time with its zone (`2026-05-01T14:30:00.000Z`), else None: a time we cannot place in
+    UTC is not used."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None

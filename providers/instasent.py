@@ -52,6 +52,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar, NoReturn
 
 import httpx
@@ -63,6 +64,7 @@ from smscast.providers.base import (
     Batch,
     Capabilities,
     Content,
+    DeliveryChannel,
     Idempotency,
     OutcomeTiming,
     Provider,
@@ -102,6 +104,10 @@ class InstasentProvider(Provider):
         sender_pattern=SENDER_PATTERN,
         request_timeout=30.0,
         default_base_url="https://api.instasent.com",  # + the document's full path, /transactional/v1/…
+        # "Delivery status arrives on the webhook": one DLR per status transition, echoing our clientId.
+        # Window ASSUMED: the document links a DLR page it does not include.
+        delivery_reports=frozenset({DeliveryChannel.WEBHOOK}),
+        report_window=timedelta(hours=72),
     )
 
     # A message's `status`, on an entity or a DLR (Instasent's DLR status list; `enqueued` ASSUMED for a fresh

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
 
 import polars as pl
 
 from smscast.campaign import CampaignSpec
+from smscast.delivery import DeliveryStatus
 from smscast.status import Status
 
 
@@ -39,6 +41,13 @@ class Rejection(StrEnum):
 class OutcomeTiming(StrEnum):
     SYNC = "sync"  # per-recipient result (and usually a message id) in the response
     ASYNC = "async"  # a job/batch reference now, per-recipient status from `lookup_status` later
+
+
+class DeliveryChannel(StrEnum):
+    """How a provider tells what became of a message it accepted (tasks/reconcile.py reads it)."""
+
+    LOOKUP = "lookup"  # we ask, per batch reference: `Provider.lookup_status`
+    WEBHOOK = "webhook"  # it posts reports to our receiver (smscast dlr serve), folded in from the inbox
 
 
 class Content(StrEnum):
@@ -71,6 +80,14 @@ class Capabilities:
     sender_pattern: str | None = None  # full-match regex for the sender id
     request_timeout: float = 30.0
     default_base_url: str | None = None
+    # How the provider reports delivery (none: reconciliation leaves its rows as sent), and how long after
+    # sending a final word may still come: a row still without one after `report_window` is `expired`.
+    delivery_reports: frozenset[DeliveryChannel] = frozenset()
+    report_window: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.delivery_reports and (self.report_window is None or self.report_window <= timedelta(0)):
+            raise ValueError(f"{self.name}: a provider that reports delivery declares its report_window")
 
     def sends_body(self, spec: CampaignSpec) -> bool:
         """Whether rows carry our text (rendered from --body or a body column) rather than only template
@@ -148,10 +165,21 @@ class RowRule:
 
 @dataclass(frozen=True, slots=True)
 class StatusLookup:
-    """A per-recipient status from an async provider's lookup endpoint, for the reconcile step."""
+    """One recipient of a batch, as the provider's lookup reports it (tasks/reconcile.py).
+
+    Two words on it, from the adapter's two tables: `status`, the send status its state implies (STATES; or,
+    when `refused`, the refusal code's status through REFUSALS), and `delivery_status`, what became of the
+    message (DELIVERY_STATES). `refused`: the provider's job never sent this recipient (textingline failing
+    a recipient of a queued job): a send outcome, never a delivery. `delivery_status` is None when there is
+    no message to speak of (refused, or not made yet) or its state is not in the table."""
 
     phone: str
     status: Status
     provider_status: str
     provider_message_id: str | None = None
     error_code: str | None = None
+    delivery_status: DeliveryStatus | None = None
+    reported_at: datetime | None = None  # when the provider says the state was reached, where it says so
+    error_message: str | None = None
+    client_ref: str | None = None  # our row key, where the provider echoes it
+    refused: bool = False

@@ -52,7 +52,9 @@ reference, and sandbox/emulators/postman.py serves the same):
     POST /campaigns/:campaignId/batch/:batchId/retry     201, no body                 (Retry Batch Send)
 
 Also ASSUMED: the JSON shape of error bodies (`code`, `message`, `statusCode`) and the message of a row error
-(the document lists only the header and size messages; any other `parameter_invalid` is taken as row-caused).
+(the document lists only the header and size messages; any other `parameter_invalid` is taken as row-caused);
+a lookup of a batch Postman does not hold answers 404 `batch_not_found`; a message's `updatedAt` is when it
+reached its latest status; and the reporting window (none is documented: 72 h).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import urlsplit
 
@@ -69,6 +72,7 @@ import polars as pl
 
 from smscast import transport
 from smscast.campaign import CampaignSpec
+from smscast.delivery import DeliveryStatus
 from smscast.errors import (
     AmbiguousError,
     AuthError,
@@ -79,10 +83,13 @@ from smscast.errors import (
 )
 from smscast.providers.base import (
     Batch,
+    BatchNotFoundError,
     Capabilities,
     Content,
+    DeliveryChannel,
     Idempotency,
     OutcomeTiming,
+    Pace,
     Provider,
     Refusal,
     Rejection,
@@ -91,6 +98,7 @@ from smscast.providers.base import (
     StatusLookup,
     json_body,
 )
+from smscast.providers.http import iso_time
 from smscast.providers.postman_csv import (
     CELL_OVERHEAD,
     FIXED_CELLS_BYTES,
@@ -153,6 +161,9 @@ class PostmanProvider(Provider):
         template_body=True,  # …which may be the single {{body}} filled with our text
         request_timeout=120.0,  # a file of up to 40 MB goes up in the request
         default_base_url="https://postman.gov.sg/api/v2",
+        # "Use the Retrieve Batch Messages endpoint to check the delivery status"; no webhook is documented.
+        delivery_reports=frozenset({DeliveryChannel.LOOKUP}),
+        report_window=timedelta(hours=72),  # ASSUMED: not documented; a common SMS validity period
     )
 
     # latestStatus of a message (Postman v2 message statuses). Everything short of `failure` means Postman has
@@ -165,6 +176,12 @@ class PostmanProvider(Provider):
         "sent_to_telco": Status.ACCEPTED,
         "success": Status.ACCEPTED,
         "failure": Status.FAILED,
+    }
+    # latestStatus as delivery: `failure` is Postman's final word that the message did not arrive.
+    DELIVERY_STATES: ClassVar[Mapping[str, DeliveryStatus]] = {
+        **dict.fromkeys(("created", "enqueued", "sending", "sent", "sent_to_telco"), DeliveryStatus.PENDING),
+        "success": DeliveryStatus.DELIVERED,
+        "failure": DeliveryStatus.UNDELIVERED,
     }
 
     @classmethod
@@ -298,7 +315,9 @@ class PostmanProvider(Provider):
 
     # ---- reconciliation ------------------------------------------------------------------------------------
 
-    async def lookup_status(self, client: httpx.AsyncClient, batch_ref: str) -> list[StatusLookup]:
+    async def lookup_status(
+        self, client: httpx.AsyncClient, batch_ref: str, *, pace: Pace | None = None
+    ) -> list[StatusLookup]:
         """Retrieve Batch Messages (shape ASSUMED, see the module docstring), every page."""
         cid, sep, bid = batch_ref.rpartition("/")
         if not sep or not cid or not bid:
@@ -315,11 +334,14 @@ class PostmanProvider(Provider):
                 headers={"Authorization": f"Bearer {self.api_key()}"},
                 params=params,
             )
+            if pace is not None:
+                await pace()  # "10 TPS per campaign, shared across all endpoints": every page counts
             response = await transport.send(client, request, self.caps.name)
             self.raise_for_transport_status(response)
             if response.status_code >= 400:
                 code, message = _error(response)
-                raise TerminalError(
+                error = BatchNotFoundError if code == "batch_not_found" else TerminalError
+                raise error(
                     f"postman: batch lookup refused (HTTP {response.status_code}, {code}): {message}",
                     code=code,
                 )
@@ -335,17 +357,24 @@ class PostmanProvider(Provider):
     def _lookup(self, message: dict[str, Any]) -> StatusLookup:
         latest = str(message.get("latestStatus"))
         attempts = message.get("messageAttempts") or message.get("attempts") or []
-        error_code = None
+        error_code = error_type = None
         if isinstance(attempts, list) and attempts and isinstance(attempts[-1], dict):
             last = attempts[-1]
             nested = last.get("error")
             error_code = last.get("errorCode") or (nested.get("code") if isinstance(nested, dict) else None)
+            error_type = last.get("errorType")
+        delivery = self.delivery_state(latest)
+        failed = latest == "failure"
+        final = delivery is not None and delivery is not DeliveryStatus.PENDING
         return StatusLookup(
             phone="+" + str(message.get("recipient", "")),
             status=self.state_status(latest),
             provider_status=latest,
             provider_message_id=message.get("id"),
-            error_code=None if latest != "failure" else error_code,
+            error_code=error_code if failed else None,
+            delivery_status=delivery,
+            reported_at=iso_time(message.get("updatedAt")) if final else None,
+            error_message=str(error_type) if failed and error_type else None,
         )
 
 

@@ -100,6 +100,8 @@ class RobaseProvider(Provider):
         sender_required=True,
         request_timeout=65.0,  # robase's own request timeout is 60 s
         default_base_url="https://api.robase.dev",
+        # The document names no webhook and no status lookup: nothing reports delivery (delivery_reports
+        # empty), so reconciliation leaves robase's rows as sent.
     )
 
     # sms.status of a row robase created an sms for. Another status: unknown (the sms exists, its fate is

@@ -17,6 +17,7 @@ A repeated `ref` returns the first message's id and creates nothing new: re-send
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import httpx
@@ -24,6 +25,7 @@ import httpx
 from smscast.providers.base import (
     Batch,
     Capabilities,
+    DeliveryChannel,
     Idempotency,
     Provider,
     Refusal,
@@ -45,6 +47,10 @@ class SandboxProvider(Provider):
         idempotency=Idempotency.ROW,
         sender_pattern=r"[A-Za-z0-9 ]{1,11}|\+?[0-9]{3,15}",
         request_timeout=30.0,
+        # The emulator posts delivery reports to the receiver (its `dlr_url`); the window is ours to set, and
+        # generous next to the emulator's delays (ASSUMED: a real deployment of this API would say).
+        delivery_reports=frozenset({DeliveryChannel.WEBHOOK}),
+        report_window=timedelta(hours=24),
     )
 
     STATES: ClassVar[Mapping[str, Status]] = {"accepted": Status.ACCEPTED}

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import httpx
@@ -59,6 +60,7 @@ from smscast.providers.base import (
     Batch,
     Capabilities,
     Content,
+    DeliveryChannel,
     Idempotency,
     OutcomeTiming,
     Provider,
@@ -103,6 +105,9 @@ class SentDmProvider(Provider):
         sender_required=False,
         request_timeout=30.0,
         default_base_url="https://api.sent.dm",
+        # "Subscribe to webhooks for delivery status": no lookup is documented. Window ASSUMED (none given).
+        delivery_reports=frozenset({DeliveryChannel.WEBHOOK}),
+        report_window=timedelta(hours=72),
     )
 
     # data.status of a 200: the batch-level state of the recipients it lists (each with a message id). An

@@ -38,7 +38,8 @@ ASSUMED, because the doc does not show them (vendor's style, from its public Err
 * the batch status endpoint the doc names without a shape: `GET /api/v1/messaging/batch/{id}` →
   `{"id", "from", "totalRecipients", "status", "createdAt", "recipients": [{"to", "idempotencyKey",
   "messageId", "status", "errorCode"}]}` with per-recipient statuses queued/sending/sent/delivered/
-  undelivered/failed/duplicate.
+  undelivered/failed/duplicate (a duplicate adds `messageStatus`/`messageErrorCode`: its earlier message's);
+  404 code 33404 for an unknown id. No per-recipient time; no reporting window (72 h ASSUMED).
 * the vendor's API reference restricts idempotency keys to 2-100 characters of letters, digits and
   `: @ - _ ( )`: our keys (`scb-<hex>`, bisected `scb-<hex>-L-R`) fit; `wire_key` guards it anyway.
 """
@@ -48,6 +49,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote
 
@@ -56,6 +58,7 @@ import polars as pl
 
 from smscast import transport
 from smscast.campaign import CampaignSpec
+from smscast.delivery import DeliveryStatus
 from smscast.errors import (
     AmbiguousError,
     CampaignStopError,
@@ -65,10 +68,13 @@ from smscast.errors import (
 )
 from smscast.providers.base import (
     Batch,
+    BatchNotFoundError,
     Capabilities,
     Content,
+    DeliveryChannel,
     Idempotency,
     OutcomeTiming,
+    Pace,
     Provider,
     Refusal,
     Rejection,
@@ -91,6 +97,7 @@ SENDER_PATTERN = r"\+[1-9][0-9]{6,14}|[0-9]{5,6}"
 INVALID_CHARS = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]"
 # Allowed in idempotency keys (vendor API reference): letters, digits and : @ - _ ( ).
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9:@\-_()]")
+BATCH_NOT_FOUND = "33404"  # ASSUMED: the status endpoint's code for an id it does not know
 
 # Whole-batch refusals caused by some recipient(s): bisect to isolate them. 33016/33019/33024 are the doc's;
 # 33003 (a number not E.164), 33010 (recipient blocked, sent with HTTP 403) and 33028 (recipients not opted
@@ -159,6 +166,8 @@ class TextinglineProvider(Provider):
         sender_pattern=SENDER_PATTERN,
         request_timeout=60.0,  # up to 5,000 recipients, each checked for compliance before the answer
         default_base_url="https://platform.textingline.com",
+        delivery_reports=frozenset({DeliveryChannel.LOOKUP}),  # the batch status endpoint; no webhook
+        report_window=timedelta(hours=72),  # ASSUMED: not documented; a common SMS validity period
     )
 
     # per-recipient statuses of the (ASSUMED) batch status endpoint
@@ -170,6 +179,13 @@ class TextinglineProvider(Provider):
         "duplicate": Status.ACCEPTED,  # an earlier request with the same recipient key carries it
         "undelivered": Status.REJECTED,  # the carrier refused it for good
         "failed": Status.FAILED,  # failed sends do not consume the key: re-sendable
+    }
+    # The same states as delivery (a recipient with a messageId: a message exists). `failed` of a message is
+    # its delivery failing; of a recipient without one, the job's refusal (see `_lookup`).
+    DELIVERY_STATES: ClassVar[Mapping[str, DeliveryStatus]] = {
+        **dict.fromkeys(("queued", "sending", "sent"), DeliveryStatus.PENDING),
+        "delivered": DeliveryStatus.DELIVERED,
+        **dict.fromkeys(("undelivered", "failed"), DeliveryStatus.UNDELIVERED),
     }
 
     # The vendor's error codes. A code not listed is `rejected` (Provider.refusal_status): textingline said no.
@@ -327,19 +343,21 @@ class TextinglineProvider(Provider):
 
     # ---- async status ---------------------------------------------------------------------------------
 
-    async def lookup_status(self, client: httpx.AsyncClient, batch_ref: str) -> list[StatusLookup]:
+    async def lookup_status(
+        self, client: httpx.AsyncClient, batch_ref: str, *, pace: Pace | None = None
+    ) -> list[StatusLookup]:
         """Per-recipient status of a batch job. ASSUMED endpoint and shape (see the module docstring)."""
-        request = httpx.Request(
-            "GET",
-            self.url(f"{BATCH_PATH}/{quote(batch_ref, safe='')}"),
-            headers={"Authorization": self._authorization()},
-        )
+        url = self.url(f"{BATCH_PATH}/{quote(batch_ref, safe='')}")
+        request = httpx.Request("GET", url, headers={"Authorization": self._authorization()})
+        if pace is not None:
+            await pace()
         response = await transport.send(client, request, self.caps.name)
         payload = json_body(response)
         if response.status_code >= 400:
             code, message = _vendor_error(payload)
             self.raise_for_transport_status(response)
-            raise TerminalError(
+            error = BatchNotFoundError if code == BATCH_NOT_FOUND else TerminalError
+            raise error(
                 f"textingline: status of batch {batch_ref} refused "
                 f"(HTTP {response.status_code}, {code}): {message}",
                 code=code or f"http_{response.status_code}",
@@ -349,28 +367,32 @@ class TextinglineProvider(Provider):
             raise TransientError(
                 f"textingline: unreadable status of batch {batch_ref}", code="unreadable_response"
             )
-        out: list[StatusLookup] = []
-        for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("to"), str):
-                continue
-            raw = item.get("status")
-            provider_status = str(raw) if raw is not None else ""
-            error = item.get("errorCode")
-            message_id = item.get("messageId")
-            status = self.state_status(provider_status or None)
-            if status is Status.UNKNOWN and error is not None:
-                # A status we do not know, with an error code: the recipient was refused with that code.
-                status = self.refusal_status(str(error))
-            out.append(
-                StatusLookup(
-                    phone=item["to"],
-                    status=status,
-                    provider_status=provider_status,
-                    provider_message_id=str(message_id) if message_id else None,
-                    error_code=str(error) if error is not None else None,
-                )
-            )
-        return out
+        return [self._lookup(i) for i in items if isinstance(i, dict) and isinstance(i.get("to"), str)]
+
+    def _lookup(self, item: dict[str, Any]) -> StatusLookup:
+        state, message_id = _text(item.get("status")) or "", _text(item.get("messageId"))
+        status = self.state_status(state or None)
+        duplicate = state == "duplicate"  # names an earlier message: its fate is that message's
+        error = _text(item.get("messageErrorCode" if duplicate else "errorCode"))
+        fate = _text(item.get("messageStatus")) if duplicate else state
+        # Without a message, a failure (or a state we do not know, with a code) is the job refusing the
+        # recipient, never sending it: a send outcome by its code (33007, transient: `failed`).
+        failure = status in (Status.FAILED, Status.REJECTED)
+        refused = message_id is None and (failure or (status is Status.UNKNOWN and error is not None))
+        return StatusLookup(
+            phone=item["to"],
+            status=self.refusal_status(error) if refused and error else status,
+            provider_status=state,
+            provider_message_id=message_id,
+            error_code=error,
+            delivery_status=self.delivery_state(fate) if message_id else None,
+            client_ref=_text(item.get("idempotencyKey")),
+            refused=refused,
+        )
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value is not None and value != "" else None
 
 
 ADAPTER = TextinglineProvider

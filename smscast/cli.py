@@ -17,6 +17,7 @@ import typer
 from smscast.campaign import PROVIDER_NAMES, CampaignSpec
 from smscast.errors import SmscastError
 from smscast.local_server import register as register_local_server
+from smscast.reconcile_cli import register as register_reconcile
 from smscast.results_cli import register as register_results
 from smscast.sources.credentials import take_password_for_this_process
 from smscast.watch import register as register_watch
@@ -277,6 +278,7 @@ def demo(
 
 register_watch(app)
 register_results(app)
+register_reconcile(app)
 register_local_server(app)  # also picks the Prefect API before the commands that need one
 
 if __name__ == "__main__":

@@ -119,18 +119,45 @@ def read_all(folder: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.concat([conform(storage.read_parquet(p), schema) for p in sorted(parts)], how="vertical")
 
 
+# One total order over a row's facts, fixed by their content alone (never by the order parts are read in): a
+# provider's final word (delivered, undelivered, or an expiry it reports itself) beats our own expiry of a silent
+# row (source `window`: a late report still wins), which beats `pending`; then the later `reported_at`; then the
+# content itself, so that ties always break the same way.
+_FACT_KEYS = ["attempt", "row_index"]
+_FACT_ORDER = [
+    *_FACT_KEYS,
+    "_rank",
+    "reported_at",
+    "delivery_status",
+    "error_code",
+    "source",
+    "provider_message_id",
+]
+
+
+def _fact_rank() -> pl.Expr:
+    status, source = pl.col("delivery_status"), pl.col("source")
+    return (
+        pl.when(status == DeliveryStatus.PENDING.value)
+        .then(0)
+        .when(source == FactSource.WINDOW.value)
+        .then(1)
+        .otherwise(2)
+        .alias("_rank")
+    )
+
+
 def latest_facts(facts: pl.DataFrame) -> pl.DataFrame:
-    """One fact per (attempt, row_index): a final word beats `pending` whatever arrives later (reports come out
-    of order), and among words of the same kind the latest report wins. Duplicates count once."""
+    """One fact per (attempt, row_index), the greatest in the order above: a final word beats `pending`
+    whatever arrives later (reports come out of order). Duplicates count once. Columns as given."""
     if facts.is_empty():
         return facts
-    final = pl.col("delivery_status").is_in([s.value for s in FINAL])
     return (
-        facts.with_columns(final.alias("_final"))
-        .sort("attempt", "row_index", "_final", "reported_at", nulls_last=False)
-        .group_by("attempt", "row_index", maintain_order=True)
+        facts.with_columns(_fact_rank())
+        .sort(_FACT_ORDER, nulls_last=False, maintain_order=True)
+        .group_by(_FACT_KEYS, maintain_order=True)
         .last()
-        .drop("_final")
+        .select(facts.columns)
     )
 
 
