@@ -2,8 +2,11 @@
 
 What may be re-sent is tasks/current.py `resendable`: `failed` rows, and `unknown` ones where the provider's
 idempotency makes a re-send harmless. They go with the same row keys, and `unknown` rows in the same batches
-(so that a provider keying whole requests, like sent.dm, recognises them). It takes the campaign's lock, so it
-never runs beside the campaign or another retry of it.
+(so that a provider keying whole requests, like sent.dm, recognises them). With `include_undelivered`, accepted
+rows whose delivery failed for a reason a re-send can fix (`Capabilities.resend_fixes`, or the codes given) go
+too, as new messages: with a key of this attempt (tasks/plan.py RESEND_ATTEMPT), since the provider would take
+the old key for the message it already has. It takes the campaign's lock, so it never runs beside the campaign
+or another retry of it.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from smscast.errors import ConfigError
 from smscast.lock import CampaignLock
 from smscast.providers.registry import make_provider
 from smscast.results import CampaignPaths
-from smscast.tasks.current import current_results, resendable
+from smscast.tasks.current import current_results, current_view, resendable
 from smscast.tasks.dispatch import run_attempt
 from smscast.tasks.manifest import load_spec, unfinished_attempt
-from smscast.tasks.plan import PINNED_KEY, PlannedCampaign, plan_campaign
+from smscast.tasks.plan import PINNED_KEY, RESEND_ATTEMPT, PlannedCampaign, plan_campaign
 from smscast.tasks.send import shard_runner
 
 PLAN_COLUMNS = ("shard", "batch_seq", "batch_id", "batch_key", "status", "error_code", "error_message")
@@ -36,6 +39,8 @@ def retry_failed(
     base_url: str | None = None,
     max_attempts: int = 5,
     delay_seconds: float = 0.0,
+    include_undelivered: bool = False,
+    undelivered_codes: list[str] | None = None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     campaign = CampaignPaths(results, campaign_id)
@@ -56,11 +61,19 @@ def retry_failed(
             spec = original.model_copy(update={**overrides, "attempt": pending, "dry_run": False})
             logger.info("campaign %s: resuming interrupted attempt %d", campaign_id, pending)
             return run_attempt(spec, None, logger, lock=lock).to_dict()
-        current = current_results(results, campaign_id)
-        last = int(current.get_column("attempt").max())  # type: ignore[arg-type]
-        spec = original.model_copy(update={**overrides, "attempt": last + 1, "dry_run": False})
+        spec = original.model_copy(update={**overrides, "dry_run": False})
         prov = make_provider(spec.provider, base_url=spec.base_url)
-        todo = resendable(current, resend_safe=prov.caps.resend_safe)
+        codes = frozenset(undelivered_codes or prov.caps.resend_fixes) if include_undelivered else frozenset()
+        if include_undelivered and not codes:
+            logger.warning(
+                "campaign %s: %s names no delivery error code a re-send can fix; give --undelivered-code",
+                campaign_id,
+                prov.caps.name,
+            )
+        current = current_view(results, campaign_id) if codes else current_results(results, campaign_id)
+        last = int(current.get_column("attempt").max())  # type: ignore[arg-type]
+        spec = spec.model_copy(update={"attempt": last + 1})
+        todo = resendable(current, resend_safe=prov.caps.resend_safe, undelivered_codes=codes)
         counts = dict(current.group_by("status").len().iter_rows())
         if todo.is_empty() or last >= max_attempts:
             if not todo.is_empty():
@@ -86,15 +99,21 @@ def retry_failed(
 def _retry_rows(campaign: CampaignPaths, todo: pl.DataFrame) -> pl.DataFrame:
     """The rows to re-send, with their content as attempt 1 planned it (phone, rendered body, variables)."""
     rows = _plan_rows(campaign, 1).join(
-        todo.select("row_index", pl.col("status").alias("_was"), pl.col("batch_id").alias("_b")),
+        todo.select(
+            "row_index",
+            pl.col("status").alias("_was"),
+            pl.col("batch_id").alias("_b"),
+            pl.col("attempt").alias("_attempt"),
+        ),
         on="row_index",
     )
     # Unknown rows keep their original batches (same composition) and the key their request carried; failed
-    # rows were never accepted and may be re-batched freely.
+    # rows were never accepted and may be re-batched freely; accepted (undelivered) ones are new messages.
     rows = rows.with_columns(
-        _retry_group=pl.when(pl.col("_was") == "unknown").then(pl.col("_b")).otherwise(None)
+        _retry_group=pl.when(pl.col("_was") == "unknown").then(pl.col("_b")).otherwise(None),
+        **{RESEND_ATTEMPT: pl.when(pl.col("_was") == "accepted").then(pl.col("_attempt")).otherwise(None)},
     ).join(_request_keys(campaign, todo), on="row_index", how="left")
-    return rows.drop([*PLAN_COLUMNS, "_was", "_b"], strict=False).with_columns(
+    return rows.drop([*PLAN_COLUMNS, "_was", "_b", "_attempt"], strict=False).with_columns(
         status=pl.lit(None, pl.String),
         error_code=pl.lit(None, pl.String),
         error_message=pl.lit(None, pl.String),

@@ -108,6 +108,7 @@ class InstasentProvider(Provider):
         # Window ASSUMED: the document links a DLR page it does not include.
         delivery_reports=frozenset({DeliveryChannel.WEBHOOK}),
         report_window=timedelta(hours=72),
+        resend_fixes=frozenset({"ABSENT_SUBSCRIBER"}),  # switched off or out of coverage
     )
 
     # A message's `status`, on an entity or a DLR (Instasent's DLR status list; `enqueued` ASSUMED for a fresh

@@ -84,6 +84,10 @@ class Capabilities:
     # sending a final word may still come: a row still without one after `report_window` is `expired`.
     delivery_reports: frozenset[DeliveryChannel] = frozenset()
     report_window: timedelta | None = None
+    # Delivery error codes that a later re-send can fix (the handset was off or out of reach), for
+    # `smscast retry --include-undelivered`. No vendor document lists its delivery codes: every entry is
+    # ASSUMED, and `--undelivered-code` names others.
+    resend_fixes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.delivery_reports and (self.report_window is None or self.report_window <= timedelta(0)):

@@ -164,6 +164,7 @@ class PostmanProvider(Provider):
         # "Use the Retrieve Batch Messages endpoint to check the delivery status"; no webhook is documented.
         delivery_reports=frozenset({DeliveryChannel.LOOKUP}),
         report_window=timedelta(hours=72),  # ASSUMED: not documented; a common SMS validity period
+        resend_fixes=frozenset({"telco_unreachable_recipient"}),
     )
 
     # latestStatus of a message (Postman v2 message statuses). Everything short of `failure` means Postman has

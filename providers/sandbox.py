@@ -51,6 +51,7 @@ class SandboxProvider(Provider):
         # generous next to the emulator's delays (ASSUMED: a real deployment of this API would say).
         delivery_reports=frozenset({DeliveryChannel.WEBHOOK}),
         report_window=timedelta(hours=24),
+        resend_fixes=frozenset({"absent_subscriber"}),  # switched off or out of coverage
     )
 
     STATES: ClassVar[Mapping[str, Status]] = {"accepted": Status.ACCEPTED}

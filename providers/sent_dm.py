@@ -108,6 +108,7 @@ class SentDmProvider(Provider):
         # "Subscribe to webhooks for delivery status": no lookup is documented. Window ASSUMED (none given).
         delivery_reports=frozenset({DeliveryChannel.WEBHOOK}),
         report_window=timedelta(hours=72),
+        resend_fixes=frozenset({"DELIVERY_001"}),  # recipient handset unreachable
     )
 
     # data.status of a 200: the batch-level state of the recipients it lists (each with a message id). An

@@ -168,6 +168,7 @@ class TextinglineProvider(Provider):
         default_base_url="https://platform.textingline.com",
         delivery_reports=frozenset({DeliveryChannel.LOOKUP}),  # the batch status endpoint; no webhook
         report_window=timedelta(hours=72),  # ASSUMED: not documented; a common SMS validity period
+        resend_fixes=frozenset({"33030"}),  # "unreachable destination handset"
     )
 
     # per-recipient statuses of the (ASSUMED) batch status endpoint

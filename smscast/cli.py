@@ -185,11 +185,24 @@ def retry(
     base_url: BaseUrlOpt = None,
     max_attempts: Annotated[int, typer.Option(help="Stop once this many attempts exist.")] = 5,
     delay: Annotated[float, typer.Option(help="Seconds to wait before re-sending.")] = 0.0,
+    include_undelivered: Annotated[
+        bool,
+        typer.Option(
+            help="Also re-send accepted rows whose delivery failed for a reason a re-send can fix (the "
+            "provider's list, or --undelivered-code), as new messages with new keys. Run reconcile first."
+        ),
+    ] = False,
+    undelivered_code: Annotated[
+        list[str] | None,
+        typer.Option(help="With --include-undelivered: a delivery error code to re-send (repeat)."),
+    ] = None,
 ) -> None:
     """Re-send a campaign's failed rows (and unknown ones where the provider's idempotency makes it safe)
     with the same idempotency keys, as the next attempt."""
     from smscast.flows.retry import retry_failed
 
+    if undelivered_code and not include_undelivered:
+        _fail("--undelivered-code needs --include-undelivered")
     try:
         retry_failed(
             campaign_id=campaign_id,
@@ -198,6 +211,8 @@ def retry(
             base_url=base_url,
             max_attempts=max_attempts,
             delay_seconds=delay,
+            include_undelivered=include_undelivered,
+            undelivered_codes=undelivered_code or None,
         )
     except SmscastError as exc:
         _fail(str(exc))

@@ -15,6 +15,7 @@ from smscast import storage
 from smscast.delivery import (
     DELIVERY_SCHEMA,
     SETTLED_SCHEMA,
+    DeliveryStatus,
     latest_facts,
     latest_settlements,
     read_all,
@@ -92,12 +93,32 @@ def with_delivery(current: pl.DataFrame, latest: pl.DataFrame) -> pl.DataFrame:
     return current.join(facts, on=list(KEYS), how="left", validate="m:1", maintain_order="left")
 
 
-def resendable(current: pl.DataFrame, *, resend_safe: bool) -> pl.DataFrame:
+def resendable(
+    current: pl.DataFrame, *, resend_safe: bool, undelivered_codes: frozenset[str] = frozenset()
+) -> pl.DataFrame:
     """The rows a retry may re-send: RETRIABLE ones (`failed`: never accepted), and `unknown` ones only where
     the provider's idempotency makes a re-send harmless (`resend_safe`: it recognises the same keys and
-    answers the first message). `rejected`, `invalid` and `accepted` are final."""
+    answers the first message). `rejected`, `invalid` and `accepted` are final, except, when
+    `undelivered_codes` are given (`current` is then a `current_view`), accepted rows whose delivery failed
+    with one of those codes: they go again as new messages (flows/retry.py gives them new keys)."""
     statuses = (RETRIABLE | {Status.UNKNOWN}) if resend_safe else RETRIABLE
-    return current.filter(pl.col("status").is_in([s.value for s in statuses]))
+    chosen = pl.col("status").is_in([s.value for s in statuses])
+    if undelivered_codes:
+        chosen = chosen | undelivered(current, undelivered_codes)
+    return current.filter(chosen)
+
+
+def undelivered(view: pl.DataFrame, codes: frozenset[str]) -> pl.Expr:
+    """Accepted rows of a `current_view` whose delivery failed with one of `codes`."""
+    if "delivery_status" not in view.columns:
+        raise ValueError(
+            "re-sending undelivered rows needs the current view (current_view), not current_results"
+        )
+    return (
+        (pl.col("status") == Status.ACCEPTED.value)
+        & (pl.col("delivery_status") == DeliveryStatus.UNDELIVERED.value)
+        & pl.col("delivery_error_code").is_in(sorted(codes))
+    )
 
 
 def _keys_like(frame: pl.DataFrame) -> list[pl.Expr]:

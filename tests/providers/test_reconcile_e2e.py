@@ -19,6 +19,7 @@ from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.flows.campaign import send_campaign
 from smscast.flows.reconcile import reconcile
+from smscast.flows.retry import retry_failed
 from smscast.results import CampaignPaths
 from smscast.sandbox.client import SandboxClient
 from smscast.servers.sandbox import SandboxServer
@@ -165,3 +166,35 @@ def test_postman_facts_match_the_ledger(sandbox: SandboxClient, tmp_path: Path) 
 
     before = parts(results, "rc-pm")
     assert reconcile_campaign(results, "rc-pm").facts == {} and parts(results, "rc-pm") == before
+
+
+def test_retry_resends_the_undelivered_rows_a_resend_can_fix_once(
+    sandbox: SandboxClient, tmp_path: Path
+) -> None:
+    # Postman: no idempotency, so a re-sent row shows in the ledger as a second message to the same phone.
+    sandbox.set_faults(provider="postman", undelivered_share=0.6)  # final at once: no delay
+    spec = {"template": "campaign_rt", "body": "Hi {{name}}", "language": "english"}
+    results = send(sandbox, tmp_path, "rt-pm", "postman", 40, "+659200", **spec)
+    reconciled(results, "rt-pm")
+    first = current_view(results, "rt-pm")
+    fixable = first.filter(pl.col("delivery_error_code") == "telco_unreachable_recipient")
+    others = first.filter(pl.col("delivery_status") == "undelivered").height - fixable.height
+    assert fixable.height > 0 and others > 0  # both kinds, so the choice is tested
+    sent_before = len(sandbox.ledger(provider="postman"))
+
+    out = retry_failed(campaign_id="rt-pm", results=results, include_undelivered=True)
+    ledger = sandbox.ledger(provider="postman")
+    resent = sorted(e["to"] for e in ledger[sent_before:])
+    # Exactly the rows whose delivery failed for a reason a re-send can fix, once each.
+    assert resent == sorted(fixable["phone"]) and out["attempt"] == 2
+    second = current_view(results, "rt-pm").join(
+        first.select("row_index", old_key="idempotency_key"), on="row_index"
+    )
+    again = second.filter(pl.col("attempt") == 2)
+    assert again.height == fixable.height and set(again["status"]) == {"accepted"}
+    assert (again["idempotency_key"] != again["old_key"]).all()  # a new message, a new key
+
+    # Without --include-undelivered nothing of that is re-sent; with it, the new messages have no report yet.
+    retry_failed(campaign_id="rt-pm", results=results)
+    retry_failed(campaign_id="rt-pm", results=results, include_undelivered=True)
+    assert len(sandbox.ledger(provider="postman")) == len(ledger)
