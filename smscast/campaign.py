@@ -26,6 +26,7 @@ CONTENT_FIELDS: tuple[str, ...] = (
     "default_country",
     "language",
     "allow_braces",
+    "encoding",
 )
 
 TEMPLATE_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -84,6 +85,18 @@ class CampaignSpec(BaseModel):
         title="Column mapping",
         description="Our column name -> the source's, e.g. {'phone': 'msisdn', 'body': 'text'}.",
     )
+    encoding: str = Field(
+        default="utf-8",
+        title="Text encoding",
+        description="Encoding of CSV and NDJSON sources: utf-8 (default), latin-1, cp1252, utf-16, or any "
+        "other Python codec name.",
+    )
+    allow_empty: bool = Field(
+        default=False,
+        title="Allow an empty source",
+        description="Run a campaign whose source has no rows (it completes with nothing sent). Off: an "
+        "empty source is an error.",
+    )
     language: str | None = Field(default=None, title="Language", description="Default language (Postman).")
     base_url: str | None = Field(
         default=None, title="Provider base URL", description="Overrides the environment."
@@ -138,6 +151,24 @@ class CampaignSpec(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _codec(cls, v: str) -> str:
+        # The codec's own name, so that "latin1" and "Latin-1" are the same campaign content on a re-run.
+        import codecs
+
+        try:
+            info = codecs.lookup(v.strip())
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {v!r}: use a Python codec name such as utf-8, latin-1, cp1252 or utf-16"
+            ) from None
+        if not getattr(info, "_is_text_encoding", True):  # base64, rot13, zlib: not a text encoding
+            raise ValueError(
+                f"{v!r} is not a text encoding: use one such as utf-8, latin-1, cp1252 or utf-16"
+            )
+        return info.name
 
     @field_validator("default_country")
     @classmethod

@@ -126,6 +126,15 @@ def send(
             help="Send bodies that still hold {{…}} after rendering (else quarantined: template_unrendered).",
         ),
     ] = False,
+    encoding: Annotated[
+        str,
+        typer.Option(
+            help="Text encoding of CSV/NDJSON sources: utf-8, latin-1, cp1252, utf-16, … (a Python codec)."
+        ),
+    ] = "utf-8",
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Run a campaign whose source has no rows (else an error).")
+    ] = False,
     wait_for_lock: Annotated[
         bool,
         typer.Option(
@@ -161,6 +170,8 @@ def send(
                 concurrency=concurrency,
                 request_timeout=request_timeout,
                 allow_braces=allow_braces,
+                encoding=encoding,
+                allow_empty=allow_empty,
             )
         )
     except (ValueError, SmscastError) as exc:

@@ -2,6 +2,9 @@
 
 People type numbers with spaces, dashes, dots, parentheses, a `00` international prefix, a `(0)` after the
 country code, or as national numbers, and paste them with invisible direction marks and zero-width spaces.
+Spreadsheets add their own: Excel's leading apostrophe (`'+447700900123`, "keep this as text"), full-width
+digits from CJK input methods (`＋４４７７００…`), and numbers stored as floats (`4.477E+11`), whose digits may
+already be lost: those are recognised (`looks_like_float`) so that validation can refuse them by name.
 Everything here is Polars expressions: `phonenumbers` costs ~50 µs per number in Python (docs/design.md), so it
 is used only to look up a region's calling code and trunk prefix once.
 The check is structural (E.164: `+`, a non-zero country digit, 7–15 digits in all), not per-country
@@ -18,6 +21,20 @@ from smscast.errors import ConfigError
 
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 INVISIBLE = r"\p{Cf}"  # Unicode "format" characters: invisible, direction and joiner controls
+# Only digits (any script's: other scripts' digits are a number, just not an E.164 one) and an optional "+",
+# once the separators are gone: anything else (letters, "N/A", "#", a lone "+") is not a phone number at all.
+NUMBER_PATTERN = r"^\+?\p{Nd}+$"
+# A float written out: "4.477e11", "4.47700900123E+11", "4,477E+11" (a comma-decimal locale).
+FLOAT_PATTERN = r"^[+-]?[0-9]+(?:[.,][0-9]*)?[eE][+-]?[0-9]{1,3}$"
+# Set by tasks/load.py on rows whose phone column was a float column (Parquet, NDJSON, DuckDB): its text is
+# plain digits, so only the column's type tells that digits may have been lost.
+FLOAT_MARK = "_phone_was_float"
+
+# Full-width forms (U+FF01-FF5E) are ASCII in another width; NFKC folds them to ASCII, and so does this, in one
+# vectorised pass (Aho-Corasick), along with the ideographic space. Other scripts' digits are left alone: NFKC
+# keeps them too, and they are not E.164.
+_WIDE = [chr(c) for c in range(0xFF01, 0xFF5F)] + ["\u3000"]
+_NARROW = [chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)] + [" "]
 
 
 @cache
@@ -41,12 +58,7 @@ def normalise(raw: pl.Expr, default_country: str | None = None) -> pl.Expr:
     The result is not guaranteed valid: check it with `is_e164`. Keeping the candidate (rather than
     nulling it) lets the results show what we tried, and lets the reason tell "no country code" apart.
     """
-    # Invisible formatting characters (Unicode Cf: LRM/RLM U+200E/F, the bidi embeddings and overrides
-    # U+202A-E and isolates U+2066-9, zero-width space/joiners U+200B-D, word joiner U+2060, BOM U+FEFF, soft
-    # hyphen U+00AD) come along when a number is pasted from a web page, a PDF or a right-to-left document.
-    # They only steer display: the digits are stored in reading order either way, so dropping them yields the
-    # number the person saw. Digits themselves are never touched.
-    s = raw.cast(pl.String).str.replace_all(INVISIBLE, "").str.strip_chars()
+    s = _clean(raw)
     # "+44 (0)7700 900123": the (0) is a trunk prefix written for national callers; drop it before the
     # general separator removal turns it into a real digit.
     s = s.str.replace(r"^(\+|00)([1-9][0-9]{0,2})\s*\(0\)", "${1}${2}")
@@ -72,6 +84,30 @@ def normalise(raw: pl.Expr, default_country: str | None = None) -> pl.Expr:
             .otherwise(s)
         )
     return s
+
+
+def _clean(raw: pl.Expr) -> pl.Expr:
+    """Invisible characters gone, full-width forms folded, Excel's "keep as text" apostrophe dropped."""
+    # Invisible formatting characters (Unicode Cf: LRM/RLM U+200E/F, the bidi embeddings and overrides
+    # U+202A-E and isolates U+2066-9, zero-width space/joiners U+200B-D, word joiner U+2060, BOM U+FEFF, soft
+    # hyphen U+00AD) come along when a number is pasted from a web page, a PDF or a right-to-left document.
+    # They only steer display: the digits are stored in reading order either way, so dropping them yields the
+    # number the person saw. Digits are never dropped; full-width ones become the same ASCII digits.
+    s = raw.cast(pl.String).str.replace_all(INVISIBLE, "").str.replace_many(_WIDE, _NARROW).str.strip_chars()
+    # Excel shows `'+447700900123` as +447700900123 but some exports write the apostrophe out. One only: a
+    # second one was typed by someone, and the number is then refused rather than guessed at.
+    return s.str.strip_prefix("'").str.strip_chars()
+
+
+def looks_like_float(raw: pl.Expr) -> pl.Expr:
+    """The raw phone is a float in scientific notation ("4.477E+11"): a spreadsheet kept 15 or fewer
+    significant digits and may have dropped the rest; there is no telling which number it was."""
+    return _clean(raw).str.contains(FLOAT_PATTERN).fill_null(False)
+
+
+def is_number(phone: pl.Expr) -> pl.Expr:
+    """The normalised candidate is digits with an optional leading "+" (whether or not a valid one)."""
+    return phone.str.contains(NUMBER_PATTERN).fill_null(False)
 
 
 def is_e164(phone: pl.Expr) -> pl.Expr:

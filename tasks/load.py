@@ -16,6 +16,9 @@ Output columns:
 * `phone_raw` String: the source's phone exactly as text. CSV is read with every column as String, so
   "+44 7700 900123", "07700900123" and "00447700900123" survive; numeric phones from Parquet, NDJSON or SQL
   become their digits ("447700900123", never "447700900123.0").
+* `_phone_was_float` Boolean (smscast.phone.FLOAT_MARK), only when the phone column was a float column: true
+  on its non-null rows. Validation refuses them as `phone_float` (digits may have been lost before smscast
+  saw them) and drops the column.
 * `body`, `recipient_id`, `language`, `media_url`, `send_at` and the template's variables as String where
   present; every other column as it is.
 
@@ -25,10 +28,16 @@ a SourceError that names the place, never the content: UTF-16 and non-UTF-8 text
 character anywhere in a column smscast reads (a corrupt export; it would reach a provider's request). A NaN
 in a float column (pandas' missing value) is null, never the text "NaN".
 
-`spec.columns` maps our names to the source's (`{"phone": "msisdn"}`). Problems with the source raise
-`SourceError` with a message that names the source (never its credentials) and says what to do, quoting
-column names with phone-like digit runs masked (a header-less file's "header" is its first recipient); a SQL
-source without a query raises `ConfigError`.
+`spec.columns` maps our names to the source's (`{"phone": "msisdn"}`). A canonical name (phone, body,
+recipient_id, language, media_url, send_at, the template's variables) the source lacks is matched to a
+column spelled the same but for case, spaces, underscores and hyphens ("Phone", " PHONE ", "Recipient ID");
+a different name ("Mobile Number") needs the mapping, which the error message spells out. CSV and NDJSON are
+decoded with `spec.encoding`. A source with no rows is refused unless `spec.allow_empty`.
+
+Problems with the source raise `SourceError` with a message that names the source (never its credentials)
+and says what to do, quoting column names with phone-like digit runs masked (a header-less file's "header"
+is its first recipient); a CSV or NDJSON parse error names the line. A SQL source without a query raises
+`ConfigError`.
 
 PostgreSQL results are fetched with `COPY (query) TO STDOUT (FORMAT csv, HEADER)` in a read-only transaction
 and parsed by Polars with every column as String: it is about 6x faster than `pl.read_database` over a
@@ -44,16 +53,28 @@ import polars as pl
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError, SourceError
+from smscast.phone import FLOAT_MARK
 from smscast.sources import PHONE, PHONE_RAW, ROW_INDEX, SCHEME
 from smscast.sources.files import dataset_files, read_file
-from smscast.sources.messages import check_duplicates, first_line, looks_like_data, quote_names
+from smscast.sources.messages import (
+    check_duplicates,
+    first_line,
+    looks_like_data,
+    name_key,
+    quote_names,
+    shell_quoted_mapping,
+)
 from smscast.sources.sql import read_duckdb, read_postgres
 
 __all__ = ["CANONICAL_TEXT_COLUMNS", "load_recipients", "source_label"]
 
 CANONICAL_TEXT_COLUMNS = ("body", "recipient_id", "language", "media_url", "send_at")
 _DIGIT_COLUMNS = (PHONE_RAW, "recipient_id")  # numeric values become their digits, without ".0"
-_PHONE_ALIASES = ("msisdn", "mobile", "mobile_number", "phone_number", "phonenumber", "number", "tel", "cell")
+# Column names that are probably the phone, to suggest the mapping (compared as `name_key` spells them).
+_PHONE_ALIASES = (
+    *("msisdn", "mobile", "mobile_number", "mobile_no", "mobile_phone", "phone_number", "phone_no"),
+    *("phonenumber", "number", "tel", "telephone", "cell", "cell_phone", "cellphone", "contact_number"),
+)
 
 
 # -- entry point --------------------------------------------------------------------------------------------
@@ -80,9 +101,21 @@ def load_recipients(spec: CampaignSpec) -> pl.DataFrame:
             )
         files = dataset_files(target, label)
         if files is not None:
-            return _read_folder(files, spec, label)
-        df = read_file(target, label)
-    return _canonicalise(df, spec, label)
+            return _refuse_empty(_read_folder(files, spec, label), spec, f"{label} holds")
+        df = read_file(target, label, spec.encoding)
+    what = f"the query on {label} returned" if kind in ("postgres", "duckdb") else f"{label} holds"
+    return _refuse_empty(_canonicalise(df, spec, label), spec, what)
+
+
+def _refuse_empty(df: pl.DataFrame, spec: CampaignSpec, what: str) -> pl.DataFrame:
+    """A source with no rows is most often a broken export (a header and nothing else): an error, not a
+    campaign that completes having sent nothing. Unless the campaign says an empty one is expected."""
+    if df.height == 0 and not spec.allow_empty:
+        raise SourceError(
+            f"{what} no recipients (0 data rows): no rows to send; check the export or query, or pass "
+            "--allow-empty if an empty campaign is expected"
+        )
+    return df
 
 
 def _read_folder(files: list[str], spec: CampaignSpec, label: str) -> pl.DataFrame:
@@ -92,7 +125,7 @@ def _read_folder(files: list[str], spec: CampaignSpec, label: str) -> pl.DataFra
     frames: list[pl.DataFrame] = []
     offset = 0
     for uri in files:
-        part = _canonicalise(read_file(uri, source_label(uri)), spec, source_label(uri))
+        part = _canonicalise(read_file(uri, source_label(uri), spec.encoding), spec, source_label(uri))
         frames.append(part.with_columns(pl.col(ROW_INDEX) + offset))
         offset += part.height
     try:
@@ -154,11 +187,20 @@ def _classify(source: str) -> tuple[str, str]:
 def _canonicalise(df: pl.DataFrame, spec: CampaignSpec, label: str) -> pl.DataFrame:
     df = df.with_columns(pl.col(ROW_INDEX).cast(pl.Int64))
     check_duplicates(df.columns, label)
+    if FLOAT_MARK in df.columns:
+        raise SourceError(f"{label} has a column named '{FLOAT_MARK}', which smscast reserves; rename it")
     df = _apply_mapping(df, spec.columns, label)
+    df = _match_spelling(df, (PHONE, *CANONICAL_TEXT_COLUMNS, *spec.required_vars()), label)
     _require_columns(df, spec, label)
     if PHONE_RAW in df.columns:
         raise SourceError(f"{label} has both 'phone' and 'phone_raw' columns; drop or rename 'phone_raw'")
     df = df.rename({PHONE: PHONE_RAW})
+    dtype = df.schema[PHONE_RAW]
+    if dtype.is_float():
+        # The digits of a float column are exact as stored, but the export that stored them may already have
+        # rounded (4.477E+11): mark the rows so validation refuses them by name (tasks/validate.py).
+        raw = pl.col(PHONE_RAW)
+        df = df.with_columns((raw.is_not_null() & raw.is_not_nan()).alias(FLOAT_MARK))
 
     text_columns = [PHONE_RAW, *CANONICAL_TEXT_COLUMNS, *spec.required_vars()]
     exprs = [
@@ -202,12 +244,15 @@ def _apply_mapping(df: pl.DataFrame, mapping: dict[str, str], label: str) -> pl.
     columns = df.columns
     if ROW_INDEX in pairs:
         raise SourceError(f"'{ROW_INDEX}' cannot be mapped: smscast numbers the rows itself")
-    for ours, theirs in pairs.items():
+    for ours, theirs in list(pairs.items()):
         if theirs not in columns:
-            raise SourceError(
-                f"the column mapping {ours}={theirs} names a column that {label} does not have; "
-                f"its columns are: {quote_names(columns)}"
-            )
+            same = [c for c in columns if name_key(c) == name_key(theirs)]
+            if len(same) != 1:
+                raise SourceError(
+                    f"the column mapping {ours}={theirs} names a column that {label} does not have; "
+                    f"its columns are: {quote_names(columns)}"
+                )
+            pairs[ours] = same[0]  # "mobile number" for "Mobile Number": the same name, typed differently
     sources = set(pairs.values())
     for ours, theirs in pairs.items():
         if ours in columns and ours not in sources:
@@ -227,12 +272,33 @@ def _apply_mapping(df: pl.DataFrame, mapping: dict[str, str], label: str) -> pl.
     return df.select(exprs)
 
 
+def _match_spelling(df: pl.DataFrame, names: tuple[str, ...], label: str) -> pl.DataFrame:
+    """Rename the column spelled like a canonical name but for case and spacing ("Phone", "Recipient ID") to
+    that name, for each canonical name the source lacks."""
+    renames: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        if name in df.columns:
+            continue
+        same = [
+            c for c in df.columns if c != ROW_INDEX and c not in renames and name_key(c) == name_key(name)
+        ]
+        if len(same) > 1:
+            options = " or ".join(shell_quoted_mapping(name, c) for c in same[:3])
+            raise SourceError(
+                f"{label} has several columns that could be '{name}' ({quote_names(same)}); choose one "
+                f"with {options}"
+            )
+        if same:
+            renames[same[0]] = name
+    return df.rename(renames) if renames else df
+
+
 def _require_columns(df: pl.DataFrame, spec: CampaignSpec, label: str) -> None:
     columns = df.columns
     data_columns = [c for c in columns if c != ROW_INDEX]
     if PHONE not in columns:
         guess = next(
-            (c for c in data_columns if c.lower() == PHONE or c.lower().replace(" ", "_") in _PHONE_ALIASES),
+            (c for c in data_columns if name_key(c) in _PHONE_ALIASES),
             None,
         )
         if any(looks_like_data(c) for c in data_columns):
@@ -240,7 +306,7 @@ def _require_columns(df: pl.DataFrame, spec: CampaignSpec, label: str) -> None:
                 f"{label} has no 'phone' column: its first line ({quote_names(data_columns)}) looks like data, "
                 "not a header; add a header row such as phone,body"
             )
-        example = f"--column phone={guess}" if guess else "--column phone=<your column>"
+        example = shell_quoted_mapping(PHONE, guess) if guess else "--column phone=<your column>"
         raise SourceError(
             f"{label} has no 'phone' column (its columns: {quote_names(data_columns)}); "
             f"rename it, or map yours with {example}"

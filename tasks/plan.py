@@ -13,7 +13,9 @@ a crash gives the same batches and keys and the provider's idempotency can recog
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -75,6 +77,34 @@ def batch_size_for(spec: CampaignSpec, caps: Capabilities) -> int:
     return max(size, caps.min_rows)
 
 
+def _warn_batch_size(spec: CampaignSpec, caps: Capabilities, size: int) -> None:
+    """Say so when --batch-size was not used as given: a user who asked for 100,000 rows per request and
+    got 1,000 should see why the campaign takes 100 times the requests."""
+    if spec.batch_size is None or spec.batch_size == size:
+        return
+    bound = "maximum" if spec.batch_size > size else "minimum"
+    _logger().warning(
+        "--batch-size %d is %s than %s's %s of %d rows per request: using %d",
+        spec.batch_size,
+        "more" if bound == "maximum" else "less",
+        caps.name,
+        bound,
+        size,
+        size,
+    )
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
+    """The flow or task run's logger (shown with the run in Prefect), or a plain one outside a run."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("smscast.plan")
+
+
 def plan_campaign(
     validated: pl.DataFrame,
     spec: CampaignSpec,
@@ -83,6 +113,7 @@ def plan_campaign(
     extra_groups: list[pl.Expr] | None = None,
 ) -> PlannedCampaign:
     size = batch_size_for(spec, caps)
+    _warn_batch_size(spec, caps, size)
     df = validated.with_columns(
         idempotency_key=row_keys(spec.campaign_id, validated.get_column("recipient_id"))
     )

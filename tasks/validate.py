@@ -15,13 +15,17 @@ from pandera.api.polars.types import PolarsData
 
 from smscast.campaign import TEMPLATE_VAR, CampaignSpec
 from smscast.encoding import segment_frame
-from smscast.phone import is_e164, normalise
+from smscast.phone import FLOAT_MARK, is_e164, is_number, looks_like_float, normalise
 from smscast.providers.base import Capabilities, Provider, RowRule
 from smscast.status import Status
 
 # Reason code -> message. Codes are the machine-readable contract (results `error_code`, `;`-joined).
 MESSAGES: dict[str, str] = {
     "phone_missing": "no phone number",
+    "phone_float": "phone was stored as a floating-point number: digits may be lost (a spreadsheet keeps 15 "
+    "significant digits at most, often fewer); store the phone column as text and export it again",
+    "phone_not_a_number": "phone is not a number: it holds letters or symbols besides the digits, spaces, "
+    "dashes, dots, parentheses and leading + that phone numbers are written with",
     "phone_invalid": "phone is not a valid international number (E.164) after normalisation",
     "phone_needs_country": "phone has no country code: write it as +<country><number> or pass --default-country",
     "duplicate_phone": "same phone as an earlier row of this campaign; the first is kept",
@@ -78,9 +82,14 @@ def render_body(spec: CampaignSpec, columns: list[str], caps: Capabilities) -> p
 
 def features(df: pl.DataFrame, spec: CampaignSpec, caps: Capabilities) -> pl.DataFrame:
     """Add phone (E.164 candidate), body (rendered), encoding, chars, segments and recipient_id."""
+    # A float phone: the column was a float (marked by tasks/load.py), or its text is scientific notation.
+    was_float = looks_like_float(pl.col("phone_raw"))
+    if FLOAT_MARK in df.columns:
+        was_float = was_float | pl.col(FLOAT_MARK).fill_null(False)
     out = df.with_columns(
         phone=normalise(pl.col("phone_raw"), spec.default_country),
         body=render_body(spec, df.columns, caps),
+        **{FLOAT_MARK: was_float},
     )
     seg = segment_frame(out.get_column("body"))
     out = out.with_columns(seg.select("encoding", "chars", "segments"))
@@ -88,7 +97,8 @@ def features(df: pl.DataFrame, spec: CampaignSpec, caps: Capabilities) -> pl.Dat
         rid = pl.col("recipient_id").cast(pl.String)
     else:
         # Stable across runs as long as the phone is: "p" + E.164 digits. Unparseable phones get their row.
-        rid = pl.when(is_e164(pl.col("phone"))).then(pl.lit("p") + pl.col("phone").str.strip_prefix("+"))
+        usable = is_e164(pl.col("phone")) & ~pl.col(FLOAT_MARK)
+        rid = pl.when(usable).then(pl.lit("p") + pl.col("phone").str.strip_prefix("+"))
         rid = rid.otherwise(pl.lit("row-") + pl.col("row_index").cast(pl.String))
     return out.with_columns(recipient_id=rid)
 
@@ -101,17 +111,22 @@ def rules(
     input_columns: list[str],
 ) -> list[RowRule]:
     phone, body = pl.col("phone"), pl.col("body")
-    valid_phone = is_e164(phone)
+    # One phone reason per row, each calling for its own fix: missing; stored as a float (digits may be lost,
+    # whatever they now look like); not a number at all; digits without a country code and no
+    # --default-country; anything else that fails E.164 is "invalid".
     present = phone.is_not_null()
-    # A number typed without +/00 and no --default-country is "needs country", anything else that fails
-    # E.164 is "invalid": the two call for different fixes.
+    was_float = pl.col(FLOAT_MARK)
+    number = is_number(phone) & ~was_float
+    valid_phone = is_e164(phone) & ~was_float
     # On the normalised value, so that invisible characters pasted before a "+" do not hide it.
     typed_intl = phone.str.starts_with("+").fill_null(False)
     national_ok = typed_intl if spec.default_country is None else pl.lit(True)
     out = [
         _ours("phone_missing", "phone", present),
-        _ours("phone_needs_country", "phone", ~present | valid_phone | national_ok),
-        _ours("phone_invalid", "phone", ~present | valid_phone | ~national_ok),
+        _ours("phone_float", "phone", ~present | ~was_float),
+        _ours("phone_not_a_number", "phone", ~present | was_float | number),
+        _ours("phone_needs_country", "phone", ~number | valid_phone | national_ok),
+        _ours("phone_invalid", "phone", ~number | valid_phone | ~national_ok),
     ]
     # Keep the first row of each valid phone; invalid phones are reported by their own rule, not as duplicates.
     out.append(
@@ -206,4 +221,5 @@ def validate_recipients(
     df: pl.DataFrame, spec: CampaignSpec, caps: Capabilities, provider: Provider | None = None
 ) -> pl.DataFrame:
     enriched = features(df, spec, caps)
-    return quarantine(enriched, rules(spec, caps, provider, enriched.columns, df.columns))
+    checked = quarantine(enriched, rules(spec, caps, provider, enriched.columns, df.columns))
+    return checked.drop(FLOAT_MARK)

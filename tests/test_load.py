@@ -91,8 +91,11 @@ def test_csv_one_row(tmp_path: Path) -> None:
     assert df.rows() == [(0, "+447700900123", "only")]
 
 
-def test_csv_header_only_is_an_empty_frame(tmp_path: Path) -> None:
-    df = load_recipients(spec(write(tmp_path / "h.csv", "phone,body,name\n"), body="Hi {{name}}"))
+def test_csv_header_only_is_refused_unless_an_empty_campaign_is_allowed(tmp_path: Path) -> None:
+    src = write(tmp_path / "h.csv", "phone,body,name\n")
+    message = load_error(src, body="Hi {{name}}")
+    assert "h.csv holds no recipients (0 data rows)" in message and "--allow-empty" in message
+    df = load_recipients(spec(src, body="Hi {{name}}", allow_empty=True))
     assert df.height == 0
     assert df.schema == pl.Schema(
         {"row_index": pl.Int64, "phone_raw": pl.String, "body": pl.String, "name": pl.String}
@@ -334,12 +337,13 @@ def test_parquet_empty_file(tmp_path: Path) -> None:
     assert "no rows" in load_error(write(tmp_path / "e.parquet", b""))
 
 
-def test_parquet_zero_rows_is_fine(tmp_path: Path) -> None:
+def test_parquet_zero_rows_needs_allow_empty(tmp_path: Path) -> None:
     src = str(tmp_path / "z.parquet")
     pl.DataFrame(
         {"phone": pl.Series([], dtype=pl.Int64), "body": pl.Series([], dtype=pl.String)}
     ).write_parquet(src)
-    df = load_recipients(spec(src))
+    assert "no recipients (0 data rows)" in load_error(src)
+    df = load_recipients(spec(src, allow_empty=True))
     assert df.height == 0
     assert df.schema["phone_raw"] == pl.String
 
@@ -463,7 +467,16 @@ def test_s3_missing_object_and_malformed(s3_bucket: str) -> None:
     storage.put_bytes(f"s3://{s3_bucket}/trunc.parquet", b"PAR1" + b"\x00" * 50)
     assert "Parquet" in load_error(f"s3://{s3_bucket}/trunc.parquet")
     storage.put_bytes(f"s3://{s3_bucket}/bad.csv", b'phone,body\n1,"open\n')
-    assert "quote" in load_error(f"s3://{s3_bucket}/bad.csv")
+    message = load_error(f"s3://{s3_bucket}/bad.csv")
+    assert "quote" in message and "line 2" in message  # the line is found by reading the object again
+
+
+@pytest.mark.integration
+def test_s3_csv_in_another_encoding(s3_bucket: str) -> None:
+    uri = f"s3://{s3_bucket}/latin1.csv"
+    storage.put_bytes(uri, "phone,body\n+447700900123,Café olé\n".encode("latin-1"))
+    assert "--encoding" in load_error(uri)
+    assert load_recipients(spec(uri, encoding="latin-1"))["body"].to_list() == ["Café olé"]
 
 
 @pytest.mark.integration
@@ -537,9 +550,9 @@ def test_postgres_mapping_and_float_phone(pg_recipients: str) -> None:
 
 @pytest.mark.integration
 def test_postgres_zero_rows(pg_recipients: str) -> None:
-    df = load_recipients(
-        spec(pg_recipients, query="SELECT msisdn AS phone, txt AS body FROM recipients WHERE false")
-    )
+    query = "SELECT msisdn AS phone, txt AS body FROM recipients WHERE false"
+    assert "the query on" in load_error(pg_recipients, query=query)
+    df = load_recipients(spec(pg_recipients, query=query, allow_empty=True))
     assert df.height == 0
     assert df.columns == ["row_index", "phone_raw", "body"]
 

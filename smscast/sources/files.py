@@ -1,10 +1,16 @@
 """Reading recipients files, local or on S3: CSV (dialect and encoding checks first), Parquet, NDJSON, and
-Parquet datasets. Each reader returns the file's columns plus `row_index`; problems raise SourceError."""
+Parquet datasets. Each reader returns the file's columns plus `row_index`; problems raise SourceError.
+
+Text in another encoding than UTF-8 (`--encoding latin-1`, `cp1252`, `utf-16`, …) is decoded by Python's codec
+into a temporary UTF-8 copy, in 1 MiB chunks, which Polars then reads like any file: Polars itself reads UTF-8
+only, and the codec works on whole chunks in C, not per row."""
 
 from __future__ import annotations
 
+import codecs
 import re
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +18,10 @@ import polars as pl
 from smscast import storage
 from smscast.errors import SourceError
 from smscast.sources import FORMATS, ROW_INDEX, SNIFF_BYTES, SUPPORTED
-from smscast.sources.messages import first_line
+from smscast.sources.messages import csv_hint, first_line, locate_csv_problem, locate_ndjson_problem
+
+CHUNK = 1 << 20
+UTF8 = ("utf-8", "utf-8-sig")  # read by Polars as they are (a UTF-8 BOM is stripped from the header)
 
 # -- files (local and S3) -----------------------------------------------------------------------------------
 
@@ -51,8 +60,8 @@ def dataset_files(uri: str, label: str) -> list[str] | None:
     return readable
 
 
-def read_file(uri: str, label: str) -> pl.DataFrame:
-    """One recipients file (not a directory: see `dataset_files`)."""
+def read_file(uri: str, label: str, encoding: str = "utf-8") -> pl.DataFrame:
+    """One recipients file (not a directory: see `dataset_files`). `encoding` applies to CSV and NDJSON."""
     if not storage.is_s3(uri) and not Path(uri).exists():
         raise SourceError(f"recipients file not found: {label}; check the path")
     name = uri.rsplit("/", 1)[-1].lower()
@@ -65,11 +74,48 @@ def read_file(uri: str, label: str) -> pl.DataFrame:
     nbytes = _size(uri, label)
     if nbytes == 0:
         raise SourceError(f"{label} is empty (0 bytes): no rows to send; check the export that wrote it")
-    if fmt == "csv":
-        return _read_csv(uri, label)
-    if fmt == "ndjson":
-        return _read_ndjson(uri, label)
-    return _read_parquet(uri, label)
+    if fmt == "parquet":
+        return _read_parquet(uri, label)
+    read = _read_csv if fmt == "csv" else _read_ndjson
+    if codecs.lookup(encoding).name in UTF8:
+        return read(uri, label)
+    with tempfile.TemporaryDirectory(prefix="smscast-") as tmp:
+        copy = Path(tmp) / f"source{ext}"
+        _transcode(uri, label, encoding, copy)
+        return read(str(copy), label)  # collected before the copy is removed
+
+
+def _chunks(uri: str, label: str) -> Iterator[bytes]:
+    """The file's bytes in chunks, without holding it all in memory."""
+    try:
+        if storage.is_s3(uri):
+            bucket, key = storage.split_s3(uri)
+            body = storage.s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+            yield from body.iter_chunks(CHUNK)
+            return
+        with Path(uri).open("rb") as fh:
+            while chunk := fh.read(CHUNK):
+                yield chunk
+    except Exception as exc:  # permissions, a vanished file, S3 errors: a SourceError naming the source
+        raise _s3_error(exc, label) from None
+
+
+def _transcode(uri: str, label: str, encoding: str, target: Path) -> None:
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    lines = 0
+    try:
+        with target.open("w", encoding="utf-8", newline="") as out:
+            for chunk in _chunks(uri, label):
+                text = decoder.decode(chunk)
+                lines += text.count("\n")
+                out.write(text)
+            out.write(decoder.decode(b"", final=True))
+    except UnicodeDecodeError as exc:
+        before = exc.object[: exc.start].decode(encoding, errors="replace").count("\n")
+        raise SourceError(
+            f"{label} is not {encoding} text (invalid bytes on line {lines + before + 1}); check --encoding "
+            "(utf-8, latin-1, cp1252, utf-16, …)"
+        ) from None
 
 
 def _size(uri: str, label: str) -> int:
@@ -111,7 +157,7 @@ def _sniff_text(uri: str, label: str, kind: str) -> bytes:
     except Exception as exc:
         raise _s3_error(exc, label) from None
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise SourceError(f"{label} is UTF-16 text; save it as UTF-8 {kind}")
+        raise SourceError(f"{label} is UTF-16 text; save it as UTF-8 {kind}, or pass --encoding utf-16")
     nul = head.find(b"\x00")
     if nul >= 0:
         raise SourceError(_nul_message(head, nul, label, kind))
@@ -125,7 +171,8 @@ def _sniff_text(uri: str, label: str, kind: str) -> bytes:
             line = head.count(b"\n", 0, exc.start) + 1
             raise SourceError(
                 f"{label} is not UTF-8 text (invalid byte at line {line}, byte offset {exc.start}: Latin-1, "
-                f"Windows-1252 or mixed encodings?); re-save it as UTF-8 {kind}"
+                f"Windows-1252 or mixed encodings?); re-save it as UTF-8 {kind}, or name its encoding with "
+                "--encoding (e.g. --encoding cp1252)"
             ) from None
     if len(head) < SNIFF_BYTES and not head.lstrip(b"\xef\xbb\xbf").strip():
         raise SourceError(f"{label} holds only blank lines: no rows to send; check the export that wrote it")
@@ -138,7 +185,10 @@ def _nul_message(head: bytes, nul: int, label: str, kind: str) -> str:
     even, odd = head[0::2].count(0), head[1::2].count(0)
     half = max(1, len(head) // 2)
     if max(even, odd) >= 0.3 * half and min(even, odd) <= 0.02 * half:
-        return f"{label} looks like UTF-16 text without a byte-order mark; save it as UTF-8 {kind}"
+        return (
+            f"{label} looks like UTF-16 text without a byte-order mark; save it as UTF-8 {kind}, or pass "
+            "--encoding utf-16-le (or utf-16-be)"
+        )
     controls = sum(head.count(bytes([c])) for c in range(32) if c not in (9, 10, 13))
     if controls > 0.05 * len(head):
         return f"{label} is binary, not {kind} text; check the file and its extension"
@@ -217,7 +267,13 @@ def _read_csv(uri: str, label: str) -> pl.DataFrame:
         return lf.filter(pl.any_horizontal(pl.all().is_not_null()))
 
     def hint(message: str) -> str:
-        text = _csv_hint(message, separator)
+        # Polars' messages name no line (or a byte offset that misleads): on this error path only, Python's
+        # csv module reads the file again to find the line.
+        try:
+            problem = locate_csv_problem(_chunks(uri, label), separator, eol)
+        except SourceError:  # unreadable now: say what Polars said, without the line
+            problem = None
+        text = csv_hint(message, separator, problem)
         if mixed_eol:
             text += (
                 "; some lines end with CR alone and others with LF: re-save it with one kind of line ending"
@@ -227,35 +283,21 @@ def _read_csv(uri: str, label: str) -> pl.DataFrame:
     return _collect(build, label, hint)
 
 
-_SEPARATOR_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "'|'"}
-
-
-def _csv_hint(message: str, separator: str = ",") -> str:
-    """What went wrong, without quoting the file's content (it holds phone numbers)."""
-    low = message.lower()
-    offset = re.search(r"offset in the file is (\d+) bytes", message)
-    where = f" near byte {offset.group(1)}" if offset else ""
-    seps = _SEPARATOR_NAMES[separator]
-    read_as = "" if separator == "," else f" (read as a file separated by {seps}, as its header is)"
-    if "could not parse" in low or "quote" in low:
-        return (
-            f"malformed CSV{where}{read_as}, probably an unclosed double quote; quote fields that contain "
-            f'{seps}, quotes or line breaks, and double any quote inside them ("")'
-        )
-    if "more fields" in low:
-        return f"a row has more fields than the header{where}{read_as}; quote fields that contain {seps}"
-    if "utf-8" in low or "utf8" in low:
-        return "not UTF-8 text; re-save it as UTF-8"
-    return f"not a readable CSV file ({first_line(message)})"
-
-
 def _read_ndjson(uri: str, label: str) -> pl.DataFrame:
     _sniff_text(uri, label, "NDJSON")
 
     def build() -> pl.LazyFrame:
         return pl.scan_ndjson(uri, storage_options=storage.storage_options(uri), infer_schema_length=None)
 
-    return _collect(build, label, lambda m: f"expected one JSON object per line ({first_line(m)})")
+    def hint(message: str) -> str:
+        try:  # as for CSV: find the line on the error path only
+            line = locate_ndjson_problem(_chunks(uri, label))
+        except SourceError:
+            line = None
+        where = f" (line {line} is not)" if line else ""
+        return f"expected one JSON object per line{where} ({first_line(message)})"
+
+    return _collect(build, label, hint)
 
 
 def _read_parquet(uri: str, label: str) -> pl.DataFrame:

@@ -213,9 +213,9 @@ ITEMS: list[Item] = [
         lambda: parquet_bytes(
             pl.DataFrame({"phone": [4.477e11, 447700900123.0, float("nan")], "body": ["a", "b", "c"]})
         ),
-        "float64 phones become their digits (no '.0', no exponent); NaN is no phone",
+        "float64 phones: phone_float (stored as a float, digits may be lost); NaN is no phone",
         rows=3,
-        codes={"phone_needs_country": 2, "phone_missing": 1},
+        codes={"phone_float": 2, "phone_missing": 1},
     ),
     Item(
         "parquet_body_all_null",
@@ -416,10 +416,10 @@ ITEMS: list[Item] = [
                 f"{phone(1)},hi",
             ],
         ),
-        "100k-digit, 10k-plus and 5k-digit phones: phone_invalid",
+        "100k-digit and 5k-digit phones: phone_invalid; 10k '+' and no digit: phone_not_a_number",
         rows=4,
         valid=1,
-        codes={"phone_invalid": 3},
+        codes={"phone_invalid": 2, "phone_not_a_number": 1},
     ),
     # ---- NUL bytes -----------------------------------------------------------------------------------------
     Item(
@@ -535,8 +535,16 @@ ITEMS: list[Item] = [
         "csv_header_only",
         "header_only.csv",
         lambda: b"phone,body\n",
-        "a header and no rows: an empty campaign, zero rows",
+        "a header and no rows: 'holds no recipients (0 data rows) … --allow-empty'",
+        error=("no recipients", "--allow-empty"),
+    ),
+    Item(
+        "csv_header_only_allowed",
+        "header_only_allowed.csv",
+        lambda: b"phone,body\n",
+        "a header and no rows with allow_empty: an empty campaign, zero rows",
         rows=0,
+        spec={"allow_empty": True},
         send=True,
     ),
     Item(
@@ -563,17 +571,17 @@ ITEMS: list[Item] = [
         "csv_phones_in_scientific_notation",
         "sci.csv",
         lambda: csv_text("phone,body", ["4.477e11,hi", "4.47700900123E+11,hi", '"4,477E+11",hi']),
-        "spreadsheet-mangled 4.477e11: digits lost, quarantined (phone_needs_country without +)",
+        "spreadsheet-mangled 4.477e11: digits lost, quarantined as phone_float",
         rows=3,
-        codes={"phone_needs_country": 3},
+        codes={"phone_float": 3},
     ),
     Item(
         "csv_phones_in_scientific_notation_with_country",
         "sci_gb.csv",
         lambda: csv_text("phone,body", ["4.477e11,hi", "4.47700900123E+11,hi"]),
-        "the same with --default-country GB: phone_invalid, never a plausible wrong number",
+        "the same with --default-country GB: phone_float, never a plausible wrong number",
         rows=2,
-        codes={"phone_invalid": 2},
+        codes={"phone_float": 2},
         spec={"default_country": "GB"},
     ),
     Item(
