@@ -6,6 +6,7 @@ servers' launchers.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import threading
@@ -16,9 +17,11 @@ from typing import Any
 
 import uvicorn
 
-from smscast.sandbox.app import create_app
+from smscast.providers.names import PROVIDER_NAMES, emulator_name
+from smscast.sandbox.app import SandboxApp, create_app
 from smscast.sandbox.faults import parse_knobs
 from smscast.sandbox.framework import DEFAULT_API_KEY, SandboxConfig
+from smscast.settings import env_prefix
 
 DEFAULT_PORT = 8765
 
@@ -36,6 +39,23 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def export_lines(app: SandboxApp, base_url: str) -> list[str]:
+    """The shell lines that point smscast at this sandbox: each provider it serves, its endpoint and the key
+    its emulator accepts (as the emulator holds it: textingline's is a `key_id:secret` pair). The variable
+    names are smscast's own (smscast/settings.py `env_prefix`), so they are what `smscast send` reads."""
+    lines: list[str] = []
+    for provider in PROVIDER_NAMES:
+        emulator = app.sandbox.emulators.get(emulator_name(provider))
+        if emulator is None:
+            continue
+        url = base_url if emulator.mount_at_root else f"{base_url}/{emulator.name}"
+        prefix = env_prefix(provider)
+        lines.append(
+            f"export {prefix}_BASE_URL={shlex.quote(url)} {prefix}_API_KEY={shlex.quote(emulator.api_key)}"
+        )
+    return lines
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -101,6 +121,10 @@ def serve(
         f"smscast sandbox listening on http://{shown}:{actual} ({', '.join(app.sandbox.emulators)})",
         flush=True,
     )
+    # What a user pastes into another shell before `smscast send -p <provider>`: these are the sandbox's
+    # own keys, which it accepts and nothing else does.
+    exports = export_lines(app, f"http://{shown}:{actual}")
+    print("To send through it, in another shell:", *(f"  {line}" for line in exports), sep="\n", flush=True)
     try:
         server.run(sockets=[sock])
     finally:

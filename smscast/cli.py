@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from smscast.campaign import PROVIDER_NAMES, CampaignSpec
+from smscast.doctor_cli import register as register_doctor
 from smscast.errors import SmscastError
 from smscast.local_server import register as register_local_server
+from smscast.preflight import refuse_invalid_spec, require_ready, require_retry_ready
 from smscast.reconcile_cli import register as register_reconcile
 from smscast.results_cli import register as register_results
 from smscast.sources.credentials import take_password_for_this_process
@@ -174,9 +177,12 @@ def send(
                 allow_empty=allow_empty,
             )
         )
+    except ValidationError as exc:  # one line per parameter, in words; exit 2
+        refuse_invalid_spec(exc)
     except (ValueError, SmscastError) as exc:
         _fail(str(exc))
         return
+    require_ready(spec)  # every set-up mistake at once, exit 2, before any Prefect server starts
     try:
         summary = run_campaign(spec, wait_for_lock=wait_for_lock)
     except SmscastError as exc:
@@ -210,6 +216,8 @@ def retry(
 ) -> None:
     """Re-send a campaign's failed rows (and unknown ones where the provider's idempotency makes it safe)
     with the same idempotency keys, as the next attempt."""
+    # Before the flow's import (which imports Prefect): the recorded campaign, its provider and results.
+    require_retry_ready(campaign_id, results, provider=provider, base_url=base_url)
     from smscast.flows.retry import retry_failed
 
     if undelivered_code and not include_undelivered:
@@ -250,7 +258,12 @@ def sandbox(
         float, typer.Option(help="textingline: share of a queued job's recipients the job later fails.")
     ] = 0.0,
 ) -> None:
-    """Serve the provider emulator (every documented provider, plus smscast's own) on loopback."""
+    """Serve the provider emulator (every documented provider, plus smscast's own) on loopback.
+
+    Every provider accepts the key sandbox-key (textingline: sandbox-key:sandbox-key).
+    On start it prints, for each provider, the line to paste where you send from:
+
+    export SMSCAST_<PROVIDER>_BASE_URL=http://127.0.0.1:<port> SMSCAST_<PROVIDER>_API_KEY=<key>"""
     from smscast.sandbox.faults import KnobError
     from smscast.sandbox.server import serve
 
@@ -304,6 +317,7 @@ def demo(
 
 register_watch(app)
 register_results(app)
+register_doctor(app)
 register_reconcile(app)
 register_local_server(app)  # also picks the Prefect API before the commands that need one
 

@@ -1,0 +1,395 @@
+"""The preflight (smscast/preflight.py): each check finds its problem, several are reported at once, a clean
+campaign has none, and pydantic's refusals read as words. The command line's side is tests/test_preflight_cli.py."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from smscast.campaign import CampaignSpec
+from smscast.preflight import Problem, describe_validation_error, preflight, problem_from, run_preflight
+from smscast.providers.names import PROVIDER_NAMES
+from smscast.settings import env_prefix
+from smscast.tasks.manifest import save_spec
+
+KEY = "pf-secret-key-123"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No provider variables, no Prefect API, no local server, an empty Prefect home: nothing to find."""
+    for name in PROVIDER_NAMES:
+        monkeypatch.delenv(f"{env_prefix(name)}_API_KEY", raising=False)
+        monkeypatch.delenv(f"{env_prefix(name)}_BASE_URL", raising=False)
+    for name in (
+        "PREFECT_API_URL",
+        "PREFECT_PROFILE",
+        "PGPASSWORD",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.setenv("SMSCAST_HOME", str(tmp_path / "smscast-home"))
+
+
+def csv_file(path: Path, header: str = "phone,name", rows: tuple[str, ...] = ("+447700900123,Ann",)) -> str:
+    path.write_text("\n".join((header, *rows)) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **fields: Any) -> CampaignSpec:
+    """A sandbox campaign that is ready to send, with `fields` changed."""
+    monkeypatch.setenv("SMSCAST_SANDBOX_API_KEY", KEY)
+    base: dict[str, Any] = dict(
+        campaign_id="pf-1",
+        provider="sandbox",
+        source=csv_file(tmp_path / "r.csv"),
+        results=str(tmp_path / "results"),
+        body="Hi {{name}}",
+        base_url="http://127.0.0.1:8765",
+    )
+    return CampaignSpec(**(base | fields))
+
+
+def lines(problems: list[Problem]) -> str:
+    text = "\n".join(p.line() for p in problems)
+    assert KEY not in text
+    return text
+
+
+def test_a_ready_campaign_has_no_problems_and_leaves_no_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = run_preflight(ready(tmp_path, monkeypatch))
+    assert found.problems == []
+    assert any("writable" in c for c in found.checked) and any("CSV" in c for c in found.checked)
+    assert not (tmp_path / "results").exists()  # the probe's directories are removed with it
+
+
+def test_missing_key_and_a_dry_run_that_needs_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = ready(tmp_path, monkeypatch)
+    monkeypatch.delenv("SMSCAST_SANDBOX_API_KEY")
+    [problem] = preflight(spec)
+    assert problem.what == "no credentials for provider 'sandbox'"
+    assert "export SMSCAST_SANDBOX_API_KEY=" in problem.fix and "smscast-sandbox-api-key" in problem.fix
+    assert preflight(spec.model_copy(update={"dry_run": True})) == []
+
+
+def test_missing_and_unusable_endpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = ready(tmp_path, monkeypatch, base_url=None)
+    [problem] = preflight(spec)
+    assert problem.what == "no endpoint for provider 'sandbox'"
+    assert "SMSCAST_SANDBOX_BASE_URL" in problem.fix
+    monkeypatch.setenv("SMSCAST_SANDBOX_BASE_URL", "http://user:hunter2@127.0.0.1:8765")
+    [problem] = preflight(spec)
+    assert "carries credentials" in problem.what and "hunter2" not in problem.line()
+    monkeypatch.setenv("SMSCAST_SANDBOX_BASE_URL", "http://127.0.0.1:8765")
+    assert preflight(spec) == []
+
+
+def test_a_secret_block_on_the_prefect_api_counts_as_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = {"smscast-robase-api-key"}
+
+    class Blocks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            name = self.path.rsplit("/", 1)[-1]
+            self.send_response(200 if name in blocks else 404)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Blocks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{server.server_address[1]}/api")
+        spec = ready(tmp_path, monkeypatch, provider="robase", sender="ACME", base_url=None)
+        assert preflight(spec) == []
+        [problem] = preflight(spec.model_copy(update={"provider": "instasent"}))
+        assert problem.what == "no credentials for provider 'instasent'"
+    finally:
+        server.shutdown()
+
+
+def test_a_secret_block_in_prefects_local_database_counts_as_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Prefect server running: the block is looked up where the temporary server would find it (the
+    tables and columns of Prefect's own schema, prefect/server/database/orm_models.py)."""
+    import sqlite3
+
+    spec = ready(tmp_path, monkeypatch, provider="robase", sender="ACME", base_url=None)
+    assert [p.check for p in preflight(spec)] == ["credentials"]  # no database at all
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    with sqlite3.connect(home / "prefect.db") as db:
+        db.execute("CREATE TABLE block_type (id TEXT, slug TEXT)")
+        db.execute("CREATE TABLE block_document (id TEXT, name TEXT, block_type_id TEXT)")
+        db.execute("INSERT INTO block_type VALUES ('t1', 'secret'), ('t2', 'json')")
+        db.execute("INSERT INTO block_document VALUES ('d1', 'smscast-instasent-api-key', 't2')")
+    assert [p.check for p in preflight(spec)] == ["credentials"]  # a database without the block
+    with sqlite3.connect(home / "prefect.db") as db:
+        db.execute("INSERT INTO block_document VALUES ('d2', 'smscast-robase-api-key', 't1')")
+    assert preflight(spec) == []
+    instasent = spec.model_copy(update={"provider": "instasent"})  # its block is not a Secret
+    assert [p.check for p in preflight(instasent)] == ["credentials"]
+
+
+@pytest.mark.parametrize(
+    ("provider", "fields", "words"),
+    [
+        ("robase", {"sender": None}, "robase needs a sender"),
+        ("sent-dm", {"sender": "ACME", "body": None, "template": "t1"}, "drop --sender"),
+        ("postman", {"sender": "ACME", "body": None, "template": "campaign_1"}, "drop --sender"),
+        ("instasent", {"sender": "A"}, "instasent: sender 'A' must be 3-11 letters"),
+    ],
+)
+def test_the_providers_own_sender_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: str, fields: dict[str, Any], words: str
+) -> None:
+    monkeypatch.setenv(f"{env_prefix(provider)}_API_KEY", KEY)
+    spec = ready(tmp_path, monkeypatch, provider=provider, base_url=None, sender="ACME")
+    spec = spec.model_copy(update=fields)
+    problems = [p for p in preflight(spec) if p.check == "campaign"]
+    assert len(problems) == 1 and words in lines(problems)
+
+
+def test_a_sender_pattern_is_not_shown_as_a_regex(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    [problem] = preflight(ready(tmp_path, monkeypatch, sender="Bad_Sender!!"))
+    assert problem.what == "sandbox: sender 'Bad_Sender!!' is not valid"
+    assert "[" not in problem.line() and "docs/providers/sandbox.md" in problem.fix
+
+
+def test_missing_unknown_and_unreadable_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    [missing] = preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "nope.csv")))
+    assert missing.what.startswith("recipients file not found") and missing.fix == "check the path"
+    (tmp_path / "r.xlsx").write_bytes(b"PK\x03\x04")
+    [unknown] = preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "r.xlsx")))
+    assert "unsupported file type '.xlsx'" in unknown.what and unknown.fix.startswith("save it as CSV")
+    (tmp_path / "u16.csv").write_bytes("phone,name\n+447700900123,Ann\n".encode("utf-16"))
+    [utf16] = preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "u16.csv")))
+    assert "UTF-16" in utf16.what and "UTF-8" in utf16.fix
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    [parquet] = preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "bad.parquet")))
+    assert "not a readable Parquet file" in parquet.what
+
+
+def test_a_file_without_read_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    path = Path(csv_file(tmp_path / "locked.csv"))
+    path.chmod(0)
+    [problem] = preflight(ready(tmp_path, monkeypatch, source=str(path)))
+    assert "cannot read" in problem.what and "Permission denied" in problem.what
+
+
+def test_missing_phone_column_suggests_the_mapping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = csv_file(tmp_path / "m.csv", "msisdn;name", ("+447700900123;Ann",))  # a `;` CSV: the dialect
+    [problem] = preflight(ready(tmp_path, monkeypatch, source=source))
+    assert problem.what.endswith("has no 'phone' column (its columns: 'msisdn', 'name')")
+    assert problem.fix == "rename it, or map yours with --column phone=msisdn"  # the loader's own words
+    assert preflight(ready(tmp_path, monkeypatch, source=source, columns={"phone": "msisdn"})) == []
+    [wrong] = preflight(ready(tmp_path, monkeypatch, source=source, columns={"phone": "mobile"}))
+    assert "the column mapping phone=mobile names a column" in wrong.what
+
+
+def test_a_headerless_file_is_named_without_its_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = csv_file(tmp_path / "h.csv", "+447700900123,Ann", ())
+    problems = preflight(ready(tmp_path, monkeypatch, source=source))
+    assert "looks like data" in problems[0].what and "add a header row" in problems[0].fix
+    assert "+447700900123" not in lines(problems)
+    assert problems[-1].what.endswith("holds no recipients (0 data rows)")
+
+
+def test_missing_template_variables_and_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    [problem] = preflight(ready(tmp_path, monkeypatch, body="Hi {{first_name}}, {{code}}"))
+    assert "lacks the column(s) 'first_name', 'code'" in problem.what
+    assert problem.fix == "add them or map yours with --column first_name=<your column>"
+    [no_body] = preflight(ready(tmp_path, monkeypatch, body=None))
+    assert "has no 'body' column" in no_body.what and "--body" in no_body.fix
+
+
+def test_ndjson_parquet_and_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "r.ndjson").write_text(
+        '{"phone": "+447700900123"}\n{"phone": "+447700900124", "name": "B"}\n'
+    )
+    assert preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "r.ndjson"))) == []
+    pl.DataFrame({"phone": ["+447700900123"]}).write_parquet(tmp_path / "r.parquet")
+    [problem] = preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "r.parquet")))
+    assert "lacks the column(s) 'name'" in problem.what
+    folder = tmp_path / "in"
+    folder.mkdir()
+    csv_file(folder / "a.csv")
+    csv_file(folder / "b.csv", "tel,name")
+    [problem] = preflight(ready(tmp_path, monkeypatch, source=str(folder)))
+    assert problem.what.startswith(f"{folder / 'b.csv'} has no 'phone' column")
+
+
+def test_sql_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import duckdb
+
+    db = tmp_path / "w.db"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE people AS SELECT '+447700900123' AS msisdn, 'Ann' AS name")
+    sql = {"source": f"duckdb://{db}", "columns": {"phone": "msisdn"}}
+    assert preflight(ready(tmp_path, monkeypatch, **sql, query="SELECT * FROM people")) == []
+    [no_query] = preflight(ready(tmp_path, monkeypatch, **sql))
+    assert "needs a query" in no_query.what and no_query.fix.startswith("pass --query")
+    [bad] = preflight(ready(tmp_path, monkeypatch, **sql, query="SELECT * FROM nobody"))
+    assert bad.what.startswith("the query failed on duckdb://") and bad.fix == "check --query"
+    [closed] = preflight(
+        ready(tmp_path, monkeypatch, source="postgresql://u@127.0.0.1:1/db", query="SELECT 1 AS phone")
+    )
+    assert closed.what.startswith("cannot connect to PostgreSQL at postgresql://u@127.0.0.1:1/db")
+
+
+@pytest.mark.integration
+def test_postgres_query_is_described_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: Any
+) -> None:
+    from smscast.sources.credentials import take_password_for_this_process
+
+    source = take_password_for_this_process(postgres.dsn)  # the password goes to PGPASSWORD, as `send` does
+    # A row would divide by zero (not a constant: the planner cannot fold it); LIMIT 0 evaluates no row.
+    query = "SELECT '+447700900123' AS phone, 1 / (n - n) AS boom FROM generate_series(1, 3) AS n;"
+    found = run_preflight(ready(tmp_path, monkeypatch, source=source, query=query))
+    assert [p.what for p in found.problems] == [
+        f"{source} lacks the column(s) 'name' that the message template uses (its columns: 'phone', 'boom')"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("header", "rows", "fields"),
+    [
+        ("phone,name", ("+447700900123,Ann",), {}),
+        ("msisdn,name", ("+447700900123,Ann",), {}),
+        ("msisdn,name", ("+447700900123,Ann",), {"columns": {"phone": "msisdn"}}),
+        ("msisdn,name", ("+447700900123,Ann",), {"columns": {"phone": "mobile"}}),
+        ("Phone, Name ", ("+447700900123,Ann",), {}),
+        ("phone,phone,name", ("+447700900123,+447700900124,Ann",), {}),
+        ("row_index,phone,name", ("1,+447700900123,Ann",), {}),
+        ("phone,phone_raw,name", ("+447700900123,x,Ann",), {}),
+        ("phone,name", (), {}),
+        ("+447700900123,Ann", ("+447700900124,Bob",), {}),
+        ("phone,name", ("+447700900123,Ann",), {"body": "Hi {{first}}"}),
+        ("phone,name", ("+447700900123,Ann",), {"body": None}),
+    ],
+)
+def test_the_preflight_agrees_with_the_loader(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    header: str,
+    rows: tuple[str, ...],
+    fields: dict[str, Any],
+) -> None:
+    """Whatever the loader's column rules are today, the preflight refuses a source exactly when it does."""
+    from smscast.errors import SmscastError
+    from smscast.tasks.load import load_recipients
+
+    spec = ready(tmp_path, monkeypatch, source=csv_file(tmp_path / "s.csv", header, rows), **fields)
+    try:
+        load_recipients(spec)
+        loads = True
+    except SmscastError:
+        loads = False
+    source_problems = [p for p in preflight(spec) if p.check == "source"]
+    assert (source_problems == []) == loads, lines(source_problems)
+
+
+def test_unwritable_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "afile").write_text("")
+    [problem] = preflight(ready(tmp_path, monkeypatch, results=str(tmp_path / "afile" / "results")))
+    assert problem.what.endswith("afile is a file, not a directory")
+    dry = ready(tmp_path, monkeypatch, results=str(tmp_path / "afile" / "results"), dry_run=True)
+    assert preflight(dry) == []  # a dry run writes nothing
+
+
+def test_a_campaign_id_recorded_with_other_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = ready(tmp_path, monkeypatch)
+    save_spec(spec.model_copy(update={"body": "Hello {{name}}"}))
+    [problem] = preflight(spec)
+    assert "was already started" in problem.what and "body" in problem.what
+    assert problem.fix.startswith("Give the new campaign its own id")
+
+
+def test_every_problem_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "afile").write_text("")
+    spec = ready(
+        tmp_path,
+        monkeypatch,
+        provider="robase",
+        base_url=None,
+        source=csv_file(tmp_path / "m.csv", "msisdn,name"),
+        body="Hi {{first}}",
+        results=str(tmp_path / "afile" / "r"),
+    )
+    checks = [p.check for p in preflight(spec)]
+    assert checks == ["credentials", "campaign", "source", "source", "results"]
+
+
+@pytest.mark.skipif("encoding" not in CampaignSpec.model_fields, reason="--encoding is not in this tree")
+def test_the_campaigns_encoding_and_an_empty_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("phone,name\n+447700900123,Zoë\n".encode("latin-1"))
+    [refused] = preflight(ready(tmp_path, monkeypatch, source=str(latin)))
+    assert "is not UTF-8 text" in refused.what
+    assert preflight(ready(tmp_path, monkeypatch, source=str(latin), encoding="latin-1")) == []
+    header_only = csv_file(tmp_path / "empty.csv", rows=())
+    [empty] = preflight(ready(tmp_path, monkeypatch, source=header_only))
+    assert empty.what.endswith("holds no recipients (0 data rows)") and "--allow-empty" in empty.fix
+    assert preflight(ready(tmp_path, monkeypatch, source=header_only, allow_empty=True)) == []
+
+
+@pytest.mark.integration
+def test_s3_buckets_missing_and_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_bucket: str
+) -> None:
+    from smscast import storage
+
+    storage.put_bytes(f"s3://{s3_bucket}/in/r.csv", b"phone,name\n+447700900123,Ann\n")
+    spec = ready(tmp_path, monkeypatch, source=f"s3://{s3_bucket}/in/r.csv", results=f"s3://{s3_bucket}/out")
+    assert preflight(spec) == []
+    assert storage.list_files(f"s3://{s3_bucket}/out") == []  # the probe object is gone
+    [no_key] = preflight(spec.model_copy(update={"source": f"s3://{s3_bucket}/in/none.csv"}))
+    assert no_key.what.startswith("recipients object not found")
+    gone = spec.model_copy(
+        update={"source": "s3://no-such-bucket-pf/r.csv", "results": "s3://no-such-bucket-pf/o"}
+    )
+    assert [p.what for p in preflight(gone)] == [
+        "the S3 bucket 'no-such-bucket-pf' does not exist (source s3://no-such-bucket-pf/r.csv)",
+        "the S3 bucket 'no-such-bucket-pf' does not exist (results s3://no-such-bucket-pf/o)",
+    ]
+
+
+def test_validation_errors_in_words() -> None:
+    with pytest.raises(ValidationError) as caught:
+        CampaignSpec.model_validate(
+            {"campaign_id": "promo 06/12!", "source": "r.csv", "results": "out", "rate": 0, "provider": "x"}
+        )
+    assert describe_validation_error(caught.value) == [
+        "campaign id: 1–64 letters, digits, '_', '.', '-', starting with a letter or digit",
+        "provider: one of sandbox, sent-dm, robase, textingline, postman or instasent",
+        "rate: must be greater than 0",
+    ]
+    text = str(describe_validation_error(caught.value))
+    assert "pydantic" not in text and "^[" not in text and "promo 06/12!" not in text
+
+
+def test_messages_split_where_they_say_what_to_do() -> None:
+    assert problem_from("x", "robase needs a sender: pass --sender", "f") == Problem(
+        "x", "robase needs a sender", "pass --sender"
+    )
+    assert problem_from("x", "something odd happened.", "fallback") == Problem(
+        "x", "something odd happened", "fallback"
+    )
