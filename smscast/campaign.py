@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from smscast.providers.names import PROVIDER_NAMES, ProviderName
 
@@ -125,7 +125,7 @@ class CampaignSpec(BaseModel):
 
     @field_validator("base_url")
     @classmethod
-    def _endpoint(cls, v: str | None) -> str | None:
+    def _endpoint(cls, v: str | None, info: ValidationInfo) -> str | None:
         # Checked here, not only when settings resolve: Prefect records flow parameters as given, so a
         # `user:password@` URL must be refused before it becomes one.
         if v is not None:
@@ -133,7 +133,8 @@ class CampaignSpec(BaseModel):
             from smscast.settings import check_base_url
 
             try:
-                check_base_url(v, "the campaign's")
+                # `provider` is declared first, so it is validated (or absent, if it was refused) by now.
+                check_base_url(v, str(info.data.get("provider") or "sandbox"))
             except ConfigError as exc:  # pydantic turns ValueError into a ValidationError naming the field
                 raise ValueError(str(exc)) from None
         return v
