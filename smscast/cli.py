@@ -16,6 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from smscast.campaign import PROVIDER_NAMES, CampaignSpec
+from smscast.dlr.cli import app as dlr_app
 from smscast.doctor_cli import register as register_doctor
 from smscast.errors import SmscastError
 from smscast.local_server import register as register_local_server
@@ -318,6 +319,7 @@ def demo(
 register_watch(app)
 register_results(app)
 register_doctor(app)
+app.add_typer(dlr_app, name="dlr")
 register_reconcile(app)
 register_local_server(app)  # also picks the Prefect API before the commands that need one
 

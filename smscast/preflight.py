@@ -12,9 +12,9 @@ one thing to do about it):
   `check_spec`, then `validate_spec`: sender required or refused, body or template, its own rules);
 * source (smscast/preflight_source.py): reachable, readable, a known format, not empty, and its columns by the
   loader's own rules: phone (after --column), body or --body, the template's variables;
-* results (smscast/preflight_env.py): the location can be written (a probe file written and removed under `<results>/_work/`; an S3
-  bucket must exist), except for a dry run, which writes nothing; and a campaign id used before under it
-  was recorded with the same content.
+* results (smscast/preflight_env.py): the location can be written (a probe file written and removed under
+  `<results>/_work/`; an S3 bucket must exist), except for a dry run, which writes nothing; and a campaign
+  id used before under it was recorded with the same content.
 
 Local checks take milliseconds; network ones (S3, PostgreSQL, a Prefect API for the Secret block) use short
 timeouts and no retries. A Secret block that cannot be looked up (an API that does not answer) is not a

@@ -117,8 +117,10 @@ def put_bytes(uri: str, data: bytes) -> None:
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` into a hidden temporary file next to `path`, fsync it, then rename it over `path`.
-    Readers see the old file or the new one, never half of one; list_files never lists the temporary."""
+    """`write(tmp)` into a hidden temporary file next to `path`, fsync it, rename it over `path`, then fsync
+    the folder, so that the rename too survives a crash of the machine (not only of the process): a receiver
+    that acknowledges a report once it is written (smscast/dlr) relies on it. Readers see the old file or the
+    new one, never half of one; list_files never lists the temporary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -132,6 +134,16 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a local folder (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def get_bytes(uri: str) -> bytes:

@@ -1,0 +1,9 @@
+"""The delivery-report receiver (`smscast dlr serve`): providers post their DLRs here; each is recorded as a
+REPORT_SCHEMA row under `<results>/_dlr/` (smscast.results.dlr_inbox) before it is acknowledged.
+
+    parse.py     one parser per route, with the tables from each provider's states to DeliveryStatus
+    writer.py    the group commit: batches of reports written as durable Parquet parts
+    app.py       the Starlette app: routes, shared-secret check, answers
+    cli.py       the `dlr` typer app (`serve`)
+    launcher.py  the receiver in a subprocess, for tests and benchmarks
+"""

@@ -1,0 +1,205 @@
+"""`smscast dlr serve`: the delivery-report receiver, in the foreground, until SIGTERM or Ctrl+C.
+
+    smscast dlr serve --port 8766 --results s3://crm/sms-results      # secret from SMSCAST_DLR_SECRET
+
+The lead registers this app in smscast/cli.py (`app.add_typer(dlr_app, name="dlr")`); `python -m smscast.dlr`
+runs it on its own (what the launcher, smscast/dlr/launcher.py, starts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+import uvicorn
+from starlette.applications import Starlette
+
+from smscast.dlr.app import create_app
+from smscast.dlr.writer import DEFAULT_BATCH_MS, DEFAULT_BATCH_ROWS
+from smscast.locations import redact
+from smscast.results import dlr_inbox
+
+__all__ = ["SECRET_ENV", "app", "bind_socket", "serve", "uvicorn_config"]
+
+SECRET_ENV = "SMSCAST_DLR_SECRET"
+
+app = typer.Typer(
+    name="dlr",
+    help="Delivery reports: the webhook receiver providers post their DLRs to.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _group() -> None:
+    """Delivery reports: the webhook receiver providers post their DLRs to."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP; without it
+    # uvicorn's separate writes of headers and body meet Nagle + delayed ACK (40 ms per response).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Stop gracefully once `parent` has gone (a test runner that died must not leave a receiver behind)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="dlr-parent-watch", daemon=True).start()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, plus: on SIGTERM/SIGINT the writer stops waiting for batches to fill, so the requests in flight
+    are answered before uvicorn's graceful shutdown gives up on them."""
+
+    def __init__(self, config: uvicorn.Config, asgi: Starlette) -> None:
+        super().__init__(config)
+        self.asgi = asgi
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        loop = getattr(self.asgi.state, "loop", None)
+        if loop is not None:  # a signal handler: hand the call to the loop, never touch its objects here
+            loop.call_soon_threadsafe(self.asgi.state.receiver.writer.drain)
+        super().handle_exit(sig, frame)
+
+
+def uvicorn_config(asgi: Starlette, log_level: str) -> uvicorn.Config:
+    """How the receiver runs under uvicorn (the benchmark's baseline app runs the same way)."""
+    return uvicorn.Config(
+        asgi,
+        log_level=log_level,
+        access_log=False,  # it would print every URL, the `token` query parameter with it
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def serve(
+    results: str,
+    secret: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_ms: float = DEFAULT_BATCH_MS,
+    log_level: str = "info",
+    summary_interval: float = 60.0,
+    port_file: Path | None = None,
+    exit_with_parent: int | None = None,
+) -> None:
+    """Serve the receiver until SIGTERM/SIGINT, then write what it holds and stop. Blocks."""
+    level = getattr(logging, log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("smscast.dlr").setLevel(level)
+    asgi = create_app(
+        results, secret, batch_rows=batch_rows, batch_ms=batch_ms, summary_interval=summary_interval
+    )
+    asgi.state.receiver.writer.prepare()
+    sock = bind_socket(host, port)
+    actual = sock.getsockname()[1]
+    server = _Server(uvicorn_config(asgi, log_level), asgi)
+    if port_file is not None:
+        tmp = Path(f"{port_file}.tmp")
+        tmp.write_text(str(actual))
+        tmp.replace(port_file)
+    if exit_with_parent is not None:
+        _exit_with_parent(exit_with_parent)
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"smscast dlr: listening on http://{shown}:{actual}/dlr/{{instasent,sent-dm,generic}}; "
+        f"recording reports under {redact(dlr_inbox(results))} "
+        f"(batches of up to {batch_rows} reports or {batch_ms:g} ms)",
+        flush=True,
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+@app.command("serve")
+def serve_command(
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: a free one, printed).")],
+    results: Annotated[
+        str, typer.Option("--results", "-r", help="Results location (a directory or s3://bucket/prefix).")
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to bind.")] = "127.0.0.1",
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            "--secret",
+            envvar=SECRET_ENV,
+            show_envvar=True,
+            show_default=False,
+            help="The shared secret providers send as ?token= or X-Smscast-Token. Prefer the variable: "
+            "a command line is visible to every user of the machine.",
+        ),
+    ] = None,
+    batch_rows: Annotated[
+        int, typer.Option("--batch-rows", min=1, help="Write a batch once it holds this many reports.")
+    ] = DEFAULT_BATCH_ROWS,
+    batch_ms: Annotated[
+        float,
+        typer.Option(
+            "--batch-ms",
+            min=0,
+            help="... or this many ms after its first report (sooner when no other request is arriving).",
+        ),
+    ] = DEFAULT_BATCH_MS,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug: one line per batch written.")
+    ] = "info",
+    summary_interval: Annotated[float, typer.Option("--summary-interval", hidden=True)] = 60.0,
+    port_file: Annotated[Path | None, typer.Option("--port-file", hidden=True)] = None,
+    exit_with_parent: Annotated[int | None, typer.Option("--exit-with-parent", hidden=True)] = None,
+) -> None:
+    """Receive delivery reports and record them under <results>/_dlr/ (Parquet), answering 2xx only once they
+    are on disk (or in S3). `smscast reconcile` folds them into the campaigns."""
+    if not secret:
+        typer.secho(
+            f"error: refusing to start without a shared secret: set {SECRET_ENV} (or pass --secret)",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(2)
+    if log_level.upper() not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+        raise typer.BadParameter("one of debug, info, warning, error, critical", param_hint="--log-level")
+    serve(
+        results,
+        secret,
+        host=host,
+        port=port,
+        batch_rows=batch_rows,
+        batch_ms=batch_ms,
+        log_level=log_level.lower(),
+        summary_interval=summary_interval,
+        port_file=port_file,
+        exit_with_parent=exit_with_parent,
+    )
