@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
-import socket
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,24 +17,11 @@ from smscast.providers.names import PROVIDER_NAMES, emulator_name
 from smscast.sandbox.app import SandboxApp, create_app
 from smscast.sandbox.faults import parse_knobs
 from smscast.sandbox.framework import DEFAULT_API_KEY, SandboxConfig
+from smscast.servers.asgi import bind_socket, uvicorn_config
+from smscast.servers.asgi import exit_with_parent as exit_with_parent_process
 from smscast.settings import env_prefix
 
 DEFAULT_PORT = 8765
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP, and
-    # without it uvicorn's separate writes of headers and body meet Nagle + delayed ACK (40 ms per response).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def export_lines(app: SandboxApp, base_url: str) -> list[str]:
@@ -56,19 +39,6 @@ def export_lines(app: SandboxApp, base_url: str) -> list[str]:
             f"export {prefix}_BASE_URL={shlex.quote(url)} {prefix}_API_KEY={shlex.quote(emulator.api_key)}"
         )
     return lines
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A daemon thread that stops this process (gracefully) once `parent` has gone."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-
-    threading.Thread(target=watch, name="sandbox-parent-watch", daemon=True).start()
 
 
 def serve(
@@ -95,27 +65,15 @@ def serve(
         emulators=tuple(emulators) if emulators is not None else None,
     )
     app = create_app(config)
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     actual = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level=log_level,
-            access_log=False,
-            lifespan="off",
-            proxy_headers=False,
-            server_header=False,
-            date_header=False,
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=2,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, log_level=log_level, lifespan="off", graceful_seconds=2))
     if port_file is not None:
         tmp = Path(f"{port_file}.tmp")
         tmp.write_text(str(actual))
         tmp.replace(port_file)
     if exit_with_parent is not None:
-        _exit_with_parent(exit_with_parent)
+        exit_with_parent_process(exit_with_parent, "sandbox")
     shown = f"[{host}]" if ":" in host else host
     print(
         f"smscast sandbox listening on http://{shown}:{actual} ({', '.join(app.sandbox.emulators)})",

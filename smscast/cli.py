@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from smscast.campaign import PROVIDER_NAMES, CampaignSpec
 from smscast.dlr.cli import app as dlr_app
+from smscast.doctor_cli import check
 from smscast.doctor_cli import register as register_doctor
 from smscast.errors import SmscastError
 from smscast.local_server import register as register_local_server
@@ -146,6 +147,8 @@ def send(
             help="If another live run is sending this campaign, wait for it instead of failing.",
         ),
     ] = False,
+    # `smscast doctor` is this command with check_only (smscast/doctor_cli.py): one declaration of the options.
+    check_only: Annotated[bool, typer.Option("--check-only", hidden=True)] = False,
 ) -> None:
     """Send a campaign. Every input row ends up in the results with a status and, if not accepted, a reason."""
     try:
@@ -182,6 +185,9 @@ def send(
         refuse_invalid_spec(exc)
     except (ValueError, SmscastError) as exc:
         _fail(str(exc))
+        return
+    if check_only:
+        check(spec)
         return
     require_ready(spec)  # every set-up mistake at once, exit 2, before any Prefect server starts
     try:
@@ -318,7 +324,7 @@ def demo(
 
 register_watch(app)
 register_results(app)
-register_doctor(app)
+register_doctor(app, send)
 app.add_typer(dlr_app, name="dlr")
 register_reconcile(app)
 register_local_server(app)  # also picks the Prefect API before the commands that need one

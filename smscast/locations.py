@@ -114,17 +114,25 @@ def redact(text: str) -> str:
     return text
 
 
-def s3_client() -> S3Client:
-    """A boto3 S3 client from the same environment settings (cached per distinct settings; thread-safe)."""
-    return _client_for(_settings())
+def s3_client(*, quick: bool = False) -> S3Client:
+    """A boto3 S3 client from the same environment settings (cached per distinct settings; thread-safe).
+    `quick`: one try and seconds of patience, for checks that must answer fast (smscast/preflight_env.py)."""
+    return _client_for(_settings(), quick)
 
 
 @functools.lru_cache(maxsize=8)
-def _client_for(settings: tuple[str | None, str | None, str | None, str | None, str, bool]) -> S3Client:
+def _client_for(
+    settings: tuple[str | None, str | None, str | None, str | None, str, bool], quick: bool
+) -> S3Client:
     import boto3
     from botocore.config import Config
 
     endpoint, key_id, secret, token, region, _allow_http = settings
+    patience: dict[str, Any] = (
+        {"connect_timeout": 3, "read_timeout": 5, "retries": {"total_max_attempts": 1, "mode": "standard"}}
+        if quick
+        else {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 5, "mode": "standard"}}
+    )
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -132,12 +140,7 @@ def _client_for(settings: tuple[str | None, str | None, str | None, str | None, 
         aws_secret_access_key=secret,
         aws_session_token=token,
         region_name=region,
-        config=Config(
-            s3={"addressing_style": "path"} if endpoint else {},
-            connect_timeout=5,
-            read_timeout=60,
-            retries={"max_attempts": 5, "mode": "standard"},
-        ),
+        config=Config(s3={"addressing_style": "path"} if endpoint else {}, **patience),
     )
 
 

@@ -34,28 +34,9 @@ API_TIMEOUT = 3.0
 
 def quick_s3() -> S3Client:
     """An S3 client from the AWS_* variables, like the run's, that tries once and gives up in seconds."""
-    import boto3
-    from botocore.config import Config
+    from smscast.locations import s3_client
 
-    from smscast.locations import _settings
-
-    # The run's client reads the same settings (smscast/locations.py); only the patience differs.
-    endpoint, key_id, secret, token, region, _allow_http = _settings()
-    client: S3Client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=key_id,
-        aws_secret_access_key=secret,
-        aws_session_token=token,
-        region_name=region,
-        config=Config(
-            s3={"addressing_style": "path"} if endpoint else {},
-            connect_timeout=3,
-            read_timeout=5,
-            retries={"total_max_attempts": 1, "mode": "standard"},
-        ),
-    )
-    return client
+    return s3_client(quick=True)
 
 
 def bucket_problem(client: S3Client, bucket: str, label: str) -> Problem | None:

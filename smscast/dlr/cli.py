@@ -9,11 +9,6 @@ runs it on its own (what the launcher, smscast/dlr/launcher.py, starts).
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
-import threading
-import time
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -26,8 +21,12 @@ from smscast.dlr.app import create_app
 from smscast.dlr.writer import DEFAULT_BATCH_MS, DEFAULT_BATCH_ROWS
 from smscast.locations import redact
 from smscast.results import dlr_inbox
+from smscast.servers.asgi import bind_socket
+from smscast.servers.asgi import exit_with_parent as exit_with_parent_process
+from smscast.servers.asgi import uvicorn_config as asgi_config
 
 __all__ = ["SECRET_ENV", "app", "bind_socket", "serve", "uvicorn_config"]
+
 
 SECRET_ENV = "SMSCAST_DLR_SECRET"
 
@@ -43,32 +42,6 @@ app = typer.Typer(
 @app.callback()
 def _group() -> None:
     """Delivery reports: the webhook receiver providers post their DLRs to."""
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP; without it
-    # uvicorn's separate writes of headers and body meet Nagle + delayed ACK (40 ms per response).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Stop gracefully once `parent` has gone (a test runner that died must not leave a receiver behind)."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="dlr-parent-watch", daemon=True).start()
 
 
 class _Server(uvicorn.Server):
@@ -88,17 +61,7 @@ class _Server(uvicorn.Server):
 
 def uvicorn_config(asgi: Starlette, log_level: str) -> uvicorn.Config:
     """How the receiver runs under uvicorn (the benchmark's baseline app runs the same way)."""
-    return uvicorn.Config(
-        asgi,
-        log_level=log_level,
-        access_log=False,  # it would print every URL, the `token` query parameter with it
-        lifespan="on",
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=10,
-    )
+    return asgi_config(asgi, log_level=log_level, lifespan="on", graceful_seconds=10)
 
 
 def serve(
@@ -130,7 +93,7 @@ def serve(
         tmp.write_text(str(actual))
         tmp.replace(port_file)
     if exit_with_parent is not None:
-        _exit_with_parent(exit_with_parent)
+        exit_with_parent_process(exit_with_parent, "dlr")
     shown = f"[{host}]" if ":" in host else host
     print(
         f"smscast dlr: listening on http://{shown}:{actual}/dlr/{{instasent,sent-dm,generic}}; "
