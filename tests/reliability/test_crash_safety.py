@@ -120,7 +120,9 @@ def test_a_run_that_lost_its_lock_does_not_overwrite_the_new_runs_results(
     """A lost worker: the run is frozen (SIGSTOP of its process group) mid-send, its lease runs out, a second
     run takes the campaign over and completes it, then the first wakes up (SIGCONT)."""
     c = soak.campaign("bug-lost-worker", 3000)
-    soak.reset(latency_ms=300)
+    # Slow answers keep the run sending long after the 600th entry (30 requests of 100 at ~1 s each, 4 at a
+    # time: ~7 s), so that on a loaded machine it is still running when it is frozen.
+    soak.reset(latency_ms=1000)
     stalled = soak.start(c)
     wait_for(lambda: stalled.poll() is not None or soak.client.health()["entries"] >= 600, 300, "sending")
     assert stalled.poll() is None, stalled.tail()
