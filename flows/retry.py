@@ -7,10 +7,14 @@ rows whose delivery failed for a reason a re-send can fix (`Capabilities.resend_
 too, as new messages: with a key of this attempt (tasks/plan.py RESEND_ATTEMPT), since the provider would take
 the old key for the message it already has. It takes the campaign's lock, so it never runs beside the campaign
 or another retry of it.
+
+Its run is named `<campaign id> · retry` until it knows its attempt, then `<campaign id> · attempt <n>`, and
+it ends in a state named like the campaign flow's (flows/campaign.py `campaign_state`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -19,6 +23,7 @@ from prefect import flow, get_run_logger
 
 from smscast import storage
 from smscast.errors import ConfigError
+from smscast.flows.campaign import campaign_run_name, finish, run_name
 from smscast.lock import CampaignLock
 from smscast.providers.registry import make_provider
 from smscast.results import CampaignPaths
@@ -26,12 +31,13 @@ from smscast.tasks.current import current_results, current_view, resendable
 from smscast.tasks.dispatch import run_attempt
 from smscast.tasks.manifest import load_spec, unfinished_attempt
 from smscast.tasks.plan import PINNED_KEY, RESEND_ATTEMPT, PlannedCampaign, plan_campaign
+from smscast.tasks.report import name_runs, tell
 from smscast.tasks.send import shard_runner
 
 PLAN_COLUMNS = ("shard", "batch_seq", "batch_id", "batch_key", "status", "error_code", "error_message")
 
 
-@flow(name="retry-failed", task_runner=shard_runner())
+@flow(name="retry-failed", task_runner=shard_runner(), flow_run_name=campaign_run_name)
 def retry_failed(
     campaign_id: str,
     results: str,
@@ -43,6 +49,7 @@ def retry_failed(
     undelivered_codes: list[str] | None = None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
+    name_runs(run_name(campaign_id, None), logger)
     campaign = CampaignPaths(results, campaign_id)
     original = load_spec(campaign)
     if original is None:
@@ -59,8 +66,9 @@ def retry_failed(
             # An interrupted attempt is finished first, from its own plan and journal: planning a new one
             # beside it would re-send what it had already sent.
             spec = original.model_copy(update={**overrides, "attempt": pending, "dry_run": False})
+            name_runs(run_name(campaign_id, pending), logger)
             logger.info("campaign %s: resuming interrupted attempt %d", campaign_id, pending)
-            return run_attempt(spec, None, logger, lock=lock).to_dict()
+            return finish(run_attempt(spec, None, logger, lock=lock).to_dict())
         spec = original.model_copy(update={**overrides, "dry_run": False})
         prov = make_provider(spec.provider, base_url=spec.base_url)
         codes = frozenset(undelivered_codes or prov.caps.resend_fixes) if include_undelivered else frozenset()
@@ -77,23 +85,25 @@ def retry_failed(
         counts = dict(current.group_by("status").len().iter_rows())
         if todo.is_empty() or last >= max_attempts:
             if not todo.is_empty():
-                logger.warning(
-                    "campaign %s: %d rows still retriable, but attempt %d reached max_attempts=%d",
-                    campaign_id,
-                    todo.height,
-                    last,
-                    max_attempts,
+                tell(
+                    logger,
+                    logging.WARNING,
+                    f"campaign {campaign_id}: {todo.height:,} rows still retriable, but attempt {last} "
+                    f"reached max_attempts={max_attempts}: no retry is scheduled; `smscast retry "
+                    f"--campaign-id {campaign_id} --results {storage.redact(results)} --max-attempts "
+                    f"{last + 1}` re-sends them",
                 )
             else:
-                logger.info("campaign %s: nothing to retry (%s)", campaign_id, counts)
-            return {"campaign_id": campaign_id, "attempt": last, "retried": 0, "by_status": counts}
+                tell(logger, logging.INFO, f"campaign {campaign_id}: nothing to retry ({counts})")
+            return finish({"campaign_id": campaign_id, "attempt": last, "retried": 0, "by_status": counts})
+        name_runs(run_name(campaign_id, last + 1), logger)
 
         def choose_rows() -> PlannedCampaign:
             """The rows that may be re-sent, as attempt 1 planned them, re-planned as this attempt."""
             rows = _retry_rows(campaign, todo)
             return plan_campaign(rows, spec, prov.caps, prov, extra_groups=[pl.col("_retry_group")])
 
-        return run_attempt(spec, choose_rows, logger, lock=lock).to_dict()
+        return finish(run_attempt(spec, choose_rows, logger, lock=lock).to_dict())
 
 
 def _retry_rows(campaign: CampaignPaths, todo: pl.DataFrame) -> pl.DataFrame:

@@ -191,12 +191,10 @@ def send(
         return
     require_ready(spec)  # every set-up mistake at once, exit 2, before any Prefect server starts
     try:
-        summary = run_campaign(spec, wait_for_lock=wait_for_lock)
+        # What to do about failed or unknown rows is logged by the flow itself (tasks/dispatch.py, next_steps).
+        run_campaign(spec, wait_for_lock=wait_for_lock)
     except SmscastError as exc:
         _fail(str(exc))
-        return
-    if summary.get("needs_retry"):
-        typer.echo("Some rows failed transiently; `smscast retry` re-sends them.")
 
 
 @app.command()

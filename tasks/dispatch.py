@@ -2,19 +2,20 @@
 
 Every flow that sends runs its attempts through `run_attempt`; a flow says only how it chooses the attempt's
 rows (the campaign flow loads, validates and plans its source; the retry flow re-plans what may be re-sent).
-An attempt already complete is reported, never re-sent; one with a recorded plan is resumed from it.
+An attempt already complete is reported, never re-sent; one with a recorded plan is resumed from it. While
+it sends, `ProgressBoard` shows how far it got; once it is done, `next_steps` says what becomes of the rows
+that are not settled (a scheduled retry, or the command to run).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
-from typing import cast
-from uuid import UUID
 
 from prefect import unmapped
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
 
 from smscast import runtime as shared
 from smscast import storage
@@ -22,13 +23,28 @@ from smscast.campaign import CampaignSpec
 from smscast.errors import CampaignStopError
 from smscast.lock import CampaignLock, CampaignLockedError
 from smscast.results import AttemptPaths
+from smscast.status import STATUSES
 from smscast.tasks.manifest import Manifest, read_manifest, save_spec
 from smscast.tasks.persist import persist_results, save_plan
 from smscast.tasks.plan import PlannedCampaign
-from smscast.tasks.report import CampaignSummary, report, stage
+from smscast.tasks.report import (
+    CampaignSummary,
+    publish_artifact,
+    report,
+    share,
+    stage,
+    status_table,
+    tell,
+    update_artifacts,
+)
 from smscast.tasks.send import ShardReport, send_shard
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+# The automation that schedules the retry deployment on a `smscast.campaign.finished` event with failures
+# (deployments/prefect.yaml), and flows/deployed.py retry_campaign's default max_attempts.
+RETRY_AUTOMATION = "smscast-retry-on-failure"
+RETRY_MAX_ATTEMPTS = 5
 
 
 def run_attempt(
@@ -47,7 +63,10 @@ def run_attempt(
         logger.info(
             "campaign %s attempt %d is already complete; nothing to send", spec.campaign_id, spec.attempt
         )
-        return report(storage.read_parquet(paths.dir), spec, logger, results_uri=paths.dir)
+        summary = report(storage.read_parquet(paths.dir), spec, logger, results_uri=paths.dir)
+        for line in next_steps(summary, spec, completed=False):
+            tell(logger, logging.WARNING, line)
+        return summary
     manifest = read_manifest(paths)
     if manifest is None:
         if choose_rows is None:
@@ -59,12 +78,11 @@ def run_attempt(
             manifest = save_plan(paths, planned)
     else:
         logger.info("resuming campaign %s attempt %d from its recorded plan", spec.campaign_id, spec.attempt)
-    logger.info(
-        "campaign %s attempt %d: %d of %d rows to send",
-        spec.campaign_id,
-        spec.attempt,
-        manifest.rows_to_send,
-        manifest.rows,
+    tell(
+        logger,
+        logging.INFO,
+        f"campaign {spec.campaign_id} attempt {spec.attempt}: {manifest.rows_to_send:,} of "
+        f"{manifest.rows:,} rows to send",
     )
     stop, reports = _send(spec, manifest, logger, seconds, lock)
     with stage(seconds, "persist"):
@@ -82,6 +100,8 @@ def run_attempt(
         requests=requests,
         completed=True,
     )
+    for line in next_steps(summary, spec, completed=True):
+        tell(logger, logging.WARNING, line)
     if stop.is_set():
         # Results are written first, so that every row has its record; then the run fails loudly.
         raise CampaignStopError(
@@ -97,26 +117,171 @@ def _send(
 ) -> tuple[shared.Stop, list[ShardReport]]:
     """The manifest's shards as mapped task runs, sharing one stop signal (which a lost lock also sets)."""
     key = f"{spec.campaign_id}-{uuid.uuid4().hex[:8]}"
-    artifact = cast(
-        UUID, create_progress_artifact(0.0, description=f"Sending {spec.campaign_id}, attempt {spec.attempt}")
-    )
-
-    def publish_progress(pct: float) -> None:
-        update_progress_artifact(artifact, pct)
-
+    board = ProgressBoard(spec, manifest)
     stop = shared.Stop(lock.held)
     shared.register(
-        key, shared.Runtime(shared.Progress(manifest.rows_to_send, logger, publish=publish_progress), stop)
+        key, shared.Runtime(shared.Progress(manifest.rows_to_send, logger, publish=board.percent), stop)
     )
+    reports: list[ShardReport] = []
     try:
         with stage(seconds, "send"):
             futures = send_shard.map(unmapped(spec), manifest.shards, unmapped(key))
-            reports = [f.result() for f in futures]
+            for future in as_completed(list(futures)):
+                reports.append(future.result())
+                board.shard_done(reports[-1])
+    except BaseException as exc:
+        board.finish(f"{type(exc).__name__} in a shard's task run (its logs say more)")
+        raise
     finally:
         shared.unregister(key)
+    board.finish(stop.reason if stop.is_set() else None)
     if stop.code == "lock_lost":
         # Another run owns the campaign now: write nothing (its record stands), send nothing, fail loudly.
         raise CampaignLockedError(
             f"campaign {spec.campaign_id}: {stop.reason}; this run stopped and wrote nothing"
         )
-    return stop, reports
+    return stop, sorted(reports, key=lambda r: r.shard)
+
+
+class ProgressBoard:
+    """What a run shows while it sends, on its own page and on the run the user started: Prefect's progress
+    bar, moved as rows go out (smscast.runtime.Progress calls `percent` from the shard threads, throttled),
+    and beside it a markdown table of rows per status, updated in the flow's thread as each shard finishes
+    (a shard's counts are exact only once it is done)."""
+
+    def __init__(self, spec: CampaignSpec, manifest: Manifest) -> None:
+        self._title = f"{spec.campaign_id} · attempt {spec.attempt}"
+        self._manifest = manifest
+        self._lock = threading.Lock()
+        self._pct = 0.0
+        self._rows = 0
+        self._shards = 0
+        self._counts: dict[str, int] = {}
+        self._bar = publish_artifact("progress", 0.0, description=self._line())
+        self._table = publish_artifact(
+            "markdown", self.markdown(), description=f"Sending {self._title}: rows per status"
+        )
+
+    def percent(self, pct: float) -> None:
+        with self._lock:
+            if pct <= self._pct:  # shard reports may have moved the bar further already: never go back
+                return
+            self._pct = pct
+        update_artifacts(self._bar, pct)
+
+    def shard_done(self, shard: ShardReport) -> None:
+        self._rows += shard.rows
+        self._shards += 1
+        for status, n in shard.counts.items():
+            self._counts[status] = self._counts.get(status, 0) + n
+        total = self._manifest.rows_to_send
+        with self._lock:
+            self._pct = max(self._pct, 100.0 * self._rows / total if total else 100.0)
+            pct = self._pct
+        update_artifacts(self._bar, pct, self._line())
+        update_artifacts(self._table, self.markdown())
+
+    def finish(self, stopped: str | None) -> None:
+        """The last word: sent, or stopped and why (the bar stays where sending stopped)."""
+        if stopped is None:
+            with self._lock:
+                self._pct = 100.0
+            update_artifacts(self._bar, 100.0, self._line())
+        update_artifacts(self._table, self.markdown(stopped=stopped))
+
+    def _line(self) -> str:
+        m = self._manifest
+        return (
+            f"{self._title}: {self._rows:,} of {m.rows_to_send:,} rows sent · "
+            f"{self._shards} of {len(m.shards)} shards done"
+        )
+
+    def markdown(self, *, stopped: str | None = None) -> str:
+        m = self._manifest
+        done = self._shards == len(m.shards)
+        state = f"stopped: {stopped}" if stopped else "sent" if done else "sending"
+        lines = [
+            f"### {self._title}: {state}",
+            "",
+            f"**{self._rows:,} of {m.rows_to_send:,} rows** "
+            f"({share(self._rows, m.rows_to_send)}) · {self._shards} of {len(m.shards)} shards done"
+            + (
+                f" · {m.rows - m.rows_to_send:,} rows not to send (the summary says why)"
+                if m.rows > m.rows_to_send
+                else ""
+            ),
+            "",
+        ]
+        if self._counts:
+            ordered = {s: self._counts[s] for s in (*STATUSES, *sorted(self._counts)) if s in self._counts}
+            lines += ["Rows sent so far, by status:", ""]
+            lines += status_table(ordered, self._rows)
+        else:
+            lines.append("No shard has finished yet.")
+        return "\n".join(lines)
+
+
+def next_steps(summary: CampaignSummary, spec: CampaignSpec, *, completed: bool) -> list[str]:
+    """What becomes of rows that are not settled: `failed` ones are retried (by the retry automation, when
+    this Prefect server has it, else by hand); `unknown` ones are reconciled."""
+    cid, where = summary.campaign_id, storage.redact(spec.results)
+    retry = f"smscast retry --campaign-id {cid} --results {where}"
+    lines = []
+    failed = summary.by_status.get("failed", 0)
+    if failed:
+        head = f"{failed:,} rows failed transiently"
+        # Only a run that completed the attempt emitted the event the automation reacts to.
+        scheduled = scheduled_retry() if completed else None
+        if not completed:
+            lines.append(
+                f"{head} (the attempt was complete before this run: a retry, if any, was scheduled when it "
+                f"completed); `{retry}` re-sends them"
+            )
+        elif scheduled is None:
+            lines.append(
+                f"{head}: no retry is scheduled by this run (this Prefect server has no {RETRY_AUTOMATION} "
+                f"automation: a run from the command line?); `{retry}` re-sends them"
+            )
+        else:
+            deployment, after, max_attempts = scheduled
+            if summary.attempt >= max_attempts:
+                lines.append(
+                    f"{head}: the retry deployment {deployment} stops at max_attempts={max_attempts} and this "
+                    f"was attempt {summary.attempt}, so it will send nothing; `{retry} --max-attempts "
+                    f"{summary.attempt + 1}` re-sends them"
+                )
+            else:
+                lines.append(
+                    f"{head}: a retry is scheduled (deployment {deployment}, about {after / 60:.0f} min after "
+                    f"this run, by the automation {RETRY_AUTOMATION}); it re-sends them with the same "
+                    f"idempotency keys as attempt {summary.attempt + 1}. To send them sooner, start that "
+                    "scheduled run from the UI"
+                )
+    unknown = summary.by_status.get("unknown", 0)
+    if unknown:
+        lines.append(
+            f"{unknown:,} rows are unknown (sent, outcome not known): `smscast reconcile --campaign-id {cid} "
+            f"--results {where}` asks the provider what became of them; never re-send them blindly"
+        )
+    return lines
+
+
+def scheduled_retry() -> tuple[str, float, int] | None:
+    """The retry deployment (`flow/deployment`), the delay in seconds and its max_attempts, when this Prefect
+    server has the retry automation enabled: then the event this run emitted schedules it."""
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.events.actions import RunDeployment
+
+        with get_client(sync_client=True) as client:
+            for automation in client.read_automations_by_name(RETRY_AUTOMATION):
+                for action in automation.actions if automation.enabled else []:
+                    if isinstance(action, RunDeployment) and action.deployment_id is not None:
+                        deployment = client.read_deployment(action.deployment_id)
+                        flow = client.read_flow(deployment.flow_id)
+                        limit = (deployment.parameters or {}).get("max_attempts", RETRY_MAX_ATTEMPTS)
+                        name = f"{flow.name}/{deployment.name}"
+                        return name, action.schedule_after.total_seconds(), int(limit)
+    except Exception:  # no server to ask, or an older one: say what is certain, that a retry can be run
+        logging.getLogger(__name__).debug("could not look the retry automation up", exc_info=True)
+    return None
