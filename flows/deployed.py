@@ -2,7 +2,10 @@
 
 Each loads the S3 credentials block when the environment has none (smscast.s3_block.use_s3_block), derives what
 the way of starting needs (a dated campaign id, a campaign id stable for a file), and runs the campaign,
-retry or reconcile flow as a subflow. The campaign settings are the typed CampaignSpec, which the UI renders as a form.
+retry or reconcile flow as a subflow. A campaign's run is named for it from the start and ends in the state
+its outcome calls for (flows/campaign.py: `campaign_run_name`, `finish`: "Dry run", "Completed with
+failures", …). The campaign settings are a CampaignForm (smscast/form.py): CampaignSpec's settings in groups,
+which the UI renders as a form, and which are a dry run unless told otherwise.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from prefect import flow
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
-from smscast.flows.campaign import send_campaign
+from smscast.flows.campaign import campaign_run_name, finish, send_campaign
 from smscast.flows.reconcile import reconcile, reconcile_recent
 from smscast.flows.retry import retry_failed
+from smscast.form import CampaignForm
 from smscast.s3_block import use_s3_block
 
 MAX_ID = 64  # CampaignSpec.campaign_id's pattern allows 64 characters
@@ -60,32 +64,50 @@ def _scheduled_day(tz: str) -> date:
     return when.astimezone(ZoneInfo(tz)).date()
 
 
-@flow(name="campaign")
-def adhoc_campaign(spec: CampaignSpec) -> dict[str, Any]:
-    """A campaign started by hand, from the UI form or `prefect deployment run`."""
+@flow(name="campaign", flow_run_name=campaign_run_name)
+def adhoc_campaign(campaign: CampaignForm) -> dict[str, Any]:
+    """A campaign started by hand, from the UI form or `prefect deployment run`.
+
+    Args:
+        campaign: The campaign to send: a dry run unless "Dry run" is turned off ("dry_run": false).
+    """
     use_s3_block()
-    return send_campaign(spec)
+    return finish(send_campaign(campaign.to_spec()))
 
 
-@flow(name="nightly-campaign")
+@flow(name="nightly-campaign", flow_run_name=campaign_run_name)
 def nightly_campaign(
-    spec: CampaignSpec, run_date: date | None = None, timezone: str = "UTC"
+    campaign: CampaignForm, run_date: date | None = None, timezone: str = "UTC"
 ) -> dict[str, Any]:
-    """The scheduled campaign: `spec.campaign_id` is a prefix, the night's date (in `timezone`, the schedule's)
-    is appended. Give `run_date` to re-run or back-fill a given night."""
+    """The scheduled campaign: its campaign id is a prefix, the night's date (in `timezone`, the schedule's)
+    is appended. Give `run_date` to re-run or back-fill a given night.
+
+    Args:
+        campaign: The nightly campaign; its campaign id gets the night's date appended (nightly-20250131).
+        run_date: The night to send, to re-run or back-fill one; empty: the night the run was scheduled for.
+        timezone: The zone the night's date is taken in (the schedule's).
+    """
     use_s3_block()
+    spec = campaign.to_spec()
     day = run_date or _scheduled_day(timezone)
-    return send_campaign(_with(spec, campaign_id=dated_campaign_id(spec.campaign_id, day)))
+    return finish(send_campaign(_with(spec, campaign_id=dated_campaign_id(spec.campaign_id, day))))
 
 
-@flow(name="campaign-from-file")
-def campaign_from_file(uri: str, spec: CampaignSpec, etag: str | None = None) -> dict[str, Any]:
+@flow(name="campaign-from-file", flow_run_name=campaign_run_name)
+def campaign_from_file(uri: str, campaign: CampaignForm, etag: str | None = None) -> dict[str, Any]:
     """A campaign for one recipients file that landed in the inbox: `uri` becomes the source, and the
-    campaign id is `spec.campaign_id` (a prefix), the file's name and a hash of its URI and ETag."""
+    campaign id is the campaign's (a prefix), the file's name and a hash of its URI and ETag.
+
+    Args:
+        uri: The file that landed (the trigger passes it).
+        campaign: The campaign settings; its source is replaced by `uri`, its campaign id is a prefix.
+        etag: The file's version (the trigger passes it); empty: read from the object.
+    """
     use_s3_block()
+    spec = campaign.to_spec()
     version = etag or object_version(uri)
-    return send_campaign(
-        _with(spec, source=uri, campaign_id=file_campaign_id(spec.campaign_id, uri, version))
+    return finish(
+        send_campaign(_with(spec, source=uri, campaign_id=file_campaign_id(spec.campaign_id, uri, version)))
     )
 
 

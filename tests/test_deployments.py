@@ -31,6 +31,7 @@ from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
 from smscast.flows.deployed import dated_campaign_id, file_campaign_id
+from smscast.form import CampaignForm
 from smscast.inbox import Landed, announce, default_state_uri, landed_event, list_inbox, poll_once
 from smscast.results import CampaignPaths
 from smscast.s3_block import _aws_credentials_env
@@ -61,16 +62,17 @@ def phones_of(path: Path) -> set[str]:
     return set(pl.read_csv(path)["phone"].to_list())
 
 
-def form_spec(**values: Any) -> dict[str, Any]:
-    """Parameters as the UI's form submits them: every field of CampaignSpec, its default filled in."""
-    spec: dict[str, Any] = {
-        name: field.get_default(call_default_factory=True)
-        for name, field in CampaignSpec.model_fields.items()
-        if not field.is_required()
-    }
-    spec = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}  # JSON has no tuples
-    spec.update({"sender": "ACME", "results": RESULTS, **values})
-    return {"spec": spec}
+def form_params(**values: Any) -> dict[str, Any]:
+    """Parameters as the UI's form submits them: every group of CampaignForm, its defaults filled in and its
+    empty number boxes left out; the deployment's provider and sender, the test's results location."""
+    spec = CampaignSpec(sender="ACME", results=RESULTS, **values)
+    return {"campaign": CampaignForm.from_spec(spec).model_dump(mode="json", exclude_none=True)}
+
+
+def nightly_schedule(stack: Stack) -> Any:
+    with stack.client as client:
+        (schedule,) = client.read_deployment_by_name("nightly-campaign/nightly").schedules
+    return schedule
 
 
 def test_deployments_register_with_schedules_schemas_and_triggers(stack: Stack) -> None:
@@ -81,23 +83,27 @@ def test_deployments_register_with_schedules_schemas_and_triggers(stack: Stack) 
 
     nightly = deps["nightly"]
     (schedule,) = nightly.schedules
-    assert schedule.active
+    # Created paused: its source is a placeholder until someone configures it and resumes the schedule.
+    assert not schedule.active
     assert schedule.schedule.model_dump(include={"cron", "timezone"}) == {
         "cron": "0 2 * * *",
         "timezone": "Europe/London",
     }
     assert nightly.parameters is not None and nightly.parameters["timezone"] == "Europe/London"
+    assert nightly.parameters["campaign"]["dry_run"] is False  # once resumed, a night sends
+    assert deps["every-15-minutes"].schedules[0].active
 
-    # The ad-hoc form: CampaignSpec with titles, descriptions, defaults, and the provider as a choice.
+    # The ad-hoc form: CampaignForm in groups (tests/test_form.py checks the schema in detail), the provider
+    # a choice, opening as a dry run with the deployment's provider and sender.
     schema = deps["ad-hoc"].parameter_openapi_schema or {}
-    spec = schema["definitions"]["CampaignSpec"]["properties"]
-    assert schema["required"] == ["spec"]
-    assert spec["provider"]["enum"] == ["sandbox", "sent-dm", "robase", "textingline", "postman", "instasent"]
-    assert spec["provider"]["default"] == "sandbox"
-    for field in ("campaign_id", "source", "sender", "body", "template", "dry_run"):
-        assert spec[field]["title"] and spec[field]["description"], field
-    assert spec["dry_run"]["default"] is False
-    assert (deps["ad-hoc"].parameters or {})["spec"]["dry_run"] is True  # the form starts as a dry run
+    defs = schema["definitions"]
+    assert schema["required"] == ["campaign"]
+    assert {"CampaignForm", "Recipients", "Message", "Provider", "Limits", "Advanced"} <= set(defs)
+    provider = defs["Provider"]["properties"]["name"]
+    assert provider["enum"] == ["sandbox", "sent-dm", "robase", "textingline", "postman", "instasent"]
+    assert defs["CampaignForm"]["properties"]["dry_run"]["default"] is True  # unless told otherwise
+    adhoc = (deps["ad-hoc"].parameters or {})["campaign"]
+    assert adhoc["dry_run"] is True and adhoc["provider"] == {"name": "sandbox", "sender": "SMSCAST"}
 
     inbox, retry = automations["smscast-recipients-landed"], automations["smscast-retry-on-failure"]
     assert isinstance(inbox.trigger, EventTrigger) and isinstance(retry.trigger, EventTrigger)
@@ -126,12 +132,19 @@ def test_deployments_register_with_schedules_schemas_and_triggers(stack: Stack) 
     strict=True,
 )
 def test_the_scheduler_creates_the_nightly_runs_at_two_london_time(stack: Stack) -> None:
+    # Bootstrap created the schedule paused; resumed, as an operator would once the source is configured.
+    with stack.client as client:
+        dep = client.read_deployment_by_name("nightly-campaign/nightly")
+        client.update_deployment_schedule(dep.id, nightly_schedule(stack).id, active=True)
+
     def nightly_runs() -> list[Any]:
         if "Can't evaluate bulk DML" in stack.server.log_tail(200_000):
             pytest.fail("the scheduler failed to insert the runs (SQLAlchemy >= 2.1)")
         return [r for r in stack.runs("nightly-campaign/nightly") if r.expected_start_time]
 
-    upcoming = wait_for("scheduled nightly runs", nightly_runs, 30, stack.diagnose)
+    # A resumed schedule is picked up by the scheduler's main loop, once a minute (prefect's default; only a
+    # deployment created or updated in the last seconds is scheduled at once).
+    upcoming = wait_for("scheduled nightly runs", nightly_runs, 150, stack.diagnose)
     for run in upcoming:
         assert run.expected_start_time is not None
         local = run.expected_start_time.astimezone(ZoneInfo("Europe/London"))
@@ -139,14 +152,65 @@ def test_the_scheduler_creates_the_nightly_runs_at_two_london_time(stack: Stack)
         assert run.state is not None and run.state.is_scheduled()
 
 
+def test_bootstrap_again_keeps_each_schedule_as_it_was_set_and_names_the_paused(stack: Stack) -> None:
+    # Set against prefect.yaml's `active` on purpose: the nightly resumed, the reconcile schedule paused.
+    with stack.client as client:
+        deps = {d.name: d for d in client.read_deployments()}
+        nightly, every = deps["nightly"], deps["every-15-minutes"]
+        client.update_deployment_schedule(nightly.id, nightly.schedules[0].id, active=True)
+        client.update_deployment_schedule(every.id, every.schedules[0].id, active=False)
+    try:
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "deployments" / "bootstrap.py"), "--no-blocks"],
+            cwd=ROOT,
+            env=stack.env("bootstrap-again"),
+            capture_output=True,
+            timeout=240,
+        )
+        output = done.stdout.decode() + done.stderr.decode()
+        assert done.returncode == 0, output[-6000:]
+        with stack.client as client:
+            deps = {d.name: d for d in client.read_deployments()}
+        assert deps["nightly"].schedules[0].active  # re-deploying did not pause it again
+        (every_schedule,) = deps["every-15-minutes"].schedules
+        assert not every_schedule.active  # nor resume this one
+        assert "schedule of nightly-campaign/nightly" not in output
+        assert "schedule of reconcile/every-15-minutes (every 900 s) is PAUSED" in output
+        assert f"prefect deployment schedule resume reconcile/every-15-minutes {every_schedule.id}" in output
+    finally:  # as prefect.yaml has it, for the tests after this one
+        with stack.client as client:
+            every = client.read_deployment_by_name("reconcile/every-15-minutes")
+            client.update_deployment_schedule(every.id, every.schedules[0].id, active=True)
+
+
 def test_ad_hoc_run_with_form_parameters_completes(stack: Stack, tmp_path: Path) -> None:
     src = write_recipients(tmp_path / "adhoc.csv", 120, start=10_000)
     storage.put_bytes(f"s3://{BUCKET}/adhoc/adhoc.csv", src.read_bytes())
-    params = form_spec(
-        campaign_id="adhoc-1", source=f"s3://{BUCKET}/adhoc/adhoc.csv", body="Hi {{name}}, from ad hoc"
-    )
+    campaign = {
+        "campaign_id": "adhoc-1",
+        "recipients": {"source": f"s3://{BUCKET}/adhoc/adhoc.csv"},
+        "message": {"body": "Hi {{name}}, from ad hoc"},
+        "provider": {"name": "sandbox", "sender": "ACME"},
+        "advanced": {"results": RESULTS},
+    }
+    # As `prefect deployment run campaign/ad-hoc --params '{"campaign": {...}}'` without "dry_run": a dry
+    # run, which sends and writes nothing.
     with stack.client as client:
         dep = client.read_deployment_by_name("campaign/ad-hoc")
+        dry = client.create_flow_run_from_deployment(dep.id, parameters={"campaign": campaign})
+    run = stack.wait_final(dry.id)
+    assert run.state is not None and run.state.is_completed(), f"{run.state}\n{stack.diagnose()}"
+    assert ledger_for(stack, phones_of(src)).height == 0
+    assert not storage.exists(CampaignPaths(RESULTS, "adhoc-1").attempt(1).done)
+
+    # Said otherwise, as the form submits it with "Dry run" off (every field, defaults filled in): sent.
+    params = form_params(
+        campaign_id="adhoc-1",
+        source=f"s3://{BUCKET}/adhoc/adhoc.csv",
+        body="Hi {{name}}, from ad hoc",
+        dry_run=False,
+    )
+    with stack.client as client:
         created = client.create_flow_run_from_deployment(dep.id, parameters=params)
     run = stack.wait_final(created.id)
     assert run.state is not None and run.state.is_completed(), f"{run.state}\n{stack.diagnose()}"
@@ -254,8 +318,11 @@ def test_completion_with_failures_triggers_the_retry_deployment(stack: Stack, tm
             dep = client.read_deployment_by_name("campaign/ad-hoc")
             created = client.create_flow_run_from_deployment(
                 dep.id,
-                parameters=form_spec(
-                    campaign_id="flaky-1", source=f"s3://{BUCKET}/adhoc/flaky.csv", body="Hi {{name}}"
+                parameters=form_params(
+                    campaign_id="flaky-1",
+                    source=f"s3://{BUCKET}/adhoc/flaky.csv",
+                    body="Hi {{name}}",
+                    dry_run=False,
                 ),
             )
         first = stack.wait_final(created.id)
