@@ -20,6 +20,7 @@ from smscast.dlr.cli import app as dlr_app
 from smscast.doctor_cli import check
 from smscast.doctor_cli import register as register_doctor
 from smscast.errors import SmscastError
+from smscast.local_server import announce_prefect_api
 from smscast.local_server import register as register_local_server
 from smscast.preflight import refuse_invalid_spec, require_ready, require_retry_ready
 from smscast.reconcile_cli import register as register_reconcile
@@ -62,6 +63,7 @@ def _columns(pairs: list[str]) -> dict[str, str]:
 
 
 def run_campaign(spec: CampaignSpec, *, wait_for_lock: bool = False) -> dict[str, Any]:
+    announce_prefect_api()
     from smscast.flows.campaign import send_campaign
 
     result: dict[str, Any] = send_campaign(spec, wait_for_lock=wait_for_lock)
@@ -223,6 +225,7 @@ def retry(
     with the same idempotency keys, as the next attempt."""
     # Before the flow's import (which imports Prefect): the recorded campaign, its provider and results.
     require_retry_ready(campaign_id, results, provider=provider, base_url=base_url)
+    announce_prefect_api()
     from smscast.flows.retry import retry_failed
 
     if undelivered_code and not include_undelivered:

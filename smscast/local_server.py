@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import functools
 import importlib.util
+import io
 import json
 import os
 import sys
@@ -53,6 +54,10 @@ __all__ = [
 
 # The commands that run flows or talk to the Prefect API; the others (sandbox, server, help) need no API.
 PREFECT_COMMANDS = frozenset({"send", "retry", "demo", "watch"})
+# Commands that check their campaign first (smscast/preflight.py) and may stop before any flow: they say which
+# server they use only when a flow is about to start (`announce_prefect_api`), never above a list of mistakes.
+CHECKED_FIRST = frozenset({"send", "retry"})
+_notice = io.StringIO()
 # Seconds Prefect may take to start its temporary server (its default, 20, is what failed). Measured on 2
 # busy cores: a cold start 40-50 s, four cold starts at once about 2 min. Prefect counts only its polling
 # sleeps against this, so the wall-clock bound is longer still. Prefect restarts a server whose startup
@@ -350,13 +355,21 @@ def register(app: typer.Typer) -> None:
             continue
         name = info.name or command.__name__.lower().replace("_", "-")  # Typer's default command name
         if name in PREFECT_COMMANDS:
-            info.callback = _choosing_prefect_api(command)
+            info.callback = _choosing_prefect_api(command, name)
 
 
-def _choosing_prefect_api(command: Callable[..., Any]) -> Callable[..., Any]:
+def _choosing_prefect_api(command: Callable[..., Any], name: str) -> Callable[..., Any]:
     @functools.wraps(command)  # Typer reads the options from the wrapped signature
     def run(*args: Any, **kwargs: Any) -> Any:
-        configure_prefect_api()
+        configure_prefect_api(err=_notice if name in CHECKED_FIRST else None)
         return command(*args, **kwargs)
 
     return run
+
+
+def announce_prefect_api(err: TextIO | None = None) -> None:
+    """Say which Prefect server this command uses, if `configure_prefect_api` held the line back."""
+    said, _ = _notice.getvalue(), _notice.truncate(0)
+    _notice.seek(0)
+    if said:
+        print(said, end="", file=sys.stderr if err is None else err, flush=True)

@@ -86,10 +86,14 @@ def test_send_with_a_missing_key_exits_2_before_any_flow(
     assert "error: 1 problem; smscast send started nothing:" in got.output
     assert "no credentials for provider 'sandbox' — export SMSCAST_SANDBOX_API_KEY=" in got.output
     assert "Traceback" not in got.output and flows == []
+    # No Prefect server is announced above the mistakes: nothing starts (the fixture leaves no API configured,
+    # so a flow would start Prefect's temporary server).
+    assert "temporary server" not in got.output and "local Prefect server" not in got.output
     monkeypatch.setenv("SMSCAST_SANDBOX_API_KEY", KEY)  # the control: ready, it reaches the flow
     got = CliRunner().invoke(app, args)
     assert got.exit_code == 0, got.output
     assert flows == ["send"] and KEY not in got.output
+    assert "starting Prefect's temporary server" in got.output  # said once a flow is about to start
 
 
 def test_send_lists_every_problem_and_parameters_in_words(flows: list[str], tmp_path: Path) -> None:
