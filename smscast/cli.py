@@ -201,8 +201,18 @@ def send(
 
 @app.command()
 def retry(
-    campaign_id: CampaignOpt,
-    results: ResultsOpt,
+    campaign_id: Annotated[
+        str,
+        typer.Option(
+            "--campaign-id", "-c", help="The campaign to retry, as it was sent (`smscast send -c`)."
+        ),
+    ],
+    results: Annotated[
+        str,
+        typer.Option(
+            "--results", "-r", help="Where it was sent: the results directory or s3://bucket/prefix."
+        ),
+    ],
     provider: Annotated[
         str | None, typer.Option("--provider", "-p", help="Override the campaign's provider.")
     ] = None,
