@@ -332,6 +332,7 @@ def test_subprocess_logs_no_token_and_flushes_on_sigterm(tmp_path: Path) -> None
         assert httpx.post(f"{dlr.url('instasent')}?token={dlr.secret}", json=insta("m1")).status_code == 200
         wrong = f"{dlr.url('instasent')}?token=not-{dlr.secret}-either"
         assert httpx.post(wrong, json=insta("m2")).status_code == 401
+        dlr.settle()  # the receiver's log rolled into the inbox
         assert inbox(results)["provider_message_id"].to_list() == ["m1"]
         # A request whose body never comes holds the batch open; a complete report then waits in it.
         slow = socket.create_connection(("127.0.0.1", dlr.port or 0))
@@ -353,17 +354,19 @@ def test_subprocess_logs_no_token_and_flushes_on_sigterm(tmp_path: Path) -> None
         slow.close()
         assert answers == [200]
         dlr.process.wait(timeout=60)  # type: ignore[union-attr]
-    assert sorted(inbox(results)["provider_message_id"]) == ["m1", "m3"]
+    assert sorted(inbox(results)["provider_message_id"]) == ["m1", "m3"]  # the held one too
+    assert not list((tmp_path / "results" / "_dlr" / ".wal").glob("*.wal"))  # the stop rolled the log
     log = (tmp_path / "dlr.log").read_text()
     assert "flushed 1 reports" in log and "(closing)" in log and "unauthorized 1" in log
     assert dlr.secret not in log
 
 
 @pytest.mark.integration
-def test_kill_9_under_load_loses_no_acknowledged_report(tmp_path: Path) -> None:
-    results = str(tmp_path / "results")
+@pytest.mark.parametrize("wal", [True, False], ids=["log", "part-per-batch"])
+def test_kill_9_under_load_loses_no_acknowledged_report(tmp_path: Path, wal: bool) -> None:
+    results = str(tmp_path / "results")  # the log, by default, in results/_dlr/.wal
     acked, ended = list[str](), list[str]()  # ids of the reports answered 2xx; how each client ended
-    with DlrServer(results, workdir=tmp_path) as dlr:
+    with DlrServer(results, wal=wal, workdir=tmp_path) as dlr:
 
         def drive(worker: int) -> None:
             with httpx.Client(headers=dlr.auth, timeout=30) as http:
@@ -389,10 +392,8 @@ def test_kill_9_under_load_loses_no_acknowledged_report(tmp_path: Path) -> None:
         for w in workers:
             w.join(timeout=60)
     assert len(ended) == 8  # every client was cut off mid-load
-    recorded = set(inbox(results)["provider_message_id"].to_list())
-    missing = set(acked) - recorded
-    assert not missing, f"{len(missing)} acknowledged reports lost, e.g. {sorted(missing)[:5]}"
-    # The inbox stays readable after the crash, and a restarted receiver writes on.
-    with DlrServer(results, workdir=tmp_path / "again") as dlr:
+    with DlrServer(results, wal=wal, workdir=tmp_path / "again") as dlr:  # it rolls the log before it serves
+        missing = set(acked) - set(inbox(results)["provider_message_id"].to_list())
+        assert not missing, f"{len(missing)} acknowledged reports lost, e.g. {sorted(missing)[:5]}"
         assert httpx.post(dlr.url("instasent"), json=insta("after"), headers=dlr.auth).status_code == 200
     assert "after" in inbox(results)["provider_message_id"].to_list()

@@ -2,8 +2,9 @@
 REPORT_SCHEMA row under `<results>/_dlr/` (smscast.results.dlr_inbox) before it is acknowledged.
 
     parse.py     one parser per route, with the tables from each provider's states to DeliveryStatus
-    writer.py    the group commit: batches of reports written as durable Parquet parts
+    writer.py    the group commit: batches of reports made durable before they are answered
+    wal.py       the write-ahead log: batches fdatasynced on local disk, rolled into Parquet parts
     app.py       the Starlette app: routes, shared-secret check, answers
-    cli.py       the `dlr` typer app (`serve`)
+    cli.py       the `dlr` typer app (`serve`, `roll`)
     launcher.py  the receiver in a subprocess, for tests and benchmarks
 """

@@ -5,7 +5,8 @@
 
 It binds a free loopback port (port 0, written to a file: no race), gets its secret through the environment
 (never on a command line), logs to `log_path`, and stops with SIGTERM (it writes what it holds first), then
-SIGKILL. `kill()` is kill -9, for the durability test.
+SIGKILL. `kill()` is kill -9, for the durability test. Reports reach the inbox through the receiver's log
+(its default folder unless `wal_dir`; `wal=False`: none): `settle()` waits until the log is rolled.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,6 +43,9 @@ class DlrServer(ServerProcess):
         host: str = "127.0.0.1",
         batch_rows: int | None = None,
         batch_ms: float | None = None,
+        wal: bool = True,
+        wal_dir: Path | None = None,
+        roll_ms: float | None = None,
         log_level: str = "info",
         summary_interval: float | None = None,
         workdir: Path | None = None,
@@ -53,6 +58,9 @@ class DlrServer(ServerProcess):
         self.host = host
         self.batch_rows = batch_rows
         self.batch_ms = batch_ms
+        self.wal = wal
+        self.wal_dir = wal_dir
+        self.roll_ms = roll_ms
         self.log_level = log_level
         self.summary_interval = summary_interval
         self.extra_env = dict(env or {})
@@ -102,6 +110,12 @@ class DlrServer(ServerProcess):
                 cmd += ["--batch-rows", str(self.batch_rows)]
             if self.batch_ms is not None:
                 cmd += ["--batch-ms", str(self.batch_ms)]
+            if not self.wal:
+                cmd.append("--no-wal")
+            if self.wal_dir is not None:
+                cmd += ["--wal-dir", str(self.wal_dir)]
+            if self.roll_ms is not None:
+                cmd += ["--roll-ms", str(self.roll_ms)]
             if self.summary_interval is not None:
                 cmd += ["--summary-interval", str(self.summary_interval)]
             env = {**os.environ, **self.extra_env, SECRET_ENV: self.secret, "PYTHONUNBUFFERED": "1"}
@@ -129,6 +143,15 @@ class DlrServer(ServerProcess):
         answer.raise_for_status()
         payload: dict[str, object] = answer.json()
         return payload
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until every report acknowledged so far is in the inbox (the log is rolled every --roll-ms);
+        at once without a log."""
+        deadline = time.monotonic() + timeout
+        while self.health()["log_segments"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the receiver's log was not rolled within {timeout:g}s")
+            time.sleep(0.02)
 
     def kill(self) -> int:
         """kill -9, at once, and wait for it to be gone. Returns the exit code (-9)."""
