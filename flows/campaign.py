@@ -1,4 +1,4 @@
-"""The campaign flow: load → validate → plan → send → persist → report.
+"""The campaign flow: load → validate → policy → plan → send → persist → report.
 
 Re-running a campaign id resumes it: a finished attempt is reported, not re-sent; an interrupted one reuses
 its written plan and skips the shards whose results are recorded. A lease lock (smscast/lock.py) keeps a
@@ -29,6 +29,7 @@ from smscast.tasks.dispatch import run_attempt
 from smscast.tasks.load import load_recipients
 from smscast.tasks.manifest import check_same_campaign
 from smscast.tasks.plan import PlannedCampaign, plan_campaign
+from smscast.tasks.policy import apply_policy
 from smscast.tasks.report import name_runs, report, stage
 from smscast.tasks.send import shard_runner
 from smscast.tasks.validate import validate_recipients
@@ -36,6 +37,7 @@ from smscast.tasks.validate import validate_recipients
 # No cache policy: hashing a million-row frame for a cache key would cost more than the step itself.
 load = task(name="load", cache_policy=NONE)(load_recipients)
 validate = task(name="validate", cache_policy=NONE)(validate_recipients)
+policy = task(name="policy", cache_policy=NONE)(apply_policy)
 plan = task(name="plan", cache_policy=NONE)(plan_campaign)
 
 FAILURES = "Completed with failures"
@@ -105,11 +107,13 @@ def send_campaign(spec: CampaignSpec, wait_for_lock: bool = False) -> dict[str, 
     seconds: dict[str, float] = {}
 
     def choose_rows() -> PlannedCampaign:
-        """Every row of the source, validated: the attempt's rows."""
+        """Every row of the source, validated, less those the contact policy holds back: the attempt's rows."""
         with stage(seconds, "load"):
             recipients = load(spec)
         with stage(seconds, "validate"):
             checked = validate(recipients, spec, provider.caps, provider)
+        with stage(seconds, "policy"):
+            checked = policy(checked, spec)
         with stage(seconds, "plan"):
             return plan(checked, spec, provider.caps, provider)
 

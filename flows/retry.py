@@ -22,15 +22,18 @@ import polars as pl
 from prefect import flow, get_run_logger
 
 from smscast import storage
+from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
 from smscast.flows.campaign import campaign_run_name, finish, run_name
 from smscast.lock import CampaignLock
 from smscast.providers.registry import make_provider
 from smscast.results import CampaignPaths
+from smscast.status import Status
 from smscast.tasks.current import current_results, current_view, resendable
 from smscast.tasks.dispatch import run_attempt
 from smscast.tasks.manifest import load_spec, unfinished_attempt
 from smscast.tasks.plan import PINNED_KEY, RESEND_ATTEMPT, PlannedCampaign, plan_campaign
+from smscast.tasks.policy import apply_policy
 from smscast.tasks.report import name_runs, tell
 from smscast.tasks.send import shard_runner
 
@@ -100,14 +103,15 @@ def retry_failed(
 
         def choose_rows() -> PlannedCampaign:
             """The rows that may be re-sent, as attempt 1 planned them, re-planned as this attempt."""
-            rows = _retry_rows(campaign, todo)
+            rows = _retry_rows(campaign, todo, spec)
             return plan_campaign(rows, spec, prov.caps, prov, extra_groups=[pl.col("_retry_group")])
 
         return finish(run_attempt(spec, choose_rows, logger, lock=lock).to_dict())
 
 
-def _retry_rows(campaign: CampaignPaths, todo: pl.DataFrame) -> pl.DataFrame:
-    """The rows to re-send, with their content as attempt 1 planned it (phone, rendered body, variables)."""
+def _retry_rows(campaign: CampaignPaths, todo: pl.DataFrame, spec: CampaignSpec) -> pl.DataFrame:
+    """The rows to re-send, with their content as attempt 1 planned it (phone, rendered body, variables), and
+    the contact policy applied again: a number opted out since is never messaged again."""
     rows = _plan_rows(campaign, 1).join(
         todo.select(
             "row_index",
@@ -123,11 +127,20 @@ def _retry_rows(campaign: CampaignPaths, todo: pl.DataFrame) -> pl.DataFrame:
         _retry_group=pl.when(pl.col("_was") == "unknown").then(pl.col("_b")).otherwise(None),
         **{RESEND_ATTEMPT: pl.when(pl.col("_was") == "accepted").then(pl.col("_attempt")).otherwise(None)},
     ).join(_request_keys(campaign, todo), on="row_index", how="left")
-    return rows.drop([*PLAN_COLUMNS, "_was", "_b", "_attempt"], strict=False).with_columns(
-        status=pl.lit(None, pl.String),
-        error_code=pl.lit(None, pl.String),
-        error_message=pl.lit(None, pl.String),
+    rows = apply_policy(
+        rows.drop([*PLAN_COLUMNS, "_b", "_attempt"], strict=False).with_columns(
+            status=pl.lit(None, pl.String),
+            error_code=pl.lit(None, pl.String),
+            error_message=pl.lit(None, pl.String),
+        ),
+        spec,
     )
+    # An `unknown` row may have been accepted: it is left out rather than recorded `suppressed` ("never sent"),
+    # and stays `unknown` for reconcile. A `failed` row never reached the provider: now it is suppressed.
+    held_unknown = (
+        (pl.col("status") == Status.SUPPRESSED.value) & (pl.col("_was") == Status.UNKNOWN.value)
+    ).fill_null(False)
+    return rows.filter(~held_unknown).drop("_was")
 
 
 def _plan_rows(campaign: CampaignPaths, attempt: int) -> pl.DataFrame:

@@ -27,6 +27,8 @@ CONTENT_FIELDS: tuple[str, ...] = (
     "language",
     "allow_braces",
     "encoding",
+    "suppress",
+    "suppress_query",
 )
 
 TEMPLATE_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -98,6 +100,18 @@ class CampaignSpec(BaseModel):
         "empty source is an error.",
     )
     language: str | None = Field(default=None, title="Language", description="Default language (Postman).")
+    suppress: tuple[str, ...] = Field(
+        default=(),
+        title="Suppression lists",
+        description="Sources with a phone column (paths, s3://, postgresql://, duckdb://) whose numbers are "
+        "not messaged in this campaign: their rows end `suppressed` (opted_out). The results location's "
+        "managed opt-out list applies as well, always.",
+    )
+    suppress_query: str | None = Field(
+        default=None,
+        title="Suppression query",
+        description="SQL for the suppression lists that are postgresql:// or duckdb:// sources.",
+    )
     base_url: str | None = Field(
         default=None, title="Provider base URL", description="Overrides the environment."
     )
@@ -152,6 +166,12 @@ class CampaignSpec(BaseModel):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return v
+
+    @field_validator("suppress")
+    @classmethod
+    def _no_password_in_lists(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        # Recorded like the source (spec.json, Prefect's parameters): the same rule, for the same reason.
+        return tuple(cls._no_password(s) for s in v)
 
     @field_validator("encoding")
     @classmethod

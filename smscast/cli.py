@@ -22,6 +22,7 @@ from smscast.doctor_cli import register as register_doctor
 from smscast.errors import SmscastError
 from smscast.local_server import announce_prefect_api
 from smscast.local_server import register as register_local_server
+from smscast.optout import register as register_optout
 from smscast.preflight import refuse_invalid_spec, require_ready, require_retry_ready
 from smscast.reconcile_cli import register as register_reconcile
 from smscast.results_cli import register as register_results
@@ -106,6 +107,17 @@ def send(
     ] = [],  # noqa: B006
     base_url: BaseUrlOpt = None,
     query: Annotated[str | None, typer.Option(help="SQL for postgresql:// and duckdb:// sources.")] = None,
+    suppress: Annotated[
+        list[str],
+        typer.Option(
+            "--suppress",
+            help="A source with a phone column (path, s3://, postgresql://, duckdb://) whose numbers are not "
+            "messaged: their rows end suppressed (opted_out). Repeat for several.",
+        ),
+    ] = [],  # noqa: B006
+    suppress_query: Annotated[
+        str | None, typer.Option(help="SQL for the --suppress sources that are postgresql:// or duckdb://.")
+    ] = None,
     column: Annotated[
         list[str], typer.Option("--column", help="Map a column: ours=theirs, e.g. phone=msisdn (repeat).")
     ] = [],  # noqa: B006
@@ -165,6 +177,8 @@ def send(
                 source=source,
                 results=results,
                 query=query,
+                suppress=tuple(suppress),
+                suppress_query=suppress_query,
                 sender=sender,
                 body=body,
                 template=template,
@@ -336,6 +350,7 @@ def demo(
 register_watch(app)
 register_results(app)
 register_doctor(app, send)
+register_optout(app)
 app.add_typer(dlr_app, name="dlr")
 register_reconcile(app)
 register_local_server(app)  # also picks the Prefect API before the commands that need one

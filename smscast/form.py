@@ -82,6 +82,17 @@ class Recipients(_Group):
         description="ISO region (GB, SG, …) for numbers written without +. Empty: every number needs its "
         "country code.",
     )
+    suppress: list[str] = Field(
+        default_factory=list,
+        title="Do not message (opt-out lists)",
+        description="Sources with a phone column whose numbers are held back (status suppressed, opted_out), "
+        "besides the results location's managed opt-out list, which always applies.",
+    )
+    suppress_query: str = Field(
+        default="",
+        title="Opt-out SQL query",
+        description="For opt-out lists that are postgresql:// or duckdb:// sources: the SELECT of their phones.",
+    )
 
 
 class Message(_Group):
@@ -250,6 +261,8 @@ class CampaignForm(_Group):
             "source": r.source.strip(),
             "query": r.query.strip() or None,
             "default_country": r.default_country.strip() or None,
+            "suppress": tuple(s.strip() for s in r.suppress if s.strip()),
+            "suppress_query": r.suppress_query.strip() or None,
             "body": m.body if m.body.strip() else None,
             "template": m.template.strip() or None,
             "template_vars": tuple(v.strip() for v in m.template_vars if v.strip()),
@@ -278,7 +291,11 @@ class CampaignForm(_Group):
             campaign_id=s.campaign_id,
             dry_run=s.dry_run,
             recipients=Recipients(
-                source=s.source, query=s.query or "", default_country=s.default_country or ""
+                source=s.source,
+                query=s.query or "",
+                default_country=s.default_country or "",
+                suppress=list(s.suppress),
+                suppress_query=s.suppress_query or "",
             ),
             message=Message(
                 body=s.body or "",

@@ -14,6 +14,7 @@ Every path under a results location is spelled here and nowhere else (`CampaignP
     <results>/campaign=<id>/delivery/part-<time>-<uid>.parquet   delivery facts (smscast/delivery.py)
     <results>/campaign=<id>/settled/part-<time>-<uid>.parquet    send statuses settled by reconciliation
     <results>/_dlr/part-<time>-<uid>.parquet                     delivery reports received, not yet matched
+    <results>/_policy/optout.parquet                             the managed opt-out list (smscast/optout.py)
 
 The results dataset has one row per input row per attempt. Downstream jobs read its columns; add, never rename.
 """
@@ -200,6 +201,11 @@ class AttemptPaths:
 def dlr_inbox(results: str) -> str:
     """Where the delivery-report receiver records what it took, for every campaign under `results`."""
     return f"{results.rstrip('/')}/_dlr"
+
+
+def optout_list(results: str) -> str:
+    """The managed opt-out list every campaign under `results` applies (smscast/optout.py, tasks/policy.py)."""
+    return f"{results.rstrip('/')}/_policy/optout.parquet"
 
 
 def campaign_ids(results: str) -> list[str]:

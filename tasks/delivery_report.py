@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from smscast.delivery import DELIVERY_STATUSES, DeliveryStatus
-from smscast.status import STATUSES, Status
+from smscast.status import COUNTED, Status
 
 TOP = 10
 NO_REPORT = "no_report"  # accepted, and no fact yet: the provider has not said anything
@@ -31,7 +31,7 @@ MAX_BUCKETS = 240
 class DeliveryReport:
     campaign_id: str
     rows: int
-    by_status: dict[str, int]  # send status -> rows (every status, zeros included)
+    by_status: dict[str, int]  # send status -> rows (zeros included; `suppressed` only when present)
     by_delivery: dict[str, int]  # of the accepted rows: delivery status (or NO_REPORT) -> rows
     by_provider: list[dict[str, Any]]  # {provider, accepted, delivered, share}
     by_country: list[dict[str, Any]]  # {calling_code ("+44", or "?"), accepted, delivered, share}
@@ -80,7 +80,7 @@ def delivery_report(view: pl.DataFrame, campaign_id: str | None = None) -> Deliv
     """The figures of a current view (tasks/current.py current_view)."""
     if campaign_id is None:
         campaign_id = str(view["campaign_id"][0]) if view.height else "?"
-    by_status = dict.fromkeys(STATUSES, 0)
+    by_status = dict.fromkeys(COUNTED, 0)
     by_status.update(_counts(view, "status"))
     accepted = view.filter(pl.col("status") == Status.ACCEPTED.value)
     by_delivery = dict.fromkeys((*DELIVERY_STATUSES, NO_REPORT), 0)

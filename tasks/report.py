@@ -25,7 +25,7 @@ import polars as pl
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.events import emit_campaign_finished
-from smscast.status import RETRIABLE, STATUSES
+from smscast.status import COUNTED, NEVER_SENT, RETRIABLE
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -70,7 +70,7 @@ def summarise(
 ) -> CampaignSummary:
     if dry_run:  # nothing was sent: valid rows are "planned", a word the results dataset never uses
         results = results.with_columns(pl.col("status").fill_null("planned"))
-    by_status = {s: 0 for s in (*STATUSES, *(("planned",) if dry_run else ()))}
+    by_status = {s: 0 for s in (*COUNTED, *(("planned",) if dry_run else ()))}
     for status, n in results.group_by("status").len().iter_rows():
         by_status[str(status)] = int(n)
     reasons = (
@@ -79,7 +79,7 @@ def summarise(
         .agg(rows=pl.len())
         .sort("rows", "status", "error_code", descending=[True, False, False])
     )
-    valid = results.filter(pl.col("status") != "invalid")
+    valid = results.filter(~pl.col("status").is_in([s.value for s in NEVER_SENT]))
     accepted = results.filter(pl.col("status") == "accepted")
     return CampaignSummary(
         campaign_id=campaign_id,

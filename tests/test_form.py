@@ -74,6 +74,8 @@ def test_the_form_is_grouped_with_required_fields_marked() -> None:
         ("Source", True),
         ("SQL query", False),
         ("Default country", False),
+        ("Do not message (opt-out lists)", False),
+        ("Opt-out SQL query", False),
     ]
     assert labels(schema, "Message")[0] == ("Message body", False)
     assert labels(schema, "Provider") == [("Provider", True), ("Sender", False)]
@@ -124,6 +126,8 @@ def test_every_spec_field_is_on_the_form_or_deliberately_off_it() -> None:
         template="camp-9",
         template_vars=("name",),
         default_country="GB",
+        suppress=("dnc.csv",),
+        suppress_query="select phone from optouts",
         columns={"phone": "msisdn"},
         encoding="latin-1",
         allow_empty=True,

@@ -53,7 +53,7 @@ def test_an_unknown_bisected_half_is_resent_with_the_key_its_request_carried(tmp
     planned = first_attempt(tmp_path, 8, {"L": ("failed", "http_503"), "R": ("unknown", "read_timeout")})
     todo = current_results(str(tmp_path), "camp")
     retry_spec = CampaignSpec(campaign_id="camp", source="s", results=str(tmp_path), body="hi", attempt=2)
-    rows = _retry_rows(CampaignPaths(str(tmp_path), "camp"), todo)
+    rows = _retry_rows(CampaignPaths(str(tmp_path), "camp"), todo, retry_spec)
     replan = plan_campaign(
         rows, retry_spec, SANDBOX.caps, SANDBOX, extra_groups=[pl.col("_retry_group")]
     ).rows
@@ -77,7 +77,8 @@ def test_a_request_only_partly_unknown_is_not_resent_under_its_key(tmp_path: Pat
     )
     storage.write_parquet(frame, part)
     todo = current_results(str(tmp_path), "camp").filter(pl.col("status") == "unknown")
-    rows = _retry_rows(CampaignPaths(str(tmp_path), "camp"), todo)
+    retry_spec = CampaignSpec(campaign_id="camp", source="s", results=str(tmp_path), body="hi", attempt=2)
+    rows = _retry_rows(CampaignPaths(str(tmp_path), "camp"), todo, retry_spec)
     assert rows["row_index"].to_list() == [4, 5, 6]
     assert rows["_pinned_batch_key"].null_count() == 3
     assert planned.height == 8
