@@ -128,14 +128,16 @@ class Stack:
         return wait_for(f"flow run {run_id} to finish", probe, timeout, self.diagnose)
 
 
-@pytest.fixture(scope="module", name="stack")
-def stack_fixture(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("deployments")
+@contextlib.contextmanager
+def deployed_stack(seaweed: SeaweedS3, tmp: Path, *, ui: bool = False) -> Iterator[Stack]:
+    """A real Prefect server (with its UI when `ui`, without the promotional banner that would be in
+    screenshots), the sandbox, bootstrap's work pool, blocks and deployments, and a worker."""
     seaweed.create_bucket(BUCKET)
+    no_promos = {"PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"} if ui else None
     # Start-up bounds are generous: a new database is migrated first, with the other test worker busy too.
     with (
         SandboxServer(default_key=KEY) as sandbox,
-        PrefectServer(tmp / "server", startup_timeout=240) as server,
+        PrefectServer(tmp / "server", ui=ui, startup_timeout=240, extra_env=no_promos) as server,
     ):
         stack = Stack(server, sandbox, seaweed, tmp, tmp / "worker.log")
         # bootstrap: work pool, blocks (from these credentials), prefect deploy --all of the real file.
@@ -145,7 +147,7 @@ def stack_fixture(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) 
             cwd=ROOT,
             env=boot_env,
             capture_output=True,
-            timeout=180,
+            timeout=240,
         )
         assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
         assert KEY not in done.stdout.decode() + done.stderr.decode()  # bootstrap never prints a secret
@@ -178,3 +180,9 @@ def stack_fixture(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) 
         finally:
             stop_group(worker)
             seaweed.delete_bucket(BUCKET)
+
+
+@pytest.fixture(scope="module", name="stack")
+def stack_fixture(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with deployed_stack(seaweed, tmp_path_factory.mktemp("deployments")) as stack:
+        yield stack

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,18 +24,15 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from fixtures_prefect import BUCKET, KEY, ROOT, Stack, stop_group, wait_for
+from fixtures_prefect import BUCKET, ROOT, Stack, deployed_stack, wait_for
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterParentFlowRunId,
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from smscast.flows.campaign import DRY_RUN
-from smscast.servers.prefect_server import PrefectServer
-from smscast.servers.sandbox import SandboxServer
 from smscast.servers.seaweedfs import SeaweedS3
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -93,54 +88,9 @@ def run_logging(stack: Stack, root: UUID, text: str) -> UUID:
 
 @pytest.fixture(scope="module")
 def ui_stack(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """tests/fixtures_prefect.py's stack, with the UI served (without its promotional banner, which would
-    be in the screenshots): server, bootstrap with the blocks, worker."""
-    tmp = tmp_path_factory.mktemp("ui")
-    seaweed.create_bucket(BUCKET)
-    no_promos = {"PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
-    with (
-        SandboxServer(default_key=KEY) as sandbox,
-        PrefectServer(tmp / "server", ui=True, startup_timeout=240, extra_env=no_promos) as server,
-    ):
-        stack = Stack(server, sandbox, seaweed, tmp, tmp / "worker.log")
-        boot_env = {**stack.env("bootstrap"), **seaweed.env(), "SMSCAST_SANDBOX_API_KEY": KEY}
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "deployments" / "bootstrap.py")],
-            cwd=ROOT,
-            env=boot_env,
-            capture_output=True,
-            timeout=240,
-        )
-        assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
-        worker_env = {
-            **stack.env("worker"),
-            "SMSCAST_SANDBOX_BASE_URL": sandbox.base_url,
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-        }
-        with open(stack.worker_log, "wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "worker", "start", "--pool", "smscast"],
-                cwd=tmp,
-                env=worker_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            with temporary_settings({PREFECT_API_URL: server.api_url}):
-
-                def worker_online() -> bool:
-                    if worker.poll() is not None:
-                        pytest.fail(f"the worker exited with {worker.returncode}\n{stack.diagnose()}")
-                    with stack.client as client:
-                        return bool(client.read_workers_for_work_pool("smscast"))
-
-                wait_for("the worker to come online", worker_online, 180, stack.diagnose)
-                yield stack
-        finally:
-            stop_group(worker)
-            seaweed.delete_bucket(BUCKET)
+    """tests/fixtures_prefect.py's stack, with the UI served: server, bootstrap with the blocks, worker."""
+    with deployed_stack(seaweed, tmp_path_factory.mktemp("ui"), ui=True) as stack:
+        yield stack
 
 
 @pytest.fixture
