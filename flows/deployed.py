@@ -2,7 +2,7 @@
 
 Each loads the S3 credentials block when the environment has none (smscast.s3_block.use_s3_block), derives what
 the way of starting needs (a dated campaign id, a campaign id stable for a file), and runs the campaign,
-retry or reconcile flow as a subflow. A campaign's run is named for it from the start and ends in the state
+retry, release or reconcile flow as a subflow. A campaign's run is named for it from the start and ends in the state
 its outcome calls for (flows/campaign.py: `campaign_run_name`, `finish`: "Dry run", "Completed with
 failures", …). The campaign settings are a CampaignForm (smscast/form.py): CampaignSpec's settings in groups,
 which the UI renders as a form, and which are a dry run unless told otherwise.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +23,7 @@ from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.flows.campaign import campaign_run_name, finish, send_campaign
 from smscast.flows.reconcile import reconcile, reconcile_recent
+from smscast.flows.release import release_held, release_run_name
 from smscast.flows.retry import retry_failed
 from smscast.form import CampaignForm
 from smscast.s3_block import use_s3_block
@@ -116,6 +118,40 @@ def retry_campaign(campaign_id: str, results: str, max_attempts: int = 5) -> dic
     """Re-send a finished campaign's failed rows (started by its `smscast.campaign.finished` event)."""
     use_s3_block()
     return retry_failed(campaign_id=campaign_id, results=results, max_attempts=max_attempts)
+
+
+# A scheduled release started early waits at most this long for its time (longer: a run started by hand).
+EARLY_START_WAIT = 300.0
+
+
+@flow(name="release-campaign", flow_run_name=release_run_name)
+def release_campaign(
+    campaign_id: str, results: str, provider: str | None = None, max_cost: float | None = None
+) -> dict[str, Any]:
+    """Send a campaign's held rows (quiet hours) whose window is open; the others stay held, and a release is
+    scheduled for them. The campaign schedules these runs itself when it holds rows (flows/release.py).
+
+    Args:
+        campaign_id: The campaign whose held rows to send.
+        results: Where it was sent.
+        provider: Another provider than the campaign's (empty: the campaign's).
+        max_cost: The spend cap for this attempt (empty: the campaign's); it needs the campaign's price list.
+    """
+    use_s3_block()
+    _wait_for_scheduled_time()
+    return release_held(campaign_id=campaign_id, results=results, provider=provider, max_cost=max_cost)
+
+
+def _wait_for_scheduled_time() -> None:
+    """Prefect lets a scheduled run start up to half a second before its time (it rounds the wait to whole
+    seconds), and a worker's clock may lag the server's: the rows it is for would not be due yet."""
+    from prefect.runtime import flow_run
+
+    when = flow_run.scheduled_start_time
+    if when is not None:
+        early = (when - datetime.now(UTC)).total_seconds()
+        if 0 < early <= EARLY_START_WAIT:
+            time.sleep(early)
 
 
 @flow(name="reconcile")

@@ -8,6 +8,9 @@ too, as new messages: with a key of this attempt (tasks/plan.py RESEND_ATTEMPT),
 the old key for the message it already has. It takes the campaign's lock, so it never runs beside the campaign
 or another retry of it.
 
+`choose_rows` (the rows to send again, with attempt 1's content and the contact policy applied anew) is shared
+with the release flow (flows/release.py), which sends `held` rows the same way.
+
 Its run is named `<campaign id> · retry` until it knows its attempt, then `<campaign id> · attempt <n>`, and
 it ends in a state named like the campaign flow's (flows/campaign.py `campaign_state`).
 """
@@ -16,25 +19,28 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger
+from pydantic import ValidationError
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
 from smscast.flows.campaign import campaign_run_name, finish, run_name
 from smscast.lock import CampaignLock
+from smscast.providers.base import Provider
 from smscast.providers.registry import make_provider
 from smscast.results import CampaignPaths
-from smscast.status import Status
+from smscast.status import POLICY, Status
 from smscast.tasks.current import current_results, current_view, resendable
-from smscast.tasks.dispatch import run_attempt
+from smscast.tasks.dispatch import Logger, run_attempt
 from smscast.tasks.manifest import load_spec, unfinished_attempt
 from smscast.tasks.plan import PINNED_KEY, RESEND_ATTEMPT, PlannedCampaign, plan_campaign
 from smscast.tasks.policy import apply_policy
-from smscast.tasks.report import name_runs, tell
+from smscast.tasks.report import CampaignSummary, name_runs, tell
 from smscast.tasks.send import shard_runner
 
 PLAN_COLUMNS = ("shard", "batch_seq", "batch_id", "batch_key", "status", "error_code", "error_message")
@@ -50,29 +56,20 @@ def retry_failed(
     delay_seconds: float = 0.0,
     include_undelivered: bool = False,
     undelivered_codes: list[str] | None = None,
+    max_cost: float | None = None,
 ) -> dict[str, Any]:
+    """`max_cost` replaces the campaign's spend cap for this run (it needs the campaign's price list)."""
     logger = get_run_logger()
     name_runs(run_name(campaign_id, None), logger)
     campaign = CampaignPaths(results, campaign_id)
-    original = load_spec(campaign)
-    if original is None:
-        raise ConfigError(
-            f"campaign {campaign_id!r} has no recorded parameters under {results}; was it sent there?"
-        )
+    spec = run_spec(recorded_spec(campaign), provider=provider, base_url=base_url, max_cost=max_cost)
     if delay_seconds > 0:
         logger.info("waiting %.0f s before retrying campaign %s", delay_seconds, campaign_id)
         time.sleep(delay_seconds)
-    overrides = {k: v for k, v in {"provider": provider, "base_url": base_url}.items() if v}
     with CampaignLock(results, campaign_id, logger=logger) as lock:
-        pending = unfinished_attempt(campaign)
-        if pending is not None:
-            # An interrupted attempt is finished first, from its own plan and journal: planning a new one
-            # beside it would re-send what it had already sent.
-            spec = original.model_copy(update={**overrides, "attempt": pending, "dry_run": False})
-            name_runs(run_name(campaign_id, pending), logger)
-            logger.info("campaign %s: resuming interrupted attempt %d", campaign_id, pending)
-            return finish(run_attempt(spec, None, logger, lock=lock).to_dict())
-        spec = original.model_copy(update={**overrides, "dry_run": False})
+        resumed = resume_unfinished(spec, logger, lock)
+        if resumed is not None:
+            return finish(resumed.to_dict())
         prov = make_provider(spec.provider, base_url=spec.base_url)
         codes = frozenset(undelivered_codes or prov.caps.resend_fixes) if include_undelivered else frozenset()
         if include_undelivered and not codes:
@@ -102,17 +99,74 @@ def retry_failed(
         name_runs(run_name(campaign_id, last + 1), logger)
 
         def choose_rows() -> PlannedCampaign:
-            """The rows that may be re-sent, as attempt 1 planned them, re-planned as this attempt."""
-            rows = _retry_rows(campaign, todo, spec)
-            return plan_campaign(rows, spec, prov.caps, prov, extra_groups=[pl.col("_retry_group")])
+            return replan(campaign, todo, spec, prov)
 
         return finish(run_attempt(spec, choose_rows, logger, lock=lock).to_dict())
 
 
-def _retry_rows(campaign: CampaignPaths, todo: pl.DataFrame, spec: CampaignSpec) -> pl.DataFrame:
-    """The rows to re-send, with their content as attempt 1 planned it (phone, rendered body, variables), and
-    the contact policy applied again: a number opted out since is never messaged again."""
-    rows = _plan_rows(campaign, 1).join(
+def recorded_spec(campaign: CampaignPaths) -> CampaignSpec:
+    """The campaign's recorded parameters; ConfigError when it was never sent under these results."""
+    original = load_spec(campaign)
+    if original is None:
+        raise ConfigError(
+            f"campaign {campaign.campaign_id!r} has no recorded parameters under {campaign.results}; was it "
+            "sent there?"
+        )
+    return original
+
+
+def run_spec(
+    original: CampaignSpec,
+    *,
+    provider: str | None,
+    base_url: str | None,
+    max_cost: float | None,
+) -> CampaignSpec:
+    """The recorded campaign with this run's overrides, validated (a spend cap needs the campaign's price
+    list, and must be positive): ConfigError saying why otherwise."""
+    update: dict[str, Any] = {
+        k: v for k, v in {"provider": provider, "base_url": base_url, "max_cost": max_cost}.items() if v
+    }
+    update["dry_run"] = False
+    try:
+        return CampaignSpec.model_validate({**original.model_dump(), **update})
+    except ValidationError as exc:
+        reasons = "; ".join(str(e.get("msg", e)) for e in exc.errors())
+        raise ConfigError(f"campaign {original.campaign_id!r}: {reasons}") from None
+
+
+def resume_unfinished(spec: CampaignSpec, logger: Logger, lock: CampaignLock) -> CampaignSummary | None:
+    """Finish an interrupted attempt first, from its own plan and journal: planning a new one beside it would
+    re-send what it had already sent. Its summary, or None when no attempt was left unfinished."""
+    pending = unfinished_attempt(CampaignPaths.of(spec))
+    if pending is None:
+        return None
+    name_runs(run_name(spec.campaign_id, pending), logger)
+    logger.info("campaign %s: resuming interrupted attempt %d", spec.campaign_id, pending)
+    return run_attempt(spec.model_copy(update={"attempt": pending}), None, logger, lock=lock)
+
+
+def replan(
+    campaign: CampaignPaths,
+    todo: pl.DataFrame,
+    spec: CampaignSpec,
+    provider: Provider,
+    now: datetime | None = None,
+) -> PlannedCampaign:
+    """The rows `todo` names, as attempt 1 planned them, re-planned as attempt `spec.attempt` with the contact
+    policy applied at `now` (the real time unless given)."""
+    rows = _retry_rows(campaign, todo, spec, now=now)
+    return plan_campaign(rows, spec, provider.caps, provider, extra_groups=[pl.col("_retry_group")])
+
+
+def _retry_rows(
+    campaign: CampaignPaths, todo: pl.DataFrame, spec: CampaignSpec, *, now: datetime | None = None
+) -> pl.DataFrame:
+    """The rows to send again (`todo`: current results), with their content as attempt 1 planned it (phone,
+    rendered body, variables) and the contact policy applied again at `now`: a number opted out since is never
+    messaged, one inside its quiet hours is held again (with a new `release_at`). A row attempt 1 held is in
+    its plan's unsent rows, not its shards; a row re-held by a later attempt still has attempt 1's content."""
+    rows = _plan_rows(campaign, 1, unsent=True).join(
         todo.select(
             "row_index",
             pl.col("status").alias("_was"),
@@ -128,24 +182,30 @@ def _retry_rows(campaign: CampaignPaths, todo: pl.DataFrame, spec: CampaignSpec)
         **{RESEND_ATTEMPT: pl.when(pl.col("_was") == "accepted").then(pl.col("_attempt")).otherwise(None)},
     ).join(_request_keys(campaign, todo), on="row_index", how="left")
     rows = apply_policy(
-        rows.drop([*PLAN_COLUMNS, "_b", "_attempt"], strict=False).with_columns(
+        rows.drop([*PLAN_COLUMNS, "release_at", "_b", "_attempt"], strict=False).with_columns(
             status=pl.lit(None, pl.String),
             error_code=pl.lit(None, pl.String),
             error_message=pl.lit(None, pl.String),
         ),
         spec,
+        now=now,
     )
-    # An `unknown` row may have been accepted: it is left out rather than recorded `suppressed` ("never sent"),
-    # and stays `unknown` for reconcile. A `failed` row never reached the provider: now it is suppressed.
+    # An `unknown` row may have been accepted: it is left out rather than recorded `suppressed` or `held`
+    # ("not sent"), and stays `unknown` for reconcile. A `failed` or `held` row never reached the provider: now
+    # it is suppressed, or held (again).
     held_unknown = (
-        (pl.col("status") == Status.SUPPRESSED.value) & (pl.col("_was") == Status.UNKNOWN.value)
+        pl.col("status").is_in([s.value for s in POLICY]) & (pl.col("_was") == Status.UNKNOWN.value)
     ).fill_null(False)
     return rows.filter(~held_unknown).drop("_was")
 
 
-def _plan_rows(campaign: CampaignPaths, attempt: int) -> pl.DataFrame:
-    shards = campaign.attempt(attempt).plan_shards()
-    return pl.concat([storage.read_parquet(f) for f in shards], how="diagonal_relaxed")
+def _plan_rows(campaign: CampaignPaths, attempt: int, *, unsent: bool = False) -> pl.DataFrame:
+    """An attempt's planned rows: those it was to send, and with `unsent` those it was not (held among them)."""
+    paths = campaign.attempt(attempt)
+    files = paths.plan_shards()
+    if unsent and storage.exists(paths.plan_unsent):
+        files.append(paths.plan_unsent)
+    return pl.concat([storage.read_parquet(f) for f in files], how="diagonal_relaxed")
 
 
 def _request_keys(campaign: CampaignPaths, todo: pl.DataFrame) -> pl.DataFrame:

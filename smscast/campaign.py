@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from smscast.providers.names import PROVIDER_NAMES, ProviderName
 
-__all__ = ["CONTENT_FIELDS", "PROVIDER_NAMES", "TEMPLATE_VAR", "CampaignSpec", "ProviderName"]
+__all__ = [
+    "CONTENT_FIELDS",
+    "PROVIDER_NAMES",
+    "QUIET_HOURS",
+    "TEMPLATE_VAR",
+    "CampaignSpec",
+    "ProviderName",
+    "duration_seconds",
+]
 
 # The fields that decide who is messaged and with what. A re-run of a campaign id must agree with the recorded
 # campaign on all of them; the others (endpoint, rate, concurrency, timeouts, batch sizes, dry run, attempt) are
@@ -29,9 +37,25 @@ CONTENT_FIELDS: tuple[str, ...] = (
     "encoding",
     "suppress",
     "suppress_query",
+    "max_per_recipient",
+    "per_window",
+    "quiet_hours",
+    "allow_countries",
+    "block_countries",
 )
 
 TEMPLATE_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+QUIET_HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration_seconds(text: str) -> float:
+    """`90m`, `24h`, `7d`, `2w`, `30s` in seconds; ValueError naming the accepted forms otherwise."""
+    match = _DURATION.match(text.strip().lower())
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a duration: use a number and a unit, as in 90m, 24h, 7d or 2w")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 class CampaignSpec(BaseModel):
@@ -111,6 +135,49 @@ class CampaignSpec(BaseModel):
         default=None,
         title="Suppression query",
         description="SQL for the suppression lists that are postgresql:// or duckdb:// sources.",
+    )
+    max_per_recipient: int | None = Field(
+        default=None,
+        ge=1,
+        title="Messages per recipient",
+        description="At most this many messages accepted to one number within --per-window, counting every "
+        "campaign under the same results location (running ones too). Rows over it end suppressed "
+        "(frequency_cap).",
+    )
+    per_window: str | None = Field(
+        default=None,
+        title="Frequency window",
+        description="The window of the per-recipient cap: 90m, 24h, 7d, 2w.",
+    )
+    quiet_hours: str | None = Field(
+        default=None,
+        title="Quiet hours",
+        description="HH:MM-HH:MM in the recipient's local time (e.g. 21:00-08:00): rows inside it end held "
+        "(quiet_hours) and a release sends them when it ends. The zone comes from a `timezone` column (IANA "
+        "name), else from the number.",
+    )
+    allow_countries: tuple[str, ...] = Field(
+        default=(),
+        title="Allowed countries",
+        description="ISO codes (GB, IE): numbers of any other country end suppressed (country_blocked).",
+    )
+    block_countries: tuple[str, ...] = Field(
+        default=(),
+        title="Blocked countries",
+        description="ISO codes whose numbers end suppressed (country_blocked).",
+    )
+    prices: str | None = Field(
+        default=None,
+        title="Price list",
+        description="CSV or Parquet (provider, country or calling_code, price_per_segment, currency): the "
+        "dry run and the summary show the estimated cost.",
+    )
+    max_cost: float | None = Field(
+        default=None,
+        gt=0,
+        title="Spend cap",
+        description="The campaign does not start if its estimated cost (from --prices) exceeds it, and stops "
+        "before it would: rows it did not send end failed (over_budget).",
     )
     base_url: str | None = Field(
         default=None, title="Provider base URL", description="Overrides the environment."
@@ -195,6 +262,45 @@ class CampaignSpec(BaseModel):
     @classmethod
     def _upper(cls, v: str | None) -> str | None:
         return v.upper() if v else v
+
+    @field_validator("allow_countries", "block_countries")
+    @classmethod
+    def _regions(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        import phonenumbers
+
+        codes = tuple(dict.fromkeys(c.strip().upper() for c in v if c.strip()))
+        unknown = [c for c in codes if c not in phonenumbers.SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(
+                f"not ISO region codes with phone numbers: {', '.join(unknown)} (use GB, IE, US, …)"
+            )
+        return codes
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        text = v.replace(" ", "")
+        match = QUIET_HOURS.match(text)
+        if match is None or match.group(1, 2) == match.group(3, 4):
+            raise ValueError(f"quiet hours {v!r}: use HH:MM-HH:MM with two different times, e.g. 21:00-08:00")
+        return text
+
+    @field_validator("per_window")
+    @classmethod
+    def _window(cls, v: str | None) -> str | None:
+        if v is not None:
+            duration_seconds(v)
+        return v
+
+    @model_validator(mode="after")
+    def _cap_has_window(self) -> CampaignSpec:
+        if (self.max_per_recipient is None) != (self.per_window is None):
+            raise ValueError("--max-per-recipient and --per-window go together (e.g. 1 --per-window 24h)")
+        if self.max_cost is not None and self.prices is None:
+            raise ValueError("--max-cost needs --prices: the cost is estimated from the price list")
+        return self
 
     def content_differences(self, recorded: CampaignSpec) -> list[str]:
         """The content fields (CONTENT_FIELDS) in which this spec differs from `recorded`."""

@@ -23,8 +23,21 @@ from smscast.errors import SmscastError
 from smscast.local_server import announce_prefect_api
 from smscast.local_server import register as register_local_server
 from smscast.optout import register as register_optout
+from smscast.policy_options import (
+    AllowCountriesOpt,
+    BlockCountriesOpt,
+    MaxCostOpt,
+    MaxPerRecipientOpt,
+    PerWindowOpt,
+    PricesOpt,
+    QuietHoursOpt,
+    SuppressOpt,
+    SuppressQueryOpt,
+    policy_fields,
+)
 from smscast.preflight import refuse_invalid_spec, require_ready, require_retry_ready
 from smscast.reconcile_cli import register as register_reconcile
+from smscast.release_cli import register as register_release
 from smscast.results_cli import register as register_results
 from smscast.sources.credentials import take_password_for_this_process
 from smscast.watch import register as register_watch
@@ -107,17 +120,6 @@ def send(
     ] = [],  # noqa: B006
     base_url: BaseUrlOpt = None,
     query: Annotated[str | None, typer.Option(help="SQL for postgresql:// and duckdb:// sources.")] = None,
-    suppress: Annotated[
-        list[str],
-        typer.Option(
-            "--suppress",
-            help="A source with a phone column (path, s3://, postgresql://, duckdb://) whose numbers are not "
-            "messaged: their rows end suppressed (opted_out). Repeat for several.",
-        ),
-    ] = [],  # noqa: B006
-    suppress_query: Annotated[
-        str | None, typer.Option(help="SQL for the --suppress sources that are postgresql:// or duckdb://.")
-    ] = None,
     column: Annotated[
         list[str], typer.Option("--column", help="Map a column: ours=theirs, e.g. phone=msisdn (repeat).")
     ] = [],  # noqa: B006
@@ -161,6 +163,15 @@ def send(
             help="If another live run is sending this campaign, wait for it instead of failing.",
         ),
     ] = False,
+    suppress: SuppressOpt = [],  # noqa: B006
+    suppress_query: SuppressQueryOpt = None,
+    max_per_recipient: MaxPerRecipientOpt = None,
+    per_window: PerWindowOpt = None,
+    quiet_hours: QuietHoursOpt = None,
+    allow_countries: AllowCountriesOpt = None,
+    block_countries: BlockCountriesOpt = None,
+    prices: PricesOpt = None,
+    max_cost: MaxCostOpt = None,
     # `smscast doctor` is this command with check_only (smscast/doctor_cli.py): one declaration of the options.
     check_only: Annotated[bool, typer.Option("--check-only", hidden=True)] = False,
 ) -> None:
@@ -177,8 +188,6 @@ def send(
                 source=source,
                 results=results,
                 query=query,
-                suppress=tuple(suppress),
-                suppress_query=suppress_query,
                 sender=sender,
                 body=body,
                 template=template,
@@ -195,6 +204,17 @@ def send(
                 allow_braces=allow_braces,
                 encoding=encoding,
                 allow_empty=allow_empty,
+                **policy_fields(
+                    suppress=suppress,
+                    suppress_query=suppress_query,
+                    max_per_recipient=max_per_recipient,
+                    per_window=per_window,
+                    quiet_hours=quiet_hours,
+                    allow_countries=allow_countries,
+                    block_countries=block_countries,
+                    prices=prices,
+                    max_cost=max_cost,
+                ),
             )
         )
     except ValidationError as exc:  # one line per parameter, in words; exit 2
@@ -244,6 +264,12 @@ def retry(
         list[str] | None,
         typer.Option(help="With --include-undelivered: a delivery error code to re-send (repeat)."),
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            help="A new spend cap for the campaign (needs its --prices): over_budget rows go if it allows."
+        ),
+    ] = None,
 ) -> None:
     """Re-send a campaign's failed rows (and unknown ones where the provider's idempotency makes it safe)
     with the same idempotency keys, as the next attempt."""
@@ -264,6 +290,7 @@ def retry(
             delay_seconds=delay,
             include_undelivered=include_undelivered,
             undelivered_codes=undelivered_code or None,
+            max_cost=max_cost,
         )
     except SmscastError as exc:
         _fail(str(exc))
@@ -353,6 +380,7 @@ register_doctor(app, send)
 register_optout(app)
 app.add_typer(dlr_app, name="dlr")
 register_reconcile(app)
+register_release(app)
 register_local_server(app)  # also picks the Prefect API before the commands that need one
 
 if __name__ == "__main__":

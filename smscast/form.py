@@ -29,7 +29,16 @@ from pydantic_core import PydanticCustomError
 
 from smscast.campaign import CampaignSpec, ProviderName
 
-__all__ = ["OFF_FORM", "Advanced", "CampaignForm", "Limits", "Message", "Provider", "Recipients"]
+__all__ = [
+    "OFF_FORM",
+    "Advanced",
+    "CampaignForm",
+    "Limits",
+    "Message",
+    "Policy",
+    "Provider",
+    "Recipients",
+]
 
 # CampaignSpec's fields that the form leaves to their defaults (tests/test_form.py: every other field is on it).
 OFF_FORM: tuple[str, ...] = ("base_url", "shard_batches", "attempt")
@@ -200,6 +209,40 @@ class Advanced(_Group):
     )
 
 
+_QUIET = "HH:MM-HH:MM in each recipient's local time (21:00-08:00): their rows wait (held) until it ends."
+_PRICES = (
+    "CSV or Parquet (provider, country or calling_code, price_per_segment, currency): the estimated cost."
+)
+
+
+class Policy(_Group):
+    """Who may be messaged, when, and at what cost. Empty: only the results location's opt-out list applies."""
+
+    max_per_recipient: int | None = Field(
+        default=None,
+        ge=1,
+        title="Messages per recipient",
+        description="At most this many messages accepted to one number within the window below, counting "
+        "every campaign under the same results location. Empty: no cap.",
+        json_schema_extra=_number_or_empty,
+    )
+    per_window: str = Field(default="", title="Frequency window", description="Of the cap: 90m, 24h, 7d, 2w.")
+    quiet_hours: str = Field(default="", title="Quiet hours", description=_QUIET)
+    allow_countries: list[str] = Field(
+        default=[], title="Only these countries", description="ISO codes (GB)."
+    )
+    block_countries: list[str] = Field(default=[], title="Never these countries", description="ISO codes.")
+    prices: str = Field(default="", title="Price list", description=_PRICES)
+    max_cost: float | None = Field(
+        default=None,
+        gt=0,
+        title="Spend cap",
+        description="Needs a price list. A campaign estimated above it does not start; one that would pass it "
+        "stops (over_budget).",
+        json_schema_extra=_number_or_empty,
+    )
+
+
 # Where each CampaignSpec field is on the form, for messages about it.
 _WHERE: dict[str, str] = {
     "campaign_id": "Campaign id",
@@ -210,6 +253,7 @@ _WHERE: dict[str, str] = {
     "sender": "Provider › Sender",
     **{f: f"Limits › {Limits.model_fields[f].title}" for f in Limits.model_fields},
     **{f: f"Advanced › {Advanced.model_fields[f].title}" for f in Advanced.model_fields},
+    **{f: f"Contact policy › {Policy.model_fields[f].title}" for f in Policy.model_fields},
 }
 
 
@@ -234,6 +278,7 @@ class CampaignForm(_Group):
     message: Message = Field(default_factory=Message, title="Message", description=Message.__doc__)
     provider: Provider = Field(title="Provider", description=Provider.__doc__)
     limits: Limits = Field(default_factory=Limits, title="Limits", description=Limits.__doc__)
+    policy: Policy = Field(default_factory=Policy, title="Contact policy", description=Policy.__doc__)
     advanced: Advanced = Field(title="Advanced", description=Advanced.__doc__)
 
     @field_validator("campaign_id")
@@ -275,6 +320,7 @@ class CampaignForm(_Group):
             "encoding": adv.encoding.strip() or "utf-8",
             "allow_empty": adv.allow_empty,
             "allow_braces": adv.allow_braces,
+            **_policy_values(self.policy),
         }
         try:
             return CampaignSpec.model_validate(values)
@@ -317,7 +363,28 @@ class CampaignForm(_Group):
                 allow_empty=s.allow_empty,
                 allow_braces=s.allow_braces,
             ),
+            policy=Policy(
+                max_per_recipient=s.max_per_recipient,
+                per_window=s.per_window or "",
+                quiet_hours=s.quiet_hours or "",
+                allow_countries=list(s.allow_countries),
+                block_countries=list(s.block_countries),
+                prices=s.prices or "",
+                max_cost=s.max_cost,
+            ),
         )
+
+
+def _policy_values(p: Policy) -> dict[str, Any]:
+    return {
+        "max_per_recipient": p.max_per_recipient,
+        "per_window": p.per_window.strip() or None,
+        "quiet_hours": p.quiet_hours.strip() or None,
+        "allow_countries": tuple(p.allow_countries),
+        "block_countries": tuple(p.block_countries),
+        "prices": p.prices.strip() or None,
+        "max_cost": p.max_cost,
+    }
 
 
 def _in_form_words(exc: ValidationError) -> list[str]:

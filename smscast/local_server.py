@@ -53,10 +53,10 @@ __all__ = [
 ]
 
 # The commands that run flows or talk to the Prefect API; the others (sandbox, server, help) need no API.
-PREFECT_COMMANDS = frozenset({"send", "retry", "demo", "watch"})
+PREFECT_COMMANDS = frozenset({"send", "retry", "release", "demo", "watch"})
 # Commands that check their campaign first (smscast/preflight.py) and may stop before any flow: they say which
 # server they use only when a flow is about to start (`announce_prefect_api`), never above a list of mistakes.
-CHECKED_FIRST = frozenset({"send", "retry"})
+CHECKED_FIRST = frozenset({"send", "retry", "release"})
 _notice = io.StringIO()
 # Seconds Prefect may take to start its temporary server (its default, 20, is what failed). Measured on 2
 # busy cores: a cold start 40-50 s, four cold starts at once about 2 min. Prefect counts only its polling

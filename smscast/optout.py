@@ -29,7 +29,7 @@ from smscast.phone import is_e164, normalise
 from smscast.results import optout_list
 from smscast.sources.credentials import take_password_for_this_process
 from smscast.tasks.load import source_label
-from smscast.tasks.policy import list_phones, read_optouts
+from smscast.tasks.suppression import list_phones, read_optouts
 
 __all__ = ["add_phones", "change_list", "import_phones", "optout_app", "register", "remove_phones"]
 

@@ -110,6 +110,13 @@ def is_number(phone: pl.Expr) -> pl.Expr:
     return phone.str.contains(NUMBER_PATTERN).fill_null(False)
 
 
+def number_key(phone: pl.Expr) -> pl.Expr:
+    """An E.164 number's digits as an unsigned integer (≤ 15 digits fit in 64 bits): set lookups on it are
+    several times faster than on the text, which matters for million-number lists. Only for values already
+    known to be E.164 (`is_e164`): "+44…" and "44…" get the same key, and text that is not digits gets null."""
+    return phone.str.strip_prefix("+").cast(pl.UInt64, strict=False)
+
+
 def is_e164(phone: pl.Expr) -> pl.Expr:
     return phone.str.contains(E164_PATTERN).fill_null(False)
 

@@ -109,6 +109,13 @@ def run_preflight(
         from smscast.preflight_source import check_source as source_checks
 
         source_checks(spec, found)
+        from smscast.tasks.suppression import list_spec
+
+        for src in spec.suppress:  # each opt-out list is read as a source: the same checks, named as a list
+            of_list = Findings()
+            source_checks(list_spec(src, query=spec.suppress_query, encoding=spec.encoding), of_list)
+            for p in of_list.problems:
+                found.add("suppress", "--suppress list: " + p.what.replace("recipients ", ""), p.fix)
     if check_results:
         from smscast.preflight_env import check_results as results_checks
 

@@ -46,6 +46,8 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "encoding": pl.String(),
     "segments": pl.Int32(),
     "submitted_at": pl.Datetime("us", "UTC"),
+    "country": pl.String(),  # ISO region of the number (libphonenumber's), null when it has none
+    "release_at": pl.Datetime("us", "UTC"),  # `held` rows: when the contact policy lets them go
 }
 
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA)

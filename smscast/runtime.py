@@ -3,7 +3,8 @@
 * `Stop`, the stop signal: set once (a campaign-stopping refusal, a lost lock), checked before every request;
 * `Progress`: a throttled log line on the terminal and a Prefect progress artifact, both at most every
   `every` seconds so that reporting never slows sending;
-* `Runtime`, the two together, registered under a key (`register`/`lookup`/`unregister`): a Prefect task
+* `Budget`: the spend cap's running account (smscast/pricing.py), reserved before every request;
+* `Runtime`, the three together, registered under a key (`register`/`lookup`/`unregister`): a Prefect task
   takes only serialisable parameters, so the shard tasks get the key and look their run's runtime up.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 
 class Progress:
@@ -88,12 +89,89 @@ class Stop:
         return self._event.is_set()
 
 
-class Runtime:
-    """What the shard threads of one run share: the stop signal and the progress."""
+class Budget:
+    """The spend cap's running account, in integer units (smscast/pricing.py SCALE), shared by every shard
+    thread and every batch in their event loops: a batch reserves its cost before its request is posted and
+    gets back only the cost of rows the provider certainly did not take. The first batch that does not fit
+    exhausts it: the campaign stops sending there, rather than picking smaller batches that still fit."""
 
-    def __init__(self, progress: Progress, stop: Stop | None = None) -> None:
+    def __init__(self, limit: int, spent: int = 0) -> None:
+        self.limit = limit
+        self._spent = spent
+        self._refused = False
+        self._lock = threading.Lock()
+
+    @property
+    def spent(self) -> int:
+        """Committed so far: what was spent before this run, plus every reservation not refunded."""
+        with self._lock:
+            return self._spent
+
+    @property
+    def exhausted(self) -> bool:
+        with self._lock:
+            return self._refused
+
+    def reserve(self, amount: int) -> bool:
+        with self._lock:
+            if self._refused or self._spent + amount > self.limit:
+                self._refused = True
+                return False
+            self._spent += amount
+            return True
+
+    def refund(self, amount: int) -> None:
+        with self._lock:
+            self._spent -= amount
+
+
+class Reservation:
+    """One request's hold on the budget: `take` before posting it (once: a request retried with the same keys
+    is charged once), `keep` once it may have been accepted (never refunded then), `settle` with its rows'
+    outcomes to give back the cost of rows the provider certainly did not take."""
+
+    def __init__(self, budget: Budget, costs: Mapping[int, int], kept: frozenset[int] = frozenset()) -> None:
+        self._budget = budget
+        self._costs = costs  # row_index -> units
+        self._kept_rows = kept  # rows whose cost stays spent whatever this request makes of them
+        self._held = 0
+        self._taken = False
+        self._kept = False
+
+    def take(self) -> bool:
+        if self._taken:
+            return True
+        amount = sum(self._costs.values())
+        if not self._budget.reserve(amount):
+            return False
+        self._held, self._taken = amount, True
+        return True
+
+    def keep(self) -> None:
+        self._kept = True
+
+    def refund_all(self) -> None:
+        """The request was refused whole: its parts reserve for themselves when they are posted."""
+        if not self._kept:
+            self._budget.refund(self._held)
+            self._held = 0
+
+    def settle(self, rows: Iterable[tuple[int, bool]]) -> None:
+        """`rows`: (row_index, may have been accepted) for each row the request carried."""
+        if self._kept or not self._held:
+            return
+        back = sum(self._costs.get(i, 0) for i, spent in rows if not spent and i not in self._kept_rows)
+        self._budget.refund(back)
+        self._held -= back
+
+
+class Runtime:
+    """What the shard threads of one run share: the stop signal, the progress and the spend cap's budget."""
+
+    def __init__(self, progress: Progress, stop: Stop | None = None, budget: Budget | None = None) -> None:
         self.stop = stop or Stop()
         self.progress = progress
+        self.budget = budget
 
 
 _RUNTIMES: dict[str, Runtime] = {}

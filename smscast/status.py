@@ -21,7 +21,10 @@ from enum import StrEnum
 class Status(StrEnum):
     ACCEPTED = "accepted"  # the provider took the message (sync id or async job reference)
     INVALID = "invalid"  # failed our validation; never sent
-    SUPPRESSED = "suppressed"  # contact policy forbids messaging it in this campaign (opted out); never sent
+    SUPPRESSED = (
+        "suppressed"  # contact policy forbids messaging it in this campaign; never sent, never retried
+    )
+    HELD = "held"  # contact policy allows it, but not now (quiet hours): a release sends it at `release_at`
     REJECTED = "rejected"  # the provider refused it for good; re-sending will not help
     FAILED = "failed"  # transient failure, never accepted: safe to re-send
     UNKNOWN = "unknown"  # sent, outcome not known: reconcile, never blindly re-send
@@ -29,12 +32,18 @@ class Status(StrEnum):
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 
-# Statuses every summary counts even at zero. SUPPRESSED shows only where a contact policy held rows back, so
+# The statuses a contact policy gives (tasks/policy.py). Summaries show them only where a policy applied, so
 # that the summaries and `smscast.campaign.finished` events of campaigns without one keep their shape.
-COUNTED: tuple[str, ...] = tuple(s for s in STATUSES if s != Status.SUPPRESSED)
+POLICY: frozenset[Status] = frozenset({Status.SUPPRESSED, Status.HELD})
+
+# Statuses every summary counts even at zero.
+COUNTED: tuple[str, ...] = tuple(s for s in STATUSES if s not in POLICY)
 
 # Statuses no attempt ever sends or re-sends: smscast itself decided the row is not to be messaged.
 NEVER_SENT: frozenset[Status] = frozenset({Status.INVALID, Status.SUPPRESSED})
+
+# Statuses this attempt did not send: the ones above, and HELD, which a later release attempt sends.
+NOT_SENT: frozenset[Status] = NEVER_SENT | {Status.HELD}
 
 # Statuses the retry flow may re-send. UNKNOWN is retriable only for providers whose idempotency
 # makes a re-send harmless; that decision lives with the provider's capabilities, not here.

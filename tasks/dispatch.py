@@ -5,6 +5,10 @@ rows (the campaign flow loads, validates and plans its source; the retry flow re
 An attempt already complete is reported, never re-sent; one with a recorded plan is resumed from it. While
 it sends, `ProgressBoard` shows how far it got; once it is done, `next_steps` says what becomes of the rows
 that are not settled (a scheduled retry, or the command to run).
+
+With a price list, the planned rows carry their `cost`, and the summary the estimate; with a spend cap, an
+attempt whose estimate (with what the campaign committed before) exceeds it does not start, and one that
+runs reserves each request's cost from a shared budget before posting it (smscast/pricing.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
+import polars as pl
 from prefect import unmapped
 from prefect.futures import as_completed
 
@@ -22,6 +28,7 @@ from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.errors import CampaignStopError
 from smscast.lock import CampaignLock, CampaignLockedError
+from smscast.pricing import COST_KEPT, estimate_for, load_prices, money, units, with_costs
 from smscast.results import AttemptPaths
 from smscast.status import STATUSES
 from smscast.tasks.manifest import Manifest, read_manifest, save_spec
@@ -37,7 +44,7 @@ from smscast.tasks.report import (
     tell,
     update_artifacts,
 )
-from smscast.tasks.send import ShardReport, send_shard
+from smscast.tasks.send import Commitments, ShardReport, resume_budget, send_shard, start_budget
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -59,49 +66,75 @@ def run_attempt(
     recorded plan (None: the attempt may only be resumed). `seconds` collects the stages' wall times."""
     seconds = {} if seconds is None else seconds
     paths = AttemptPaths.of(spec)
+    table = load_prices(spec.prices) if spec.prices else None  # a bad price list stops it before any work
     if storage.exists(paths.done):
         logger.info(
             "campaign %s attempt %d is already complete; nothing to send", spec.campaign_id, spec.attempt
         )
-        summary = report(storage.read_parquet(paths.dir), spec, logger, results_uri=paths.dir)
+        done = storage.read_parquet(paths.dir)
+        estimate = estimate_for(done, spec, table=table)
+        summary = report(done, spec, logger, results_uri=paths.dir, estimate=estimate)
         for line in next_steps(summary, spec, completed=False):
             tell(logger, logging.WARNING, line)
+        _release_held(spec, done, logger)
         return summary
     manifest = read_manifest(paths)
+    commitments: Commitments | None = None
     if manifest is None:
         if choose_rows is None:
             raise RuntimeError(f"campaign {spec.campaign_id} attempt {spec.attempt} has no plan to resume")
         planned = choose_rows()
+        if table is not None:
+            planned = replace(planned, rows=with_costs(planned.rows, table, spec.provider))
+            if spec.max_cost is not None:
+                commitments = start_budget(planned.rows, spec, table)  # ConfigError: nothing written or sent
+                kept = pl.col("row_index").is_in(commitments.unknown_before.implode())
+                planned = replace(planned, rows=planned.rows.with_columns(kept.alias(COST_KEPT)))
         with stage(seconds, "write-plan"):
             if spec.attempt == 1:
                 save_spec(spec)  # before the plan: a re-run meets it whether or not the plan was finished
             manifest = save_plan(paths, planned)
     else:
         logger.info("resuming campaign %s attempt %d from its recorded plan", spec.campaign_id, spec.attempt)
+        if table is not None and spec.max_cost is not None:
+            commitments = resume_budget(spec, manifest.shards, table)
     tell(
         logger,
         logging.INFO,
         f"campaign {spec.campaign_id} attempt {spec.attempt}: {manifest.rows_to_send:,} of "
         f"{manifest.rows:,} rows to send",
     )
-    stop, reports = _send(spec, manifest, logger, seconds, lock)
+    budget = None if commitments is None else shared.Budget(commitments.cap, commitments.spent)
+    if commitments is not None:
+        currency = table.currencies.get(spec.provider) if table is not None else None
+        logger.info(
+            "campaign %s: spend cap %s, of which %s is committed before this attempt sends",
+            spec.campaign_id,
+            money(commitments.cap, currency),
+            money(commitments.spent, currency),
+        )
+    stop, reports = _send(spec, manifest, logger, seconds, lock, budget)
     with stage(seconds, "persist"):
         uri = persist_results(spec, manifest.shards)
     requests: dict[str, int] = {}
     for r in reports:
         for k, v in r.requests.items():
             requests[k] = requests.get(k, 0) + v
+    rows = storage.read_parquet(uri)
+    earlier = commitments.earlier if commitments is not None else 0
     summary = report(
-        storage.read_parquet(uri),
+        rows,
         spec,
         logger,
         results_uri=uri,
         seconds=seconds,
         requests=requests,
         completed=True,
+        estimate=estimate_for(rows, spec, table=table, spent_before=earlier),
     )
     for line in next_steps(summary, spec, completed=True):
         tell(logger, logging.WARNING, line)
+    _release_held(spec, rows, logger)
     if stop.is_set():
         # Results are written first, so that every row has its record; then the run fails loudly.
         raise CampaignStopError(
@@ -112,16 +145,30 @@ def run_attempt(
     return summary
 
 
+def _release_held(spec: CampaignSpec, rows: pl.DataFrame, logger: Logger) -> None:
+    """Rows the contact policy held: their release is scheduled (under a Prefect server with the release
+    deployment), or the user is told when and how to send them."""
+    from smscast.flows.release import release_steps  # the release flow runs its attempts through this module
+
+    for line in release_steps(spec, rows, logger):
+        tell(logger, logging.INFO, line)
+
+
 def _send(
-    spec: CampaignSpec, manifest: Manifest, logger: Logger, seconds: dict[str, float], lock: CampaignLock
+    spec: CampaignSpec,
+    manifest: Manifest,
+    logger: Logger,
+    seconds: dict[str, float],
+    lock: CampaignLock,
+    budget: shared.Budget | None = None,
 ) -> tuple[shared.Stop, list[ShardReport]]:
-    """The manifest's shards as mapped task runs, sharing one stop signal (which a lost lock also sets)."""
+    """The manifest's shards as mapped task runs, sharing one stop signal (which a lost lock also sets) and
+    the spend cap's budget."""
     key = f"{spec.campaign_id}-{uuid.uuid4().hex[:8]}"
     board = ProgressBoard(spec, manifest)
     stop = shared.Stop(lock.held)
-    shared.register(
-        key, shared.Runtime(shared.Progress(manifest.rows_to_send, logger, publish=board.percent), stop)
-    )
+    progress = shared.Progress(manifest.rows_to_send, logger, publish=board.percent)
+    shared.register(key, shared.Runtime(progress, stop, budget))
     reports: list[ShardReport] = []
     try:
         with stage(seconds, "send"):
@@ -227,7 +274,15 @@ def next_steps(summary: CampaignSummary, spec: CampaignSpec, *, completed: bool)
     cid, where = summary.campaign_id, storage.redact(spec.results)
     retry = f"smscast retry --campaign-id {cid} --results {where}"
     lines = []
-    failed = summary.by_status.get("failed", 0)
+    over = summary.over_budget_rows
+    if over:
+        cost = summary.cost or {}
+        cap = money(units(cost.get("max_cost") or 0), cost.get("currency"))
+        lines.append(
+            f"{over:,} rows not sent: the spend cap ({cap}) was reached. The cap covers the whole campaign; "
+            f"`{retry} --max-cost <a higher cap>` sends them"
+        )
+    failed = summary.by_status.get("failed", 0) - over
     if failed:
         head = f"{failed:,} rows failed transiently"
         # Only a run that completed the attempt emitted the event the automation reacts to.

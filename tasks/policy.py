@@ -1,38 +1,56 @@
-"""Contact policy, between validation and planning: rows that must not be messaged in this campaign.
+"""Contact policy, between validation and planning: who may be messaged in this campaign, and when.
 
-A valid row whose phone is on a suppression list ends `suppressed` with the reason `opted_out` and a message
-naming the list(s) it is on; it is never planned, sent or re-sent (smscast/status.py). Rows validation already
-refused stay `invalid`: their phone may not even be a number, and one reason is enough.
+Every valid row is checked against each rule the campaign has; one named Pandera check per reason, run with
+lazy=True as validation's are (tasks/validate.py `failing`), so that a row failing several rules reports all
+of them in `error_code` (`opted_out;quiet_hours`). What becomes of it (smscast/status.py):
 
-The lists are the results location's managed opt-out list (smscast/optout.py), which every campaign there
-applies without being asked, and the campaign's own `suppress` sources: anything `load_recipients` reads that
-has a `phone` column. Their numbers are normalised exactly as recipients are (the campaign's default country
-applies), so `+44 7700 900123` on a list holds back `447700900123` in the source. Everything is joins on the
-normalised phone: no Python per row.
+* `opted_out`: its number is on the results location's managed opt-out list or a `--suppress` list;
+* `country_blocked`: its country (`country`, from validation) is outside `--allow-countries` or in
+  `--block-countries` (a number with no country is outside any allow list);
+* `frequency_cap`: `--max-per-recipient` messages were already accepted to the number within `--per-window`
+  by the campaigns under the same results location (tasks/frequency.py);
+  any of these makes the row `suppressed`: never sent, never retried;
+* `quiet_hours`: it is inside `--quiet-hours` in its local time now. Alone, it makes the row `held` until
+  `release_at`, when a release attempt sends it (flows/release.py). If its possible zones never share an hour
+  outside the quiet hours (a number that may be anywhere in a country spanning many zones, with long quiet
+  hours), no release could ever send it: `suppressed`, with the reason saying so.
+
+Rows validation already refused stay `invalid`: their phone may not even be a number, and one status is
+enough. Everything is joins and expressions over the frame: no Python per row (the per-zone arithmetic of quiet
+hours runs once per distinct zone list, smscast/quiet_hours.py).
 """
 
 from __future__ import annotations
 
-import io
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
 
-from smscast import storage
-from smscast.campaign import CampaignSpec
-from smscast.phone import is_e164, normalise
-from smscast.results import optout_list
-from smscast.sources import PHONE_RAW, SCHEME
+from smscast.campaign import CampaignSpec, duration_seconds
+from smscast.providers.base import RowRule
 from smscast.status import Status
-from smscast.tasks.load import load_recipients, source_label
+from smscast.tasks.suppression import on_lists, suppression_lists
+from smscast.tasks.validate import failing, with_country
 
-__all__ = ["MANAGED", "OPTED_OUT", "apply_policy", "list_phones", "read_optouts", "suppression_set"]
+__all__ = ["OPTED_OUT", "POLICY_REASONS", "apply_policy", "has_policy"]
 
 OPTED_OUT = "opted_out"
-MANAGED = "managed opt-out list"
-_SQL = ("postgresql", "postgres", "duckdb")
-_LIST = "_list"
+COUNTRY_BLOCKED = "country_blocked"
+FREQUENCY_CAP = "frequency_cap"
+QUIET_HOURS = "quiet_hours"
+# Every reason the policy step gives, in the order `error_code` lists them. `over_budget` is not here: it is
+# decided while sending (the spend cap, smscast/pricing.py), and its rows are `failed`.
+POLICY_REASONS: tuple[str, ...] = (OPTED_OUT, COUNTRY_BLOCKED, FREQUENCY_CAP, QUIET_HOURS)
+# Reasons that forbid the row in this campaign (suppressed); quiet hours alone only delay it (held).
+_FORBIDS = (OPTED_OUT, COUNTRY_BLOCKED, FREQUENCY_CAP)
+
+LIST = "_list"  # the list(s) a number is on
+_SENT = "_recent_sent"
+_QUIET, _RELEASE, _NO_WINDOW = "_quiet", "_release_at", "_no_window"
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
@@ -45,84 +63,209 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
         return logging.getLogger("smscast.policy")
 
 
-def read_optouts(results: str) -> tuple[pl.DataFrame, str | None]:
-    """The managed opt-out list under `results` (columns phone, added_at) and its version for `storage.put_if`
-    (None: there is no list yet, and the frame is empty)."""
-    current = storage.get_versioned(optout_list(results))
-    if current is None:
-        return pl.DataFrame(schema={"phone": pl.String, "added_at": pl.Datetime("us", "UTC")}), None
-    return pl.read_parquet(io.BytesIO(current[0])), current[1]
-
-
-def list_phones(
-    source: str,
-    *,
-    default_country: str | None,
-    query: str | None = None,
-    encoding: str = "utf-8",
-    phone_column: str | None = None,
-) -> pl.DataFrame:
-    """The E.164 numbers of one suppression source (column `phone`, unique), read as a campaign's recipients
-    are (`load_recipients`: its formats, column spellings, encodings) and normalised as they are. `query`
-    applies to SQL sources only. Entries that are not numbers cannot match a valid recipient: passed over."""
-    match = SCHEME.match(source)
-    sql = match is not None and match.group(1).lower().split("+")[0] in _SQL
-    reader = CampaignSpec(
-        campaign_id="suppression-list",
-        source=source,
-        results=".",  # never written: the loader only reads `source`
-        query=query if sql else None,
-        body="-",  # so that the loader does not ask for one: a list has only phones
-        encoding=encoding,
-        columns={"phone": phone_column} if phone_column else {},
-        allow_empty=True,  # an empty opt-out list is a normal list, not a broken export
+def has_policy(spec: CampaignSpec) -> bool:
+    """Whether the campaign asks for a rule beyond the managed opt-out list, which always applies."""
+    return bool(
+        spec.suppress
+        or spec.allow_countries
+        or spec.block_countries
+        or spec.max_per_recipient is not None
+        or spec.quiet_hours is not None
     )
-    raw = load_recipients(reader)
-    phones = raw.select(phone=normalise(pl.col(PHONE_RAW), default_country))
-    usable = phones.filter(is_e164(pl.col("phone")))
-    if usable.height < phones.height:
-        _logger().warning(
-            "suppression list %s: %d of %d entries are not phone numbers and are ignored",
-            source_label(source),
-            phones.height - usable.height,
-            phones.height,
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One reason: how to add the columns it needs to the valid rows, the Pandera rule, and the per-row message."""
+
+    code: str
+    prepare: Callable[[pl.DataFrame], pl.DataFrame]
+    rule: RowRule
+    message: pl.Expr
+
+
+def _rules(spec: CampaignSpec, now: datetime) -> list[_Rule]:
+    out: list[_Rule] = []
+    lists = suppression_lists(spec)
+    if lists:
+        out.append(
+            _Rule(
+                OPTED_OUT,
+                lambda df: df.with_columns(on_lists(pl.col("phone"), lists).alias(LIST)),
+                RowRule(OPTED_OUT, "opted out", pl.col(LIST).is_null(), ("phone",)),
+                pl.format("opted out (list: {})", pl.col(LIST)),
+            )
         )
-    return usable.unique(maintain_order=True)
+    if spec.allow_countries or spec.block_countries:
+        allowed = pl.lit(True)
+        if spec.allow_countries:
+            allowed = pl.col("country").is_in(list(spec.allow_countries)).fill_null(False)
+        if spec.block_countries:
+            allowed = allowed & ~pl.col("country").is_in(list(spec.block_countries)).fill_null(False)
+        out.append(
+            _Rule(
+                COUNTRY_BLOCKED,
+                _with_country,
+                RowRule(COUNTRY_BLOCKED, "country not allowed", allowed, ("country",)),
+                pl.format(
+                    "country {} is not allowed by this campaign's country rules",
+                    pl.col("country").fill_null("unknown"),
+                ),
+            )
+        )
+    if spec.max_per_recipient is not None and spec.per_window is not None:
+        limit, window = spec.max_per_recipient, spec.per_window
+        out.append(
+            _Rule(
+                FREQUENCY_CAP,
+                lambda df: _with_recent(df, spec, now),
+                RowRule(FREQUENCY_CAP, "frequency cap", pl.col(_SENT).fill_null(0) < limit, ("phone",)),
+                pl.format(
+                    "{} message(s) already accepted to this number within {} (cap {})",
+                    pl.col(_SENT),
+                    pl.lit(window),
+                    pl.lit(limit),
+                ),
+            )
+        )
+    if spec.quiet_hours is not None:
+        quiet = spec.quiet_hours
+        out.append(
+            _Rule(
+                QUIET_HOURS,
+                lambda df: _with_quiet(df, quiet, now),
+                RowRule(QUIET_HOURS, "quiet hours", ~pl.col(_QUIET).fill_null(False), ("phone",)),
+                pl.when(pl.col(_NO_WINDOW))
+                .then(
+                    pl.lit(f"no hour outside the quiet hours {quiet} in every time zone the number may be in")
+                )
+                .otherwise(
+                    pl.format(
+                        "quiet hours {} in the recipient's time zone: held until {} UTC",
+                        pl.lit(quiet),
+                        pl.col(_RELEASE).dt.strftime("%Y-%m-%d %H:%M"),
+                    )
+                ),
+            )
+        )
+    return out
 
 
-def suppression_set(spec: CampaignSpec) -> pl.DataFrame:
-    """Every suppressed number once, with the list(s) it is on: columns `phone`, `_list` (`; `-joined)."""
-    managed, _ = read_optouts(spec.results)
-    frames = [managed.select(pl.col("phone").cast(pl.String), pl.lit(MANAGED).alias(_LIST))]
-    frames += [
-        list_phones(
-            src, default_country=spec.default_country, query=spec.suppress_query, encoding=spec.encoding
-        ).with_columns(pl.lit(source_label(src)).alias(_LIST))
-        for src in spec.suppress
-    ]
-    return (
-        pl.concat(frames, how="vertical_relaxed")
-        .unique(maintain_order=True)
-        .group_by("phone", maintain_order=True)
-        .agg(pl.col(_LIST).str.join("; "))
+def _with_country(df: pl.DataFrame) -> pl.DataFrame:
+    # Validation adds `country`; rows planned before it did (a retry of an older campaign) get it here.
+    return df if "country" in df.columns else with_country(df)
+
+
+def _with_recent(df: pl.DataFrame, spec: CampaignSpec, now: datetime) -> pl.DataFrame:
+    from smscast.tasks.frequency import recent_messages
+
+    since = now - timedelta(seconds=duration_seconds(spec.per_window or ""))
+    recent = recent_messages(spec.results, since=since, now=now, exclude_campaign=spec.campaign_id)
+    recent = recent.select(pl.col("phone").cast(pl.String), pl.col("sent").cast(pl.Int64).alias(_SENT))
+    return df.join(recent, on="phone", how="left", maintain_order="left")
+
+
+def _with_quiet(df: pl.DataFrame, window: str, now: datetime) -> pl.DataFrame:
+    """`_quiet`, `_release_at`, `_no_window` from each row's possible zones: its `timezone` column's zone when
+    the source has one and the row gives it (validation refused unknown names), else its number's zones."""
+    from smscast.numbering import with_time_zones
+    from smscast.quiet_hours import QuietHours, quiet_release
+
+    zoned = with_time_zones(df, "phone", out="_zones")
+    if "timezone" in df.columns:
+        given = pl.col("timezone").cast(pl.String).str.strip_chars()
+        zoned = zoned.with_columns(
+            _zones=pl.when(given.str.len_chars() > 0).then(pl.concat_list(given)).otherwise(pl.col("_zones"))
+        )
+    found = quiet_release(zoned.get_column("_zones"), QuietHours.parse(window), now)
+    return zoned.drop("_zones").with_columns(
+        found.get_column("quiet").alias(_QUIET),
+        found.get_column("release_at").alias(_RELEASE),
+        found.get_column("no_window").fill_null(False).alias(_NO_WINDOW),
     )
 
 
-def apply_policy(validated: pl.DataFrame, spec: CampaignSpec) -> pl.DataFrame:
-    """`validated` with its valid rows whose phone is suppressed marked `suppressed` / `opted_out`."""
-    banned = suppression_set(spec)
-    if banned.height == 0:
-        return validated
-    marked = validated.join(banned, on="phone", how="left", maintain_order="left")
-    hit = pl.col("status").is_null() & pl.col(_LIST).is_not_null()
-    out = marked.with_columns(
-        status=pl.when(hit).then(pl.lit(Status.SUPPRESSED.value)).otherwise(pl.col("status")),
-        error_code=pl.when(hit).then(pl.lit(OPTED_OUT)).otherwise(pl.col("error_code")),
-        error_message=pl.when(hit)
-        .then(pl.format("opted out (list: {})", pl.col(_LIST)))
-        .otherwise(pl.col("error_message")),
-    ).drop(_LIST)
-    n = out.filter(pl.col("status") == Status.SUPPRESSED.value).height
-    if n:
-        _logger().info("contact policy: %d rows suppressed (opted out)", n)
-    return out
+def apply_policy(validated: pl.DataFrame, spec: CampaignSpec, now: datetime | None = None) -> pl.DataFrame:
+    """`validated` with the valid rows the policy holds back marked `suppressed` or `held` (with their reasons,
+    and `release_at` for held rows). `now` (aware) decides quiet hours and the frequency window: the real
+    time unless a test gives one."""
+    now = datetime.now(UTC) if now is None else now
+    out = validated if "release_at" in validated.columns else validated.with_columns(release_at=_NO_TIME)
+    rules = _rules(spec, now)
+    if not rules:
+        return out
+    # Over every row, so that the frame keeps its order (no split, concat and sort of a million rows); a row
+    # validation refused passes every policy check and keeps its own status and reasons.
+    refused = pl.col("status").is_not_null()
+    for r in rules:
+        out = r.prepare(out)
+    checks = [replace(r.rule, valid=r.rule.valid | refused) for r in rules]
+    checked = failing(out.rename({"error_code": "_was_code", "error_message": "_was_message"}), checks)
+    # Only the rows a rule caught (usually a small share) get a status, reasons and release time: they are
+    # worked out on those rows alone and scattered back, not computed for every row and mostly thrown away.
+    caught = checked.select(pl.arg_where(pl.col("error_code").is_not_null() & ~refused)).to_series()
+    outcome = checked[caught].select(_outcome(rules))
+    result = checked.with_columns(
+        checked.get_column("status").scatter(caught, outcome.get_column("status")),
+        checked.get_column("_was_code")
+        .scatter(caught, checked.get_column("error_code")[caught])
+        .alias("error_code"),
+        checked.get_column("_was_message")
+        .scatter(caught, outcome.get_column("error_message"))
+        .alias("error_message"),
+        (
+            checked.get_column("release_at").scatter(caught, outcome.get_column("release_at"))
+            if caught.len()
+            else checked.get_column("release_at")
+        ),
+    ).drop(["_was_code", "_was_message", LIST, _SENT, _QUIET, _RELEASE, _NO_WINDOW], strict=False)
+    _tell(result)
+    return result
+
+
+def _outcome(rules: list[_Rule]) -> list[pl.Expr]:
+    """Status, message and release time of rows some rule caught, from their `;`-joined codes."""
+    # Reason codes never contain one another, so a literal search finds each in the list.
+    has = {r.code: pl.col("error_code").str.contains(r.code, literal=True) for r in rules}
+    quiet = has.get(QUIET_HOURS, pl.lit(False))
+    forbids = pl.any_horizontal([has[c] for c in _FORBIDS if c in has] or [pl.lit(False)])
+    if QUIET_HOURS in has:
+        forbids = forbids | (quiet & pl.col(_NO_WINDOW))
+    held = quiet & ~forbids
+    return [
+        pl.when(forbids)
+        .then(pl.lit(Status.SUPPRESSED.value))
+        .otherwise(pl.lit(Status.HELD.value))
+        .alias("status"),
+        pl.concat_str(
+            [pl.when(has[r.code]).then(r.message) for r in rules], separator="; ", ignore_nulls=True
+        ).alias("error_message"),
+        (pl.when(held).then(pl.col(_RELEASE)) if QUIET_HOURS in has else _NO_TIME).alias("release_at"),
+    ]
+
+
+_NO_TIME = pl.lit(None, pl.Datetime("us", "UTC"))
+
+
+def _tell(rows: pl.DataFrame) -> None:
+    held_back = rows.filter(pl.col("status").is_in([Status.SUPPRESSED.value, Status.HELD.value]))
+    if held_back.height == 0:
+        return
+    counts = (
+        held_back.select("status", pl.col("error_code").str.split(";"))
+        .explode("error_code")
+        .group_by("status", "error_code")
+        .len()
+        .sort("status", "error_code")
+    )
+    detail = ", ".join(f"{c} {n:,}" for _, c, n in counts.iter_rows())
+    by_status = dict(held_back.group_by("status").len().iter_rows())
+    _logger().info(
+        "contact policy: %s rows suppressed, %s held (%s)",
+        f"{by_status.get(Status.SUPPRESSED.value, 0):,}",
+        f"{by_status.get(Status.HELD.value, 0):,}",
+        detail,
+    )
+    if by_status.get(Status.HELD.value):
+        first = rows.filter(pl.col("status") == Status.HELD.value).get_column("release_at").min()
+        _logger().info("contact policy: the first held rows may go at %s UTC", first)

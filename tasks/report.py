@@ -25,7 +25,8 @@ import polars as pl
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.events import emit_campaign_finished
-from smscast.status import COUNTED, NEVER_SENT, RETRIABLE
+from smscast.pricing import OVER_BUDGET, CostEstimate, describe, estimate_for
+from smscast.status import COUNTED, NEVER_SENT, RETRIABLE, Status
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -49,14 +50,30 @@ class CampaignSummary:
     dry_run: bool = False
     requests: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
+    cost: dict[str, Any] | None = None  # with a price list: smscast/pricing.py CostEstimate.to_dict()
+
+    @property
+    def over_budget_rows(self) -> int:
+        """Rows not sent because the spend cap was reached (`failed`, but only a higher cap sends them)."""
+        return sum(
+            int(r["rows"])
+            for r in self.by_reason
+            if r["status"] == Status.FAILED.value and r["error_code"] == OVER_BUDGET
+        )
 
     @property
     def needs_retry(self) -> bool:
-        """Rows remain that a retry would re-send whatever the provider (what the retry deployment waits for)."""
-        return any(self.by_status.get(s.value, 0) > 0 for s in RETRIABLE)
+        """Rows remain that a retry would re-send whatever the provider (what the retry deployment waits for).
+        Not the ones the spend cap held back: the same retry would be refused for its cost."""
+        left = {s.value: self.by_status.get(s.value, 0) for s in RETRIABLE}
+        left[Status.FAILED.value] = left.get(Status.FAILED.value, 0) - self.over_budget_rows
+        return any(n > 0 for n in left.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "needs_retry": self.needs_retry}
+        out = {**asdict(self), "needs_retry": self.needs_retry}
+        if out["cost"] is None:  # campaigns without a price list keep the shape they always had
+            del out["cost"]
+        return out
 
 
 def summarise(
@@ -67,6 +84,7 @@ def summarise(
     provider: str,
     results_uri: str | None,
     dry_run: bool = False,
+    estimate: CostEstimate | None = None,
 ) -> CampaignSummary:
     if dry_run:  # nothing was sent: valid rows are "planned", a word the results dataset never uses
         results = results.with_columns(pl.col("status").fill_null("planned"))
@@ -92,6 +110,7 @@ def summarise(
         segments_planned=int(valid.get_column("segments").fill_null(0).sum()),
         results_uri=results_uri,
         dry_run=dry_run,
+        cost=estimate.to_dict() if estimate is not None else None,
     )
 
 
@@ -112,11 +131,30 @@ def render(summary: CampaignSummary) -> str:
         ]
         if len(summary.by_reason) > 20:
             lines.append(f"    … {len(summary.by_reason) - 20} more reasons in the results dataset")
+    lines += cost_lines(summary)
     if summary.seconds:
         lines.append("  time: " + " · ".join(f"{k} {v:.2f}s" for k, v in summary.seconds.items()))
     if summary.results_uri:
         lines.append(f"  results: {summary.results_uri}")
     return "\n".join(lines)
+
+
+def cost_lines(summary: CampaignSummary) -> list[str]:
+    """The cost on the terminal: the headline, by country (the costliest first), what it leaves out."""
+    if summary.cost is None:
+        return []
+    head, notes, table = describe(summary.cost, dry_run=summary.dry_run, over_budget=summary.over_budget_rows)
+    rows = [f"    {r[0]:<8}" + "".join(f"{c:>16}" for c in r[1:]) for r in table]
+    return [f"  cost: {head}", *rows, *(f"  {n}" for n in notes)]
+
+
+def cost_markdown(summary: CampaignSummary) -> list[str]:
+    if summary.cost is None:
+        return []
+    head, notes, table = describe(summary.cost, dry_run=summary.dry_run, over_budget=summary.over_budget_rows)
+    rows = [f"| {' | '.join(r)} |" for r in table]
+    rows.insert(1, "|:--|" + "--:|" * (len(table[0]) - 1))
+    return [f"**Cost**: {head}", "", *rows, "", *(f"- {n}" for n in notes), *([""] if notes else [])]
 
 
 def share(n: int, total: int) -> str:
@@ -154,6 +192,7 @@ def summary_markdown(summary: CampaignSummary, results: str) -> str:
         else f"{summary.segments_accepted:,} accepted"
     )
     lines += [f"**Segments** (message parts): {segments}", ""]
+    lines += cost_markdown(summary)
     lines += results_lines(summary, results)
     if summary.seconds:
         lines += ["", "**Time**: " + " · ".join(f"{k} {v:.2f} s" for k, v in summary.seconds.items())]
@@ -188,10 +227,14 @@ def report(
     seconds: dict[str, float] | None = None,
     requests: dict[str, int] | None = None,
     completed: bool = False,
+    estimate: CostEstimate | None = None,
 ) -> CampaignSummary:
     """Summarise an attempt's rows (a dry run's planned rows) and publish the summary. `completed`: this run
     has just completed the attempt, so automations hear of it (an attempt found complete was announced by
-    the run that completed it)."""
+    the run that completed it). `estimate`: the cost, else estimated here when the campaign has a price
+    list."""
+    if estimate is None and spec.prices is not None:
+        estimate = estimate_for(rows, spec)
     summary = summarise(
         rows,
         campaign_id=spec.campaign_id,
@@ -199,6 +242,7 @@ def report(
         provider=spec.provider,
         results_uri=results_uri,
         dry_run=spec.dry_run,
+        estimate=estimate,
     )
     summary.seconds = seconds or {}
     summary.requests = requests or {}

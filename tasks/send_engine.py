@@ -11,6 +11,9 @@ The rules, which depend only on the exception tree (smscast/errors.py) and the p
 * whole batch refused for a bad row -> bisect to isolate the bad rows, send the rest.
 * campaign-stopping refusal (credentials, quota, credit) -> every batch not yet sent is `failed` (never sent,
   retriable once the account is fixed).
+* spend cap (`runtime.budget`) -> each request reserves its rows' cost right before it is posted; the first
+  that does not fit, and every one after it, is `failed` (`over_budget`: never sent, a retry with a higher
+  cap sends it). Only the cost of rows the provider certainly did not take is given back.
 
 Out of retries, a batch is `failed` if no attempt could have been accepted, `unknown` if one could.
 """
@@ -38,9 +41,10 @@ from smscast.errors import (
     SendError,
     TransientError,
 )
+from smscast.pricing import COST, COST_KEPT, OVER_BUDGET, SPENT, units_of
 from smscast.providers.base import Batch, Provider, Rejection, RowOutcome
 from smscast.ratelimit import TokenBucket, shared_bucket
-from smscast.runtime import Runtime, Stop
+from smscast.runtime import Budget, Reservation, Runtime, Stop
 from smscast.status import Status
 from smscast.tasks.outcomes import Recovered, SentBatch, outcomes_frame
 
@@ -148,6 +152,7 @@ async def send_rows(
             stop=runtime.stop if runtime else None,
             on_progress=runtime.progress.update if runtime else None,
             journal=journal,
+            budget=runtime.budget if runtime else None,
         )
         sent = await sender.run(batches)
     finally:
@@ -176,6 +181,7 @@ class ShardSender:
         stop: Stop | None = None,
         on_progress: ProgressFn | None = None,
         journal: BatchJournal | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.provider = provider
         self.caps = provider.caps
@@ -186,6 +192,7 @@ class ShardSender:
         self.stop = stop or Stop()
         self.on_progress = on_progress
         self.journal = journal
+        self.budget = budget
         self.requests: dict[str, int] = {}  # what happened to each HTTP request, for the summary
 
     async def run(self, batches: list[Batch]) -> list[SentBatch]:
@@ -208,6 +215,16 @@ class ShardSender:
         self.requests[key] = self.requests.get(key, 0) + 1
 
     async def send_batch(self, batch: Batch, *, top: bool = False) -> list[SentBatch]:
+        if self.budget is None:
+            return await self._send_batch(batch, None, top=top)
+        hold = Reservation(self.budget, *_costs(batch))
+        parts = await self._send_batch(batch, hold, top=top)
+        hold.settle(
+            (i, o.status in SPENT) for p in parts for i, o in zip(p.row_index, p.outcomes, strict=True)
+        )
+        return parts
+
+    async def _send_batch(self, batch: Batch, hold: Reservation | None, *, top: bool) -> list[SentBatch]:
         attempt = throttled = 0
         maybe_accepted = False
         journalled = False  # whether this run put the batch's intent on record (top-level, write-ahead)
@@ -215,6 +232,15 @@ class ShardSender:
         while True:
             submitted = datetime.now(UTC)
             try:
+                # Before waiting for a rate slot: once the cap is reached, what is left fails at once rather
+                # than at the provider's pace (5 requests a minute for textingline).
+                if hold is not None and not hold.take():
+                    return self._all(
+                        batch,
+                        Status.FAILED,
+                        OVER_BUDGET,
+                        "not sent: it would take the campaign past its spend cap (--max-cost)",
+                    )
                 request = self.provider.build_request(batch)
                 await self.bucket.acquire()
                 async with self.sem:
@@ -260,6 +286,8 @@ class ShardSender:
                 return self._all(batch, Status.FAILED, exc.code, str(exc))
             except BatchRejectedError as exc:
                 self._count("batch_rejected")
+                if hold is not None:
+                    hold.refund_all()  # refused whole, not taken: the parts it is split into reserve their own
                 if exc.retryable_split and (isolated := await self._isolate(batch, exc)) is not None:
                     return isolated
                 message = str(exc)
@@ -270,6 +298,8 @@ class ShardSender:
             except AmbiguousError as exc:
                 self._count(exc.code)
                 maybe_accepted = True
+                if hold is not None:
+                    hold.keep()  # it may have been accepted: its cost stays spent, whatever comes next
                 if not self.caps.resend_safe:
                     return self._all(batch, Status.UNKNOWN, exc.code, f"{exc}; reconcile before re-sending")
                 attempt += 1
@@ -338,3 +368,17 @@ class ShardSender:
         outcome = RowOutcome(status=status, error_code=code, error_message=self.provider.redact(message))
         rows = batch.rows.get_column("row_index").to_list()
         return [SentBatch(batch.batch_id, rows, [outcome] * len(rows), datetime.now(UTC))]
+
+
+def _costs(batch: Batch) -> tuple[dict[int, int], frozenset[int]]:
+    """row_index -> the row's planned cost in budget units (0 where the plan has none); and the rows whose
+    cost stays spent whatever comes of them (an earlier attempt left them `unknown`)."""
+    if COST not in batch.rows.columns:
+        return {}, frozenset()
+    frame = batch.rows.select("row_index", units_of())
+    costs = dict(zip(frame.get_column("row_index").to_list(), frame.get_column(COST).to_list(), strict=True))
+    if COST_KEPT not in batch.rows.columns:
+        return costs, frozenset()
+    return costs, frozenset(
+        batch.rows.filter(pl.col(COST_KEPT).fill_null(False)).get_column("row_index").to_list()
+    )

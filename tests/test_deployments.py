@@ -79,7 +79,15 @@ def test_deployments_register_with_schedules_schemas_and_triggers(stack: Stack) 
     with stack.client as client:
         deps = {f"{d.name}": d for d in client.read_deployments()}
         automations = {a.name: a for a in client.read_automations()}
-    assert set(deps) == {"ad-hoc", "nightly", "s3-inbox", "on-failure", "every-15-minutes", "after-campaign"}
+    assert set(deps) == {
+        "ad-hoc",
+        "nightly",
+        "s3-inbox",
+        "on-failure",
+        "every-15-minutes",
+        "after-campaign",
+        "when-due",
+    }
 
     nightly = deps["nightly"]
     (schedule,) = nightly.schedules

@@ -68,7 +68,17 @@ def test_the_form_is_grouped_with_required_fields_marked() -> None:
         ("Message", False),
         ("Provider", True),
         ("Limits", False),
+        ("Contact policy", False),
         ("Advanced", True),
+    ]
+    assert [t for t, _ in labels(schema, "Policy")] == [
+        "Messages per recipient",
+        "Frequency window",
+        "Quiet hours",
+        "Only these countries",
+        "Never these countries",
+        "Price list",
+        "Spend cap",
     ]
     assert labels(schema, "Recipients") == [
         ("Source", True),
@@ -128,6 +138,13 @@ def test_every_spec_field_is_on_the_form_or_deliberately_off_it() -> None:
         default_country="GB",
         suppress=("dnc.csv",),
         suppress_query="select phone from optouts",
+        max_per_recipient=2,
+        per_window="7d",
+        quiet_hours="21:00-08:00",
+        allow_countries=("GB", "IE"),
+        block_countries=("IE",),
+        prices="prices.csv",
+        max_cost=120.5,
         columns={"phone": "msisdn"},
         encoding="latin-1",
         allow_empty=True,

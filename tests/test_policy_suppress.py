@@ -24,8 +24,9 @@ from smscast.servers.sandbox import SandboxServer
 from smscast.status import RETRIABLE, Status
 from smscast.tasks.current import resendable
 from smscast.tasks.load import load_recipients
-from smscast.tasks.policy import apply_policy, read_optouts
+from smscast.tasks.policy import apply_policy
 from smscast.tasks.report import summarise
+from smscast.tasks.suppression import read_optouts
 from smscast.tasks.validate import validate_recipients
 
 KEY = "policy-test-key"
