@@ -4,6 +4,7 @@ Prefect UI renders it as a form (titles, descriptions, defaults and choices come
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -203,6 +204,43 @@ class CampaignSpec(BaseModel):
     attempt: int = Field(
         default=1, ge=1, title="Attempt", description="1 for a campaign; the retry flow writes 2, 3, …"
     )
+    runner: Literal["threads", "dask"] = Field(
+        default="threads",
+        title="Runner",
+        description="threads: shards run in this process. dask: shards run as task runs on a Dask cluster "
+        "(dask_address, or dask_workers local worker processes), results on shared storage.",
+    )
+    dask_address: str | None = Field(
+        default=None, title="Dask scheduler", description="tcp://HOST:PORT of an existing Dask scheduler."
+    )
+    dask_workers: int | None = Field(
+        default=None, ge=1, title="Dask workers", description="Without dask_address: local worker processes."
+    )
+    max_failure_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        title="Circuit breaker: failure share",
+        description="The campaign pauses when the share of rows the provider failed or refused, over the "
+        "last min_sample rows, exceeds this: rows not yet sent end failed (circuit_open).",
+    )
+    min_sample: int = Field(
+        default=500,
+        ge=1,
+        title="Circuit breaker: window",
+        description="Rows the failure share is taken over.",
+    )
+    fallback: ProviderName | None = Field(
+        default=None,
+        title="Fallback provider",
+        description="Rows provably never accepted by the provider (failed after retries, an open circuit, "
+        "429s) are sent through this one in the same run; rows in doubt never are.",
+    )
+    fallback_sender: str | None = Field(
+        default=None,
+        title="Fallback sender",
+        description="The sender for the fallback provider, if it needs one.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -300,6 +338,10 @@ class CampaignSpec(BaseModel):
             raise ValueError("--max-per-recipient and --per-window go together (e.g. 1 --per-window 24h)")
         if self.max_cost is not None and self.prices is None:
             raise ValueError("--max-cost needs --prices: the cost is estimated from the price list")
+        if self.runner != "dask" and (self.dask_address or self.dask_workers):
+            raise ValueError("--dask-address and --dask-workers need --runner dask")
+        if self.fallback is not None and self.fallback == self.provider:
+            raise ValueError("--fallback must be another provider than --provider")
         return self
 
     def content_differences(self, recorded: CampaignSpec) -> list[str]:

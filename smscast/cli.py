@@ -35,10 +35,20 @@ from smscast.policy_options import (
     SuppressQueryOpt,
     policy_fields,
 )
-from smscast.preflight import refuse_invalid_spec, require_ready, require_retry_ready
+from smscast.preflight import refuse_invalid_spec, require_ready
 from smscast.reconcile_cli import register as register_reconcile
-from smscast.release_cli import register as register_release
+from smscast.resend_cli import register as register_resend
 from smscast.results_cli import register as register_results
+from smscast.run_options import (
+    DaskAddressOpt,
+    DaskWorkersOpt,
+    FallbackOpt,
+    FallbackSenderOpt,
+    MaxFailureRateOpt,
+    MinSampleOpt,
+    RunnerOpt,
+    run_fields,
+)
 from smscast.sources.credentials import take_password_for_this_process
 from smscast.watch import register as register_watch
 
@@ -172,6 +182,13 @@ def send(
     block_countries: BlockCountriesOpt = None,
     prices: PricesOpt = None,
     max_cost: MaxCostOpt = None,
+    runner: RunnerOpt = "threads",
+    dask_address: DaskAddressOpt = None,
+    dask_workers: DaskWorkersOpt = None,
+    max_failure_rate: MaxFailureRateOpt = 0.5,
+    min_sample: MinSampleOpt = 500,
+    fallback: FallbackOpt = None,
+    fallback_sender: FallbackSenderOpt = None,
     # `smscast doctor` is this command with check_only (smscast/doctor_cli.py): one declaration of the options.
     check_only: Annotated[bool, typer.Option("--check-only", hidden=True)] = False,
 ) -> None:
@@ -215,6 +232,15 @@ def send(
                     prices=prices,
                     max_cost=max_cost,
                 ),
+                **run_fields(
+                    runner=runner,
+                    dask_address=dask_address,
+                    dask_workers=dask_workers,
+                    max_failure_rate=max_failure_rate,
+                    min_sample=min_sample,
+                    fallback=fallback,
+                    fallback_sender=fallback_sender,
+                ),
             )
         )
     except ValidationError as exc:  # one line per parameter, in words; exit 2
@@ -233,67 +259,7 @@ def send(
         _fail(str(exc))
 
 
-@app.command()
-def retry(
-    campaign_id: Annotated[
-        str,
-        typer.Option(
-            "--campaign-id", "-c", help="The campaign to retry, as it was sent (`smscast send -c`)."
-        ),
-    ],
-    results: Annotated[
-        str,
-        typer.Option(
-            "--results", "-r", help="Where it was sent: the results directory or s3://bucket/prefix."
-        ),
-    ],
-    provider: Annotated[
-        str | None, typer.Option("--provider", "-p", help="Override the campaign's provider.")
-    ] = None,
-    base_url: BaseUrlOpt = None,
-    max_attempts: Annotated[int, typer.Option(help="Stop once this many attempts exist.")] = 5,
-    delay: Annotated[float, typer.Option(help="Seconds to wait before re-sending.")] = 0.0,
-    include_undelivered: Annotated[
-        bool,
-        typer.Option(
-            help="Also re-send accepted rows whose delivery failed for a reason a re-send can fix (the "
-            "provider's list, or --undelivered-code), as new messages with new keys. Run reconcile first."
-        ),
-    ] = False,
-    undelivered_code: Annotated[
-        list[str] | None,
-        typer.Option(help="With --include-undelivered: a delivery error code to re-send (repeat)."),
-    ] = None,
-    max_cost: Annotated[
-        float | None,
-        typer.Option(
-            help="A new spend cap for the campaign (needs its --prices): over_budget rows go if it allows."
-        ),
-    ] = None,
-) -> None:
-    """Re-send a campaign's failed rows (and unknown ones where the provider's idempotency makes it safe)
-    with the same idempotency keys, as the next attempt."""
-    # Before the flow's import (which imports Prefect): the recorded campaign, its provider and results.
-    require_retry_ready(campaign_id, results, provider=provider, base_url=base_url)
-    announce_prefect_api()
-    from smscast.flows.retry import retry_failed
-
-    if undelivered_code and not include_undelivered:
-        _fail("--undelivered-code needs --include-undelivered")
-    try:
-        retry_failed(
-            campaign_id=campaign_id,
-            results=results,
-            provider=provider,
-            base_url=base_url,
-            max_attempts=max_attempts,
-            delay_seconds=delay,
-            include_undelivered=include_undelivered,
-            undelivered_codes=undelivered_code or None,
-            max_cost=max_cost,
-        )
-    except SmscastError as exc:
-        _fail(str(exc))
+register_resend(app)  # retry and release, listed right after send
 
 
 @app.command()
@@ -380,7 +346,6 @@ register_doctor(app, send)
 register_optout(app)
 app.add_typer(dlr_app, name="dlr")
 register_reconcile(app)
-register_release(app)
 register_local_server(app)  # also picks the Prefect API before the commands that need one
 
 if __name__ == "__main__":

@@ -326,14 +326,19 @@ def retry_spec(
 
 
 def require_retry_ready(
-    campaign_id: str, results: str, *, provider: str | None = None, base_url: str | None = None
+    campaign_id: str,
+    results: str,
+    *,
+    provider: str | None = None,
+    base_url: str | None = None,
+    command: str = "retry",
 ) -> None:
-    """For `smscast retry`: the recorded campaign must be found, and its provider ready (the source is not
-    read again: a retry re-sends from the recorded plan)."""
+    """For `smscast retry` and `release`: the recorded campaign must be found, and its provider ready (the
+    source is not read again: they send from the recorded plan)."""
     spec = retry_spec(campaign_id, results, provider=provider, base_url=base_url)
     if isinstance(spec, Problem):
         problems = [spec]
     else:
         problems = run_preflight(spec, check_source=False, same_campaign=False).problems
     if problems:
-        report_problems(problems, "retry")
+        report_problems(problems, command)

@@ -4,6 +4,7 @@ checker, ledger_problems, for the flow tests and the reliability suite)."""
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -167,6 +168,20 @@ def stop_prefect_harness() -> None:
     if _HARNESS is not None:
         stack, _HARNESS = _HARNESS, None
         stack.close()
+
+
+@contextmanager
+def flow_sandbox(key: str) -> Iterator[Any]:
+    """What a module whose tests run campaign flows against the sandbox needs: Prefect's test harness, and a
+    sandbox whose emulators accept `key`, with SMSCAST_SANDBOX_API_KEY set for as long as it runs."""
+    from smscast.servers.sandbox import SandboxServer
+
+    with prefect_harness(), SandboxServer(default_key=key) as server:
+        os.environ["SMSCAST_SANDBOX_API_KEY"] = key
+        try:
+            yield server
+        finally:
+            os.environ.pop("SMSCAST_SANDBOX_API_KEY", None)
 
 
 @contextmanager

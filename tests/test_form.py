@@ -88,12 +88,19 @@ def test_the_form_is_grouped_with_required_fields_marked() -> None:
         ("Opt-out SQL query", False),
     ]
     assert labels(schema, "Message")[0] == ("Message body", False)
-    assert labels(schema, "Provider") == [("Provider", True), ("Sender", False)]
+    assert labels(schema, "Provider") == [
+        ("Provider", True),
+        ("Sender", False),
+        ("Fallback provider", False),
+        ("Fallback sender", False),
+    ]
     assert [t for t, _ in labels(schema, "Limits")] == [
         "Requests per second",
         "Concurrent requests",
         "Rows per request",
         "Request timeout (seconds)",
+        "Circuit breaker: failure share",
+        "Circuit breaker: rows",
     ]
     assert labels(schema, "Advanced")[0] == ("Results location", True)
     provider = schema["definitions"]["Provider"]["properties"]["name"]
@@ -145,6 +152,13 @@ def test_every_spec_field_is_on_the_form_or_deliberately_off_it() -> None:
         block_countries=("IE",),
         prices="prices.csv",
         max_cost=120.5,
+        runner="dask",
+        dask_address="tcp://10.0.0.5:8786",
+        dask_workers=3,
+        max_failure_rate=0.3,
+        min_sample=200,
+        fallback="robase",
+        fallback_sender="ACME2",
         columns={"phone": "msisdn"},
         encoding="latin-1",
         allow_empty=True,

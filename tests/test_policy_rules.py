@@ -6,14 +6,13 @@ hours hours wide around the real time, so nothing depends on the time of day it 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
-from support import assert_matches_ledger, ledger_frame, prefect_harness, write_recipients
+from support import assert_matches_ledger, flow_sandbox, ledger_frame, write_recipients
 
 from smscast.campaign import CampaignSpec
 from smscast.optout import add_phones
@@ -128,10 +127,8 @@ def test_rows_without_any_rule_are_untouched(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with prefect_harness(), SandboxServer(default_key=KEY) as server:
-        os.environ["SMSCAST_SANDBOX_API_KEY"] = KEY
+    with flow_sandbox(KEY) as server:
         yield server
-        os.environ.pop("SMSCAST_SANDBOX_API_KEY", None)
 
 
 @pytest.mark.integration

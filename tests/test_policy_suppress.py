@@ -4,7 +4,6 @@ flows with the sandbox, that a suppressed number never reaches the provider."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -13,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import typer
-from support import assert_matches_ledger, ledger_frame, prefect_harness, write_recipients
+from support import assert_matches_ledger, flow_sandbox, ledger_frame, write_recipients
 from typer.testing import CliRunner
 
 from smscast.campaign import CONTENT_FIELDS, CampaignSpec
@@ -196,10 +195,8 @@ def test_two_concurrent_adds_both_land(tmp_path: Path, monkeypatch: pytest.Monke
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with prefect_harness(), SandboxServer(default_key=KEY) as server:
-        os.environ["SMSCAST_SANDBOX_API_KEY"] = KEY
+    with flow_sandbox(KEY) as server:
         yield server
-        os.environ.pop("SMSCAST_SANDBOX_API_KEY", None)
 
 
 @pytest.mark.integration

@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from support import ledger_frame, prefect_harness, write_recipients
+from support import flow_sandbox, ledger_frame, write_recipients
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
@@ -353,10 +352,8 @@ def test_a_resumed_attempt_counts_what_its_interrupted_run_recorded(tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with prefect_harness(), SandboxServer(default_key=KEY) as server:
-        os.environ["SMSCAST_SANDBOX_API_KEY"] = KEY
+    with flow_sandbox(KEY) as server:
         yield server
-        os.environ.pop("SMSCAST_SANDBOX_API_KEY", None)
 
 
 @pytest.mark.integration

@@ -8,7 +8,6 @@ holds rows by quiet hours placed around the real time, hours wide, so no step de
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from typing import Any
 import polars as pl
 import pytest
 import typer
-from support import assert_matches_ledger, ledger_frame, prefect_harness, write_recipients
+from support import assert_matches_ledger, flow_sandbox, ledger_frame, write_recipients
 from typer.testing import CliRunner
 
 from smscast import storage
@@ -28,7 +27,7 @@ from smscast.flows.release import RELEASE_DEPLOYMENT, release_key, release_steps
 from smscast.flows.retry import _retry_rows
 from smscast.optout import add_phones
 from smscast.providers.sandbox import SandboxProvider
-from smscast.release_cli import register
+from smscast.resend_cli import register
 from smscast.results import CampaignPaths
 from smscast.servers.sandbox import SandboxServer
 from smscast.settings import ProviderSettings
@@ -161,10 +160,8 @@ def test_without_a_release_deployment_the_lines_give_the_command(tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    with prefect_harness(), SandboxServer(default_key=KEY) as server:
-        os.environ["SMSCAST_SANDBOX_API_KEY"] = KEY
+    with flow_sandbox(KEY) as server:
         yield server
-        os.environ.pop("SMSCAST_SANDBOX_API_KEY", None)
 
 
 def keys_of(results: str, cid: str, attempt: int) -> dict[str, str]:

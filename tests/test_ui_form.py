@@ -196,7 +196,13 @@ def test_a_dry_run_from_the_custom_run_form(ui_stack: Stack, page: Any, shots: P
     assert run.state.name == DRY_RUN  # the state the person sees says so too
     campaign = run.parameters["campaign"]
     assert campaign["dry_run"] is True and campaign["recipients"]["source"] == str(EXAMPLE)
-    assert campaign["provider"] == {"name": "sandbox", "sender": "SMSCAST"}  # the deployment's, kept
+    # The deployment's provider and sender, kept; the fallback fields as the form leaves them, empty.
+    assert campaign["provider"] == {
+        "name": "sandbox",
+        "sender": "SMSCAST",
+        "fallback": "",
+        "fallback_sender": "",
+    }
     assert campaign["advanced"]["results"] == f"s3://{BUCKET}/results"
     # A dry run: nothing reached the sandbox, nothing was written.
     assert ui_stack.sandbox.client.ledger(provider="generic") == []
