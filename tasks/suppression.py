@@ -84,21 +84,23 @@ def list_phones(
 def _numbers(
     source: str, default_country: str | None, query: str | None, encoding: str, phone_column: str | None
 ) -> pl.Series:
+    """The list's E.164 numbers, as text."""
     raw = load_recipients(list_spec(source, query=query, encoding=encoding, phone_column=phone_column))
+    phone = pl.col(PHONE_RAW)
     # Lists exported from a system are mostly E.164 already, and normalising is most of the cost of reading
     # a big list: only the entries that are not are normalised (normalise leaves an E.164 value as it is).
-    clean = is_e164(pl.col(PHONE_RAW))
-    ready = raw.filter(clean).get_column(PHONE_RAW)
-    rest = raw.filter(~clean).select(phone=normalise(pl.col(PHONE_RAW), default_country)).get_column("phone")
-    usable = rest.to_frame("phone").filter(is_e164(pl.col("phone"))).get_column("phone")
-    if usable.len() < rest.len():
-        _logger().warning(
-            "suppression list %s: %d of %d entries are not phone numbers and are ignored",
-            source_label(source),
-            rest.len() - usable.len(),
-            raw.height,
-        )
-    return pl.concat([ready.cast(pl.String), usable.cast(pl.String)]).rename("phone")
+    numbers = raw.select(pl.when(is_e164(phone)).then(phone).alias("phone")).to_series()
+    if numbers.null_count():
+        fixed = raw.select(normalise(phone, default_country).alias("phone"))
+        numbers = fixed.select(pl.when(is_e164(pl.col("phone"))).then(pl.col("phone"))).to_series()
+        if numbers.null_count():
+            _logger().warning(
+                "suppression list %s: %d of %d entries are not phone numbers and are ignored",
+                source_label(source),
+                numbers.null_count(),
+                raw.height,
+            )
+    return numbers.drop_nulls().cast(pl.String)
 
 
 def suppression_lists(spec: CampaignSpec) -> list[tuple[str, pl.Series]]:
