@@ -23,9 +23,9 @@ from prefect.context import FlowRunContext
 from prefect.states import Completed
 
 from smscast.campaign import CampaignSpec
+from smscast.flows.failover import check_fallback, run_with_failover
 from smscast.lock import CampaignLock
 from smscast.providers.registry import make_provider
-from smscast.tasks.dispatch import run_attempt
 from smscast.tasks.load import load_recipients
 from smscast.tasks.manifest import check_same_campaign
 from smscast.tasks.plan import PlannedCampaign, plan_campaign
@@ -104,6 +104,7 @@ def send_campaign(spec: CampaignSpec, wait_for_lock: bool = False) -> dict[str, 
     name_runs(run_name(spec.campaign_id, spec.attempt, dry_run=spec.dry_run), logger)
     provider = make_provider(spec.provider, base_url=spec.base_url, require_key=not spec.dry_run)
     provider.validate_spec(spec)
+    check_fallback(spec)  # a fallback that could not take the campaign is refused before anything is sent
     seconds: dict[str, float] = {}
 
     def choose_rows() -> PlannedCampaign:
@@ -124,4 +125,5 @@ def send_campaign(spec: CampaignSpec, wait_for_lock: bool = False) -> dict[str, 
     wait = math.inf if wait_for_lock else 0.0
     with CampaignLock(spec.results, spec.campaign_id, wait=wait, logger=logger) as lock:
         check_same_campaign(spec)
-        return finish(run_attempt(spec, choose_rows, logger, lock=lock, seconds=seconds).to_dict())
+        # With a fallback, what the provider never accepted then goes through it (flows/failover.py).
+        return finish(run_with_failover(spec, choose_rows, logger, lock=lock, seconds=seconds))

@@ -22,7 +22,7 @@ import logging
 import math
 import uuid
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import polars as pl
 from prefect import flow, get_run_logger
@@ -31,6 +31,7 @@ from prefect.context import FlowRunContext
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.dask_runner import with_runner
 from smscast.flows.campaign import finish, run_name
 from smscast.flows.retry import recorded_spec, replan, resume_unfinished, run_spec
 from smscast.lock import CampaignLock
@@ -81,12 +82,17 @@ def release_held(
     provider: str | None = None,
     base_url: str | None = None,
     max_cost: float | None = None,
+    runner: Literal["threads", "dask"] | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
 ) -> dict[str, Any]:
     """Send the campaign's held rows whose window is open now, as its next attempt; leave the others held.
     `provider`, `base_url` and `max_cost` (the spend cap) replace the recorded campaign's for this run."""
     logger = get_run_logger()
     campaign = CampaignPaths(results, campaign_id)
     spec = run_spec(recorded_spec(campaign), provider=provider, base_url=base_url, max_cost=max_cost)
+    # Where its shards run: the campaign's recorded runner, unless this run names one (smscast/dask_runner.py).
+    spec = with_runner(spec, runner, dask_address, dask_workers)
     with CampaignLock(results, campaign_id, wait=math.inf, logger=logger) as lock:
         resume_unfinished(spec, logger, lock)
         now = now_utc()

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from prefect import flow, get_run_logger
@@ -28,14 +29,15 @@ from pydantic import ValidationError
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
+from smscast.dask_runner import with_runner
 from smscast.errors import ConfigError
 from smscast.flows.campaign import campaign_run_name, finish, run_name
+from smscast.flows.failover import attempt_spec, retry_legs, run_legs
 from smscast.lock import CampaignLock
 from smscast.providers.base import Provider
-from smscast.providers.registry import make_provider
 from smscast.results import CampaignPaths
 from smscast.status import POLICY, Status
-from smscast.tasks.current import current_results, current_view, resendable
+from smscast.tasks.current import current_results, current_view
 from smscast.tasks.dispatch import Logger, run_attempt
 from smscast.tasks.manifest import load_spec, unfinished_attempt
 from smscast.tasks.plan import PINNED_KEY, RESEND_ATTEMPT, PlannedCampaign, plan_campaign
@@ -57,12 +59,17 @@ def retry_failed(
     include_undelivered: bool = False,
     undelivered_codes: list[str] | None = None,
     max_cost: float | None = None,
+    runner: Literal["threads", "dask"] | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
 ) -> dict[str, Any]:
     """`max_cost` replaces the campaign's spend cap for this run (it needs the campaign's price list)."""
     logger = get_run_logger()
     name_runs(run_name(campaign_id, None), logger)
     campaign = CampaignPaths(results, campaign_id)
     spec = run_spec(recorded_spec(campaign), provider=provider, base_url=base_url, max_cost=max_cost)
+    # Where its shards run: the campaign's recorded runner, unless this run names one (smscast/dask_runner.py).
+    spec = with_runner(spec, runner, dask_address, dask_workers)
     if delay_seconds > 0:
         logger.info("waiting %.0f s before retrying campaign %s", delay_seconds, campaign_id)
         time.sleep(delay_seconds)
@@ -70,18 +77,23 @@ def retry_failed(
         resumed = resume_unfinished(spec, logger, lock)
         if resumed is not None:
             return finish(resumed.to_dict())
-        prov = make_provider(spec.provider, base_url=spec.base_url)
-        codes = frozenset(undelivered_codes or prov.caps.resend_fixes) if include_undelivered else frozenset()
-        if include_undelivered and not codes:
-            logger.warning(
-                "campaign %s: %s names no delivery error code a re-send can fix; give --undelivered-code",
-                campaign_id,
-                prov.caps.name,
-            )
-        current = current_view(results, campaign_id) if codes else current_results(results, campaign_id)
+        current = (
+            current_view(results, campaign_id)
+            if include_undelivered
+            else current_results(results, campaign_id)
+        )
         last = int(current.get_column("attempt").max())  # type: ignore[arg-type]
-        spec = spec.model_copy(update={"attempt": last + 1})
-        todo = resendable(current, resend_safe=prov.caps.resend_safe, undelivered_codes=codes)
+        # Each row goes back through the provider its latest attempt went through (or `provider`, if given):
+        # one attempt per provider, the fallback's last (flows/failover.py).
+        legs = retry_legs(
+            spec,
+            current,
+            override=provider,
+            undelivered=include_undelivered,
+            undelivered_codes=undelivered_codes,
+            logger=logger,
+        )
+        todo = pl.concat([leg.rows for leg in legs], how="diagonal_relaxed") if legs else current.clear()
         counts = dict(current.group_by("status").len().iter_rows())
         if todo.is_empty() or last >= max_attempts:
             if not todo.is_empty():
@@ -97,11 +109,7 @@ def retry_failed(
                 tell(logger, logging.INFO, f"campaign {campaign_id}: nothing to retry ({counts})")
             return finish({"campaign_id": campaign_id, "attempt": last, "retried": 0, "by_status": counts})
         name_runs(run_name(campaign_id, last + 1), logger)
-
-        def choose_rows() -> PlannedCampaign:
-            return replan(campaign, todo, spec, prov)
-
-        return finish(run_attempt(spec, choose_rows, logger, lock=lock).to_dict())
+        return finish(run_legs(campaign, spec, legs, last, logger, lock))
 
 
 def recorded_spec(campaign: CampaignPaths) -> CampaignSpec:
@@ -143,7 +151,8 @@ def resume_unfinished(spec: CampaignSpec, logger: Logger, lock: CampaignLock) ->
         return None
     name_runs(run_name(spec.campaign_id, pending), logger)
     logger.info("campaign %s: resuming interrupted attempt %d", spec.campaign_id, pending)
-    return run_attempt(spec.model_copy(update={"attempt": pending}), None, logger, lock=lock)
+    # Through the provider its plan was made for, whatever this run was asked to use.
+    return run_attempt(attempt_spec(spec, pending), None, logger, lock=lock)
 
 
 def replan(
@@ -156,7 +165,9 @@ def replan(
     """The rows `todo` names, as attempt 1 planned them, re-planned as attempt `spec.attempt` with the contact
     policy applied at `now` (the real time unless given)."""
     rows = _retry_rows(campaign, todo, spec, now=now)
-    return plan_campaign(rows, spec, provider.caps, provider, extra_groups=[pl.col("_retry_group")])
+    planned = plan_campaign(rows, spec, provider.caps, provider, extra_groups=[pl.col("_retry_group")])
+    # The plan names its provider, so that resuming it goes through that one (flows/failover.py attempt_spec).
+    return replace(planned, rows=planned.rows.with_columns(provider=pl.lit(provider.caps.name)))
 
 
 def _retry_rows(

@@ -43,6 +43,8 @@ CONTENT_FIELDS: tuple[str, ...] = (
     "quiet_hours",
     "allow_countries",
     "block_countries",
+    "fallback",
+    "fallback_sender",
 )
 
 TEMPLATE_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -340,6 +342,11 @@ class CampaignSpec(BaseModel):
             raise ValueError("--max-cost needs --prices: the cost is estimated from the price list")
         if self.runner != "dask" and (self.dask_address or self.dask_workers):
             raise ValueError("--dask-address and --dask-workers need --runner dask")
+        if self.runner == "dask" and self.max_cost is not None:
+            # The spend cap's running account lives in the flow's process; shards on a cluster cannot share it.
+            raise ValueError(
+                "--max-cost works with the thread runner only: leave out --runner dask, or the cap"
+            )
         if self.fallback is not None and self.fallback == self.provider:
             raise ValueError("--fallback must be another provider than --provider")
         return self

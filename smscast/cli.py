@@ -16,6 +16,8 @@ import typer
 from pydantic import ValidationError
 
 from smscast.campaign import PROVIDER_NAMES, CampaignSpec
+from smscast.check_cli import CheckOutOpt, run_check
+from smscast.check_cli import register as register_check
 from smscast.dlr.cli import app as dlr_app
 from smscast.doctor_cli import check
 from smscast.doctor_cli import register as register_doctor
@@ -191,6 +193,8 @@ def send(
     fallback_sender: FallbackSenderOpt = None,
     # `smscast doctor` is this command with check_only (smscast/doctor_cli.py): one declaration of the options.
     check_only: Annotated[bool, typer.Option("--check-only", hidden=True)] = False,
+    # `smscast check` is this command with check_out (smscast/check_cli.py): the file it writes.
+    check_out: CheckOutOpt = None,
 ) -> None:
     """Send a campaign. Every input row ends up in the results with a status and, if not accepted, a reason."""
     try:
@@ -247,6 +251,9 @@ def send(
         refuse_invalid_spec(exc)
     except (ValueError, SmscastError) as exc:
         _fail(str(exc))
+        return
+    if check_out is not None:
+        run_check(spec, check_out)
         return
     if check_only:
         check(spec)
@@ -343,6 +350,7 @@ def demo(
 register_watch(app)
 register_results(app)
 register_doctor(app, send)
+register_check(app, send)
 register_optout(app)
 app.add_typer(dlr_app, name="dlr")
 register_reconcile(app)

@@ -45,7 +45,7 @@ def register(app: typer.Typer, send: Callable[..., None]) -> None:
     params = [
         p.replace(annotation=hints[name])
         for name, p in inspect.signature(send).parameters.items()
-        if name != "check_only"
+        if name not in ("check_only", "check_out")
     ]
     doctor.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
     doctor.__annotations__ = {p.name: p.annotation for p in params}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 import typer
@@ -105,6 +105,15 @@ def run_preflight(
     id (off for a retry, which sends the recorded campaign itself, perhaps through another provider)."""
     found = Findings()
     _check_provider(spec, found)
+    if spec.fallback is not None:  # checked as the provider is, under its own settings, named as the fallback
+        from smscast.provider_specs import fallback_spec
+
+        of_fallback = Findings()
+        _check_provider(fallback_spec(spec), of_fallback)
+        found.problems += [
+            replace(p, check="fallback", what=f"--fallback: {p.what}") for p in of_fallback.problems
+        ]
+        found.checked += [f"fallback {line}" for line in of_fallback.checked]
     if check_source:
         from smscast.preflight_source import check_source as source_checks
 

@@ -47,6 +47,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "segments": pl.Int32(),
     "submitted_at": pl.Datetime("us", "UTC"),
     "country": pl.String(),  # ISO region of the number (libphonenumber's), null when it has none
+    "number_type": pl.String(),  # libphonenumber's type in lower case (mobile, fixed_line, …; unknown: invalid)
     "release_at": pl.Datetime("us", "UTC"),  # `held` rows: when the contact policy lets them go
 }
 

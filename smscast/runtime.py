@@ -5,15 +5,29 @@
   `every` seconds so that reporting never slows sending;
 * `Budget`: the spend cap's running account (smscast/pricing.py), reserved before every request;
 * `Runtime`, the three together, registered under a key (`register`/`lookup`/`unregister`): a Prefect task
-  takes only serialisable parameters, so the shard tasks get the key and look their run's runtime up.
+  takes only serialisable parameters, so the shard tasks get the key and look their run's runtime up;
+* `SharedStop`, the stop signal across processes and machines (shards on a Dask cluster): a marker file on
+  the results storage that any process may set and every process polls (smscast/dask_runner.py).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+
+from smscast import storage
+
+log = logging.getLogger("smscast.runtime")
+
+# How often a shard in another process looks for a stop set elsewhere: it then stops sending within about
+# this long (plus one storage read), and each look is one small read (a GET on S3).
+STOP_POLL = 0.5
 
 
 class Progress:
@@ -87,6 +101,104 @@ class Stop:
                 "lock_lost", "another run took over this campaign (or may have: this run's lease ran out)"
             )
         return self._event.is_set()
+
+
+Check = Callable[[], tuple[str, str] | None]  # (code, reason) once sending must stop, else None
+
+
+class SharedStop(Stop):
+    """A `Stop` that crosses processes: `set` here also writes `marker` (first writer wins, so every process
+    reports the same first cause), and a marker written by another process sets it here. A thread looks
+    every `every` seconds (at once after a local `set`), so a stop anywhere reaches every shard within about
+    that long; `checks` (e.g. a shard's view of the campaign's lease, a storage read) run there too, never
+    on the senders' event loops. `is_set` stays a memory read. Use it as a context manager: entering looks
+    once (a shard that starts after a stop sends nothing) and starts the thread; leaving stops the thread
+    and looks once more."""
+
+    def __init__(
+        self,
+        marker: str,
+        *watched: Callable[[], bool],
+        checks: Sequence[Check] = (),
+        every: float = STOP_POLL,
+    ) -> None:
+        super().__init__(*watched)
+        self.marker = marker
+        self._checks = tuple(checks)
+        self._every = every
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._published = False
+        self._thread: threading.Thread | None = None
+
+    def set(self, code: str, reason: str) -> None:
+        super().set(code, reason)
+        self._wake.set()  # publish now rather than at the next look
+
+    def poll(self) -> None:
+        """One look: publish this process's stop, or adopt another's, or run the checks."""
+        if not self.is_set():
+            for check in self._checks:
+                if (found := check()) is not None:
+                    self.set(*found)
+                    break
+        if self.is_set():
+            if not self._published:
+                self.publish()
+            return
+        held = storage.get_versioned(self.marker)
+        if held is not None:
+            code, reason = _parse_marker(held[0])
+            self._published = True  # it is on record already: only the first cause is kept
+            super().set(code, reason)
+
+    def publish(self) -> None:
+        """Put this stop on record for every other process (a no-op if one is there already)."""
+        record = {
+            "code": self.code,
+            "reason": self.reason,
+            "at": time.time(),
+            "by": f"{socket.gethostname()}:{os.getpid()}",
+        }
+        storage.put_if(self.marker, json.dumps(record).encode(), None)
+        self._published = True
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self.poll()
+            except Exception:  # a storage hiccup: look again next time
+                log.debug("stop marker %s: look failed", self.marker, exc_info=True)
+            if self._wake.wait(self._every):
+                self._wake.clear()
+
+    def __enter__(self) -> SharedStop:
+        self.poll()
+        self._thread = threading.Thread(target=self._run, name="smscast-stop", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._closed.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            # A last look: this process's stop goes on record before its shard returns, and the flow learns
+            # of a stop a shard set just before the end (it fails the run then, as on threads).
+            self.poll()
+        except Exception:
+            log.warning("could not read or record the campaign stop at %s", self.marker, exc_info=True)
+
+
+def _parse_marker(raw: bytes) -> tuple[str, str]:
+    try:
+        record = json.loads(raw)
+        return str(record["code"]), str(record["reason"])
+    except (ValueError, KeyError, TypeError):  # written whole, so only a foreign file reads so
+        return "stopped", "the campaign was stopped by another process"
 
 
 class Budget:
@@ -168,10 +280,20 @@ class Reservation:
 class Runtime:
     """What the shard threads of one run share: the stop signal, the progress and the spend cap's budget."""
 
-    def __init__(self, progress: Progress, stop: Stop | None = None, budget: Budget | None = None) -> None:
+    def __init__(
+        self,
+        progress: Progress,
+        stop: Stop | None = None,
+        budget: Budget | None = None,
+        *,
+        shards_at_once: int | None = None,
+    ) -> None:
         self.stop = stop or Stop()
         self.progress = progress
         self.budget = budget
+        # How many shards send side by side across the run (None: the thread pool's SHARD_WORKERS): the
+        # provider's concurrency is shared between them. On a Dask cluster, every worker thread of it.
+        self.shards_at_once = shards_at_once
 
 
 _RUNTIMES: dict[str, Runtime] = {}

@@ -21,10 +21,15 @@ from smscast.delivery import (
     read_all,
 )
 from smscast.errors import SourceError
-from smscast.results import CampaignPaths
+from smscast.pricing import OVER_BUDGET
+from smscast.results import AttemptPaths, CampaignPaths
 from smscast.status import RETRIABLE, Status
 
 KEYS = ("attempt", "row_index")
+
+# `failed` rows a fallback does not take: the spend cap held them back, and it is the campaign's, whichever
+# provider sends.
+NOT_FAILED_OVER: frozenset[str] = frozenset({OVER_BUDGET})
 
 # The columns current_view adds, from the row's latest delivery fact (null where there is none).
 DELIVERY_COLUMNS: dict[str, str] = {
@@ -108,6 +113,20 @@ def resendable(
     return current.filter(chosen)
 
 
+def never_accepted(current: pl.DataFrame, provider: str, sealed: set[int] | None = None) -> pl.DataFrame:
+    """The current rows a fallback takes from `provider` (flows/failover.py): `failed` by it (never accepted)
+    in an attempt that is complete (`sealed`; None: any), other than NOT_FAILED_OVER. Never `unknown` rows:
+    the provider may hold them."""
+    chosen = (
+        (pl.col("provider") == provider)
+        & (pl.col("status") == Status.FAILED.value)
+        & ~pl.col("error_code").fill_null("").is_in(sorted(NOT_FAILED_OVER))
+    )
+    if sealed is not None:
+        chosen = chosen & pl.col("attempt").is_in(sorted(sealed))
+    return current.filter(chosen)
+
+
 def undelivered(view: pl.DataFrame, codes: frozenset[str]) -> pl.Expr:
     """Accepted rows of a `current_view` whose delivery failed with one of `codes`."""
     if "delivery_status" not in view.columns:
@@ -119,6 +138,23 @@ def undelivered(view: pl.DataFrame, codes: frozenset[str]) -> pl.Expr:
         & (pl.col("delivery_status") == DeliveryStatus.UNDELIVERED.value)
         & pl.col("delivery_error_code").is_in(sorted(codes))
     )
+
+
+def planned_provider(paths: AttemptPaths) -> str | None:
+    """The provider an attempt was planned for, from its plan's `provider` column; None for a plan that does
+    not name one (attempt 1, or a plan written before plans named their provider: the campaign's)."""
+    for uri in (paths.plan_unsent, *paths.plan_shards()):
+        if not storage.exists(uri):
+            continue
+        scan = pl.scan_parquet(
+            uri, storage_options=storage.storage_options(uri), hive_partitioning=False, glob=False
+        )
+        if "provider" not in scan.collect_schema().names():
+            return None
+        found = scan.select(pl.col("provider").drop_nulls().first()).collect().item()
+        if found is not None:
+            return str(found)
+    return None
 
 
 def _keys_like(frame: pl.DataFrame) -> list[pl.Expr]:

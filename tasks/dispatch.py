@@ -20,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import polars as pl
-from prefect import unmapped
 from prefect.futures import as_completed
 
 from smscast import runtime as shared
 from smscast import storage
+from smscast.breaker import CIRCUIT_OPEN, pause_attempt
 from smscast.campaign import CampaignSpec
-from smscast.errors import CampaignStopError
+from smscast.dask_runner import shard_runs
+from smscast.errors import CampaignStopError, ConfigError
 from smscast.lock import CampaignLock, CampaignLockedError
 from smscast.pricing import COST_KEPT, estimate_for, load_prices, money, units, with_costs
 from smscast.results import AttemptPaths
@@ -65,6 +66,10 @@ def run_attempt(
     """Run attempt `spec.attempt` under the campaign's `lock`. `choose_rows` plans the attempt when it has no
     recorded plan (None: the attempt may only be resumed). `seconds` collects the stages' wall times."""
     seconds = {} if seconds is None else seconds
+    if spec.runner == "dask" and spec.max_cost is not None:
+        # The spend cap's budget is one account in the flow's memory, which shards on other machines cannot
+        # reserve from; refused before anything is written or sent.
+        raise ConfigError("--max-cost works with the thread runner only: leave out --runner dask, or the cap")
     paths = AttemptPaths.of(spec)
     table = load_prices(spec.prices) if spec.prices else None  # a bad price list stops it before any work
     if storage.exists(paths.done):
@@ -114,6 +119,8 @@ def run_attempt(
             money(commitments.spent, currency),
         )
     stop, reports = _send(spec, manifest, logger, seconds, lock, budget)
+    if stop.code == CIRCUIT_OPEN:  # paused, not sealed: running the campaign again resumes it
+        pause_attempt(spec, manifest, stop, reports, logger, seconds)
     with stage(seconds, "persist"):
         uri = persist_results(spec, manifest.shards)
     requests: dict[str, int] = {}
@@ -162,18 +169,18 @@ def _send(
     lock: CampaignLock,
     budget: shared.Budget | None = None,
 ) -> tuple[shared.Stop, list[ShardReport]]:
-    """The manifest's shards as mapped task runs, sharing one stop signal (which a lost lock also sets) and
-    the spend cap's budget."""
+    """The manifest's shards as mapped task runs, on the flow's threads or a Dask cluster (`spec.runner`),
+    sharing one stop signal (which a lost lock also sets) and the spend cap's budget."""
     key = f"{spec.campaign_id}-{uuid.uuid4().hex[:8]}"
     board = ProgressBoard(spec, manifest)
-    stop = shared.Stop(lock.held)
+    runs = shard_runs(spec, key, lock, logger)
+    stop = runs.stop
     progress = shared.Progress(manifest.rows_to_send, logger, publish=board.percent)
-    shared.register(key, shared.Runtime(progress, stop, budget))
     reports: list[ShardReport] = []
     try:
-        with stage(seconds, "send"):
-            futures = send_shard.map(unmapped(spec), manifest.shards, unmapped(key))
-            for future in as_completed(list(futures)):
+        with stage(seconds, "send"), runs:
+            shared.register(key, shared.Runtime(progress, stop, budget, shards_at_once=runs.shards_at_once))
+            for future in as_completed(runs.map(send_shard, spec, manifest.shards)):
                 reports.append(future.result())
                 board.shard_done(reports[-1])
     except BaseException as exc:
@@ -270,10 +277,20 @@ class ProgressBoard:
 
 def next_steps(summary: CampaignSummary, spec: CampaignSpec, *, completed: bool) -> list[str]:
     """What becomes of rows that are not settled: `failed` ones are retried (by the retry automation, when
-    this Prefect server has it, else by hand); `unknown` ones are reconciled."""
+    this Prefect server has it, else by hand), or sent when a paused attempt is resumed; `unknown` ones are
+    reconciled."""
+    from smscast.breaker import CIRCUIT_OPEN
+
     cid, where = summary.campaign_id, storage.redact(spec.results)
     retry = f"smscast retry --campaign-id {cid} --results {where}"
     lines = []
+    if summary.paused:  # unfinished: no retry is scheduled, the resume sends what is not settled
+        held = sum(int(r["rows"]) for r in summary.by_reason if r["error_code"] == CIRCUIT_OPEN)
+        lines.append(
+            f"campaign {cid} is paused: its circuit breaker opened ({summary.paused['cause']}) and {held:,} "
+            f"rows were not sent. Once the cause is fixed, run the same `smscast send` again, or `{retry}`: "
+            f"either resumes attempt {summary.attempt}, keeps what the provider answered and sends the rest"
+        )
     over = summary.over_budget_rows
     if over:
         cost = summary.cost or {}
@@ -283,7 +300,10 @@ def next_steps(summary: CampaignSummary, spec: CampaignSpec, *, completed: bool)
             f"`{retry} --max-cost <a higher cap>` sends them"
         )
     failed = summary.by_status.get("failed", 0) - over
-    if failed:
+    if failed and completed and spec.fallback not in (None, spec.provider):
+        # flows/failover.py sends them through the fallback now, in this run, as the next attempt.
+        lines.append(f"{failed:,} rows failed transiently: the fallback {spec.fallback} sends them next")
+    elif failed and not summary.paused:
         head = f"{failed:,} rows failed transiently"
         # Only a run that completed the attempt emitted the event the automation reacts to.
         scheduled = scheduled_retry() if completed else None

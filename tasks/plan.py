@@ -12,16 +12,20 @@ a crash gives the same batches and keys and the provider's idempotency can recog
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import operator
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from smscast.campaign import CampaignSpec
 from smscast.providers.base import Capabilities, Provider
 from smscast.status import Status
+from smscast.step_log import step_logger
 
 ROWS_PER_SHARD = 100_000
 # Optional input column: the request key a row's batch must carry (see plan_campaign). Rows sharing a pinned
@@ -49,27 +53,57 @@ class PlannedCampaign:
 
 
 def row_keys(campaign_id: str, recipient_ids: pl.Series) -> pl.Series:
-    # blake2b in a comprehension: ~1 µs a row. Polars' own hash is not stable across versions, and a key
-    # that changes between a crash and its resume would defeat the provider's idempotency.
-    prefix = campaign_id.encode() + b"\x1f"
-    return pl.Series(
-        [
-            "sc-" + hashlib.blake2b(prefix + rid.encode(), digest_size=12).hexdigest()
-            for rid in recipient_ids.cast(pl.String).fill_null("").to_list()
-        ],
-        dtype=pl.String,
-    )
+    """`sc-` + BLAKE2b (12-byte digest, hex) of campaign id, 0x1F, recipient id (a missing id as "").
+
+    Polars' own hash is not stable across versions, and a key that changed between a crash and its resume
+    would defeat the provider's idempotency; no columnar engine here offers BLAKE2b with a 12-byte digest (a
+    different digest size is a different function, not a truncation), so hashlib hashes each row. What is
+    columnar is everything around it: the inputs are built as one binary column, the digests are joined into
+    one buffer and hex-encoded in one call, and the strings are made by Arrow, not one Python str a row.
+    """
+    n = recipient_ids.len()
+    if n == 0:
+        return pl.Series(recipient_ids.name, [], dtype=pl.String)
+    messages = pl.select(
+        pl.concat_str(pl.lit(campaign_id + "\x1f"), pl.lit(recipient_ids).cast(pl.String).fill_null("")).cast(
+            pl.Binary
+        )
+    ).to_series()
+    digest = functools.partial(hashlib.blake2b, digest_size=_DIGEST)
+    hexed = b"".join(map(_digest_of, map(digest, messages.to_list()))).hex().encode()
+    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * _DIGEST), n, [None, pa.py_buffer(hexed)])
+    as_text = pl.Series(fixed.cast(pa.large_binary())).cast(pl.String)
+    return pl.select(pl.concat_str(pl.lit("sc-"), pl.lit(as_text))).to_series().alias(recipient_ids.name)
 
 
-def batch_key(campaign_id: str, provider: str, keys: list[str], attempt: int = 1) -> str:
+_DIGEST = 12
+_digest_of = operator.methodcaller("digest")
+
+
+def _batch_scope(campaign_id: str, provider: str, attempt: int) -> bytes:
     # A retry's request gets a key of its own attempt: its rows were never accepted (`failed`; `unknown` ones
     # carry the key of the request that left them so, PINNED_KEY), and the same rows under the old key would
     # be answered with the earlier request's result (textingline returns the old job for a repeated key, even
     # when that job later failed the rows). Attempt 1 keeps the form its keys always had.
     scope = campaign_id if attempt == 1 else f"{campaign_id}\x1fa{attempt}"
-    h = hashlib.blake2b(f"{scope}\x1f{provider}\x1f".encode(), digest_size=12)
+    return f"{scope}\x1f{provider}\x1f".encode()
+
+
+def batch_key(campaign_id: str, provider: str, keys: list[str], attempt: int = 1) -> str:
+    h = hashlib.blake2b(_batch_scope(campaign_id, provider, attempt), digest_size=_DIGEST)
     h.update("\x1f".join(keys).encode())
     return "scb-" + h.hexdigest()
+
+
+def batch_keys(campaign_id: str, provider: str, joined: pl.Series, attempt: int = 1) -> pl.Series:
+    """batch_key for each batch, given its row keys already joined with 0x1F (by Polars, in one pass)."""
+    base = hashlib.blake2b(_batch_scope(campaign_id, provider, attempt), digest_size=_DIGEST)
+    out: list[str] = []
+    for text in joined.cast(pl.Binary).to_list():
+        h = base.copy()
+        h.update(text)
+        out.append("scb-" + h.hexdigest())
+    return pl.Series("batch_key", out, dtype=pl.String)
 
 
 def batch_size_for(spec: CampaignSpec, caps: Capabilities) -> int:
@@ -95,14 +129,7 @@ def _warn_batch_size(spec: CampaignSpec, caps: Capabilities, size: int) -> None:
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
-    """The flow or task run's logger (shown with the run in Prefect), or a plain one outside a run."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("smscast.plan")
+    return step_logger("smscast.plan")
 
 
 def plan_campaign(
@@ -114,21 +141,33 @@ def plan_campaign(
 ) -> PlannedCampaign:
     size = batch_size_for(spec, caps)
     _warn_batch_size(spec, caps, size)
-    df = validated.with_columns(
-        idempotency_key=row_keys(spec.campaign_id, validated.get_column("recipient_id"))
-    )
+    df = validated
+    if not df.get_column("row_index").is_sorted():
+        df = df.sort("row_index")
+    rid = df.get_column("recipient_id")
+    keys = row_keys(spec.campaign_id, rid).alias("idempotency_key")
     if RESEND_ATTEMPT in df.columns:
-        resent = pl.col(RESEND_ATTEMPT).is_not_null()
-        fresh = row_keys(f"{spec.campaign_id}\x1fresend-{spec.attempt}", df.get_column("recipient_id"))
-        df = df.with_columns(
-            idempotency_key=pl.when(resent).then(pl.lit(fresh)).otherwise(pl.col("idempotency_key"))
-        )
+        resent = df.get_column(RESEND_ATTEMPT).is_not_null()
+        if resent.any():
+            fresh = row_keys(f"{spec.campaign_id}\x1fresend-{spec.attempt}", rid.filter(resent))
+            keys = keys.scatter(resent.arg_true(), fresh)
+    df = df.with_columns(keys)
+
+    # The batching works on a narrow frame (position, order, groups, keys) and its result is put back beside
+    # the input in input order: sorting or joining the whole, wide frame of ten million rows costs seconds and
+    # gigabytes.
     groups = [*provider.batch_group_keys(spec), *(extra_groups or [])]
     group_cols = [f"_g{i}" for i in range(len(groups))]
-    df = df.with_columns([g.alias(n) for g, n in zip(groups, group_cols, strict=True)])
-    valid = pl.col("status").is_null()
-
-    sendable = df.filter(valid).sort([*group_cols, "row_index"])
+    pinned = [PINNED_KEY] if PINNED_KEY in df.columns else []
+    narrow = df.select(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("_pos"),
+        "row_index",
+        "idempotency_key",
+        *pinned,
+        *[g.alias(n) for g, n in zip(groups, group_cols, strict=True)],
+        _valid=pl.col("status").is_null(),
+    )
+    sendable = narrow.filter("_valid").drop("_valid").sort([*group_cols, "row_index"])
     if group_cols:
         n_in_group = pl.len().over(group_cols)
         pos = pl.int_range(pl.len()).over(group_cols)
@@ -139,26 +178,18 @@ def plan_campaign(
     n_batches = (n_in_group + size - 1) // size
     sendable = sendable.with_columns(_n=n_in_group, _b=(pos * n_batches) // n_in_group)
     too_small = pl.col("_n") < caps.min_rows
-    # In a campaign's first attempt such rows cannot be sent to this provider at all. In a retry they were
-    # valid and sendable, and only too few remain to fill a request: still `failed`, never final.
-    unsendable = Status.INVALID if spec.attempt == 1 else Status.FAILED
-    below = sendable.filter(too_small).with_columns(
-        status=pl.lit(unsendable.value),
-        error_code=pl.lit("batch_below_minimum"),
-        error_message=pl.format(
-            "{} needs at least {} recipients per request; only {} rows can share this request",
-            pl.lit(caps.name),
-            pl.lit(caps.min_rows),
-            pl.col("_n"),
-        ),
-    )
+    below = sendable.filter(too_small).select("_pos", "_n")
     sendable = sendable.filter(~too_small)
-    sendable = sendable.with_columns(
-        batch_seq=pl.struct([*group_cols, "_b"]).rank("dense").cast(pl.Int64) - 1
+    # Rows are in (group, row) order and a group's batch numbers rise with the row, so each batch is one run
+    # of rows and numbering the runs gives the batches in the order a sort of (group, batch) would.
+    seq = pl.struct([*group_cols, "_b"]).rle_id() if group_cols else pl.col("_b")
+    sendable = sendable.with_columns(batch_seq=seq.cast(pl.Int64))
+    per_batch = sendable.group_by("batch_seq", maintain_order=True).agg(
+        _joined=pl.col("idempotency_key").str.join("\x1f"), rows=pl.len()
     )
-    sendable = sendable.sort("batch_seq", "row_index")
     bps = spec.shard_batches or max(1, round(ROWS_PER_SHARD / size))
-    sendable = sendable.with_columns(
+    per_batch = per_batch.with_columns(
+        batch_keys(spec.campaign_id, caps.name, per_batch.get_column("_joined"), spec.attempt),
         batch_id=pl.format(
             "{}-a{}-b{}",
             pl.lit(spec.campaign_id),
@@ -166,31 +197,44 @@ def plan_campaign(
             pl.col("batch_seq").cast(pl.String).str.zfill(6),
         ),
         shard=(pl.col("batch_seq") // bps).cast(pl.Int64),
-    )
-    keys = sendable.group_by("batch_seq", maintain_order=True).agg(pl.col("idempotency_key"))
-    keys = keys.with_columns(
-        batch_key=pl.Series(
-            [
-                batch_key(spec.campaign_id, caps.name, k, spec.attempt)
-                for k in keys.get_column("idempotency_key").to_list()
-            ],
-            dtype=pl.String,
-        )
-    ).select("batch_seq", "batch_key")
-    sendable = sendable.join(keys, on="batch_seq", how="left", maintain_order="left")
-    if PINNED_KEY in sendable.columns:
+    ).drop("_joined")
+    seq_col = sendable.get_column("batch_seq")
+    batch_key_col = per_batch.get_column("batch_key").gather(seq_col)
+    planned = sendable.select(
+        "_pos",
+        "batch_seq",
+        per_batch.get_column("batch_id").gather(seq_col),
+        per_batch.get_column("shard").gather(seq_col),
         # A retry re-sending a request whose outcome is unknown must present the key that request carried
         # (a bisected half's is its parent's key plus "-L"/"-R"), or a provider keying whole requests
         # (sent.dm) would take it for a new one and send it twice.
-        sendable = sendable.with_columns(batch_key=pl.coalesce(PINNED_KEY, "batch_key")).drop(PINNED_KEY)
+        pl.coalesce(PINNED_KEY, pl.lit(batch_key_col)).alias("batch_key") if pinned else batch_key_col,
+    )
+    others = narrow.filter(~pl.col("_valid")).select("_pos")
+    placed = pl.concat([planned, below, others], how="diagonal_relaxed").sort("_pos")
 
-    rest = pl.concat([df.filter(~valid), below], how="diagonal_relaxed")
-    rows = pl.concat([sendable, rest], how="diagonal_relaxed").drop(
-        ["_n", "_b", PINNED_KEY, RESEND_ATTEMPT, *group_cols], strict=False
+    # In a campaign's first attempt rows too few for a request cannot be sent to this provider at all. In a
+    # retry they were valid and sendable, and only too few remain to fill a request: still `failed`.
+    unsendable = Status.INVALID if spec.attempt == 1 else Status.FAILED
+    small = placed.get_column("_n").is_not_null()
+    rows = df.drop([PINNED_KEY, RESEND_ATTEMPT], strict=False).with_columns(
+        placed.select("batch_seq", "batch_id", "shard", "batch_key")
     )
-    rows = rows.sort("row_index")
-    shard_stats = (
-        sendable.group_by("shard").agg(batches=pl.col("batch_seq").n_unique(), rows=pl.len()).sort("shard")
-    )
+    if small.any():
+        rows = rows.with_columns(
+            status=pl.when(small).then(pl.lit(unsendable.value)).otherwise("status"),
+            error_code=pl.when(small).then(pl.lit("batch_below_minimum")).otherwise("error_code"),
+            error_message=pl.when(small)
+            .then(
+                pl.format(
+                    "{} needs at least {} recipients per request; only {} rows can share this request",
+                    pl.lit(caps.name),
+                    pl.lit(caps.min_rows),
+                    pl.lit(placed.get_column("_n")),
+                )
+            )
+            .otherwise("error_message"),
+        )
+    shard_stats = per_batch.group_by("shard").agg(batches=pl.len(), rows=pl.col("rows").sum()).sort("shard")
     shards = [ShardRef(int(s), int(b), int(r)) for s, b, r in shard_stats.iter_rows()]
     return PlannedCampaign(rows=rows, shards=shards, batch_size=size)

@@ -33,6 +33,7 @@ import polars as pl
 from smscast.campaign import CampaignSpec, duration_seconds
 from smscast.providers.base import RowRule
 from smscast.status import Status
+from smscast.step_log import step_logger
 from smscast.tasks.suppression import on_lists, suppression_lists
 from smscast.tasks.validate import failing, with_country
 
@@ -54,13 +55,7 @@ _QUIET, _RELEASE, _NO_WINDOW = "_quiet", "_release_at", "_no_window"
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("smscast.policy")
+    return step_logger("smscast.policy")
 
 
 def has_policy(spec: CampaignSpec) -> bool:

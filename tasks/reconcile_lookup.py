@@ -12,12 +12,13 @@ from typing import Any
 import httpx
 import polars as pl
 
+from smscast.account_limit import account_bucket
 from smscast.campaign import CampaignSpec
 from smscast.delivery import DELIVERY_SCHEMA, SETTLED_SCHEMA, DeliveryStatus, FactSource, conform
 from smscast.errors import CampaignStopError, ConfigError, RateLimitedError, SmscastError
 from smscast.providers.base import BatchNotFoundError, Provider, StatusLookup
 from smscast.providers.registry import make_provider
-from smscast.ratelimit import TokenBucket, shared_bucket
+from smscast.ratelimit import TokenBucket
 from smscast.status import Status
 from smscast.tasks.reconcile_summary import NO_BATCH_REF, ReconcileSummary
 from smscast.tasks.reports_fold import KEYS
@@ -112,8 +113,8 @@ async def look_up_provider(
         summary.lookup_errors["config"] = summary.lookup_errors.get("config", 0) + batches
         work.note(rows, "lookup_error:config", errored=True)
         return
-    rate = (spec.rate if recorded and spec is not None else None) or prov.caps.rate_per_second
-    bucket = shared_bucket(name, prov.settings.base_url, rate, prov.caps.burst)
+    # The same limit sending draws on: a provider that counts lookups (Postman) counts them against it.
+    bucket = account_bucket(prov, spec if recorded else None)
     work.note(rows.filter(pl.col("provider_batch_ref").is_null()), NO_BATCH_REF)
     groups = rows.filter(pl.col("provider_batch_ref").is_not_null()).partition_by(
         "provider_batch_ref", as_dict=True, maintain_order=True

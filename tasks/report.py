@@ -51,6 +51,7 @@ class CampaignSummary:
     requests: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
     cost: dict[str, Any] | None = None  # with a price list: smscast/pricing.py CostEstimate.to_dict()
+    paused: dict[str, Any] | None = None  # the attempt paused on an open circuit: smscast/breaker.py Opening
 
     @property
     def over_budget_rows(self) -> int:
@@ -71,8 +72,9 @@ class CampaignSummary:
 
     def to_dict(self) -> dict[str, Any]:
         out = {**asdict(self), "needs_retry": self.needs_retry}
-        if out["cost"] is None:  # campaigns without a price list keep the shape they always had
-            del out["cost"]
+        for extra in ("cost", "paused"):  # summaries without them keep the shape they always had
+            if out[extra] is None:
+                del out[extra]
         return out
 
 
@@ -124,6 +126,8 @@ def render(summary: CampaignSummary) -> str:
         if summary.dry_run
         else f"  segments: {summary.segments_accepted:,} accepted",
     ]
+    if summary.paused:
+        lines.insert(1, f"  PAUSED by the circuit breaker: {summary.paused['reason']}; a re-run resumes it")
     if summary.by_reason:
         lines.append("  reasons:")
         lines += [
@@ -174,6 +178,8 @@ def summary_markdown(summary: CampaignSummary, results: str) -> str:
     by everyone with access to the Prefect server, so no recipient data and no provider message."""
     title = f"{summary.campaign_id} · attempt {summary.attempt} · {summary.provider}"
     lines = [f"### {title}" + (" · dry run: nothing was sent" if summary.dry_run else ""), ""]
+    if summary.paused:
+        lines += [f"**Paused**: circuit open, cause `{summary.paused['cause']}`; a re-run resumes it", ""]
     lines += [*status_table(summary.by_status, summary.rows), ""]
     if summary.by_reason:
         shown = summary.by_reason[:TOP_REASONS]
@@ -228,11 +234,12 @@ def report(
     requests: dict[str, int] | None = None,
     completed: bool = False,
     estimate: CostEstimate | None = None,
+    paused: dict[str, Any] | None = None,
 ) -> CampaignSummary:
     """Summarise an attempt's rows (a dry run's planned rows) and publish the summary. `completed`: this run
     has just completed the attempt, so automations hear of it (an attempt found complete was announced by
     the run that completed it). `estimate`: the cost, else estimated here when the campaign has a price
-    list."""
+    list. `paused`: why the attempt paused (smscast/breaker.py), unfinished."""
     if estimate is None and spec.prices is not None:
         estimate = estimate_for(rows, spec)
     summary = summarise(
@@ -246,6 +253,7 @@ def report(
     )
     summary.seconds = seconds or {}
     summary.requests = requests or {}
+    summary.paused = paused
     tell(logger, logging.INFO, render(summary))
     publish_artifact(
         "markdown",

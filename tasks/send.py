@@ -1,11 +1,13 @@
 """Send: one mapped Prefect task run per shard. Inside it, async httpx sends the shard's batches under the
 provider's concurrency and the process-wide rate limit (tasks/send_engine.py `send_rows` does the work,
 without Prefect); this module resumes, journals and records each shard, and keeps the spend cap's accounts:
-what an attempt may still spend when it starts or resumes (the budget its shards reserve from)."""
+what an attempt may still spend when it starts or resumes (the budget its shards reserve from). A shard runs
+in the flow's process (threads) or on a Dask worker (smscast/dask_runner.py); it is the same task either way."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +17,9 @@ from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from smscast import storage
+from smscast.breaker import CIRCUIT_OPEN, park
 from smscast.campaign import CampaignSpec
+from smscast.dask_runner import RunLink, joined_run
 from smscast.errors import ConfigError, SourceError
 from smscast.pricing import (
     COMMITTED,
@@ -32,7 +36,9 @@ from smscast.pricing import (
 )
 from smscast.providers.registry import make_provider, provider_class
 from smscast.results import AttemptPaths
+from smscast.runtime import Runtime
 from smscast.runtime import lookup as lookup_runtime
+from smscast.s3_block import use_s3_block
 from smscast.status import Status
 from smscast.tasks.journal import Journal
 from smscast.tasks.persist import result_rows
@@ -41,7 +47,9 @@ from smscast.tasks.send_engine import SHARD_WORKERS, batches_of, send_rows
 
 
 def shard_runner() -> Any:
-    """The flows' task runner: threads, so that shards share the process-wide rate limiter. (Typed Any:
+    """The flows' task runner: threads, so that shards share the process-wide rate limiter. A Dask run
+    (`spec.runner`) sends its shards through a DaskTaskRunner of its own instead (smscast/dask_runner.py), so
+    that the runner follows each run's spec, whichever flow or deployment runs it. (Typed Any:
     ThreadPoolTaskRunner's generic parameter does not line up with the flow decorator's in prefect 3.8.)"""
     return ThreadPoolTaskRunner(max_workers=SHARD_WORKERS)
 
@@ -56,7 +64,11 @@ class ShardReport:
 
 
 @task(name="send-shard", cache_policy=NONE, task_run_name="send-shard-{shard.shard}")
-def send_shard(spec: CampaignSpec, shard: ShardRef, runtime_key: str) -> ShardReport:
+def send_shard(
+    spec: CampaignSpec, shard: ShardRef, runtime_key: str, link: RunLink | None = None
+) -> ShardReport:
+    """`runtime_key` finds the run's Runtime in this process (threads); a shard on a Dask worker finds none
+    and joins its run through `link` instead (its stop and lock, through the results storage)."""
     logger = get_run_logger()
     paths = AttemptPaths.of(spec)
     part = paths.part(shard.shard)
@@ -67,9 +79,26 @@ def send_shard(spec: CampaignSpec, shard: ShardRef, runtime_key: str) -> ShardRe
         # What a crash between writing the part and removing the journal left behind.
         shard_journal(paths, shard.shard, write_ahead=False).discard()
         return ShardReport(shard.shard, done.height, _counts(done), {}, resumed=True)
+    runtime = lookup_runtime(runtime_key)
+    if runtime is None and link is not None:
+        if storage.is_s3(spec.results):
+            # A Dask worker whose environment names no S3 credentials takes the block, as deployed flows do.
+            use_s3_block()
+        with joined_run(link, shard.rows, logger) as joined:
+            return _send_shard(spec, shard, paths, joined, logger)
+    return _send_shard(spec, shard, paths, runtime, logger)
+
+
+def _send_shard(
+    spec: CampaignSpec,
+    shard: ShardRef,
+    paths: AttemptPaths,
+    runtime: Runtime | None,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> ShardReport:
+    part = paths.part(shard.shard)
     planned = storage.read_parquet(paths.plan_shard(shard.shard))
     provider = make_provider(spec.provider, base_url=spec.base_url)
-    runtime = lookup_runtime(runtime_key)
     if runtime is not None and runtime.budget is not None and COST not in planned.columns and spec.prices:
         # Planned before the campaign had a price list: its rows are priced now, or the cap would see them free.
         planned = with_costs(planned, load_prices(spec.prices), spec.provider)
@@ -82,6 +111,12 @@ def send_shard(spec: CampaignSpec, shard: ShardRef, runtime_key: str) -> ShardRe
         logger.warning(
             "shard %d: another run owns the campaign now; not recording this run's view", shard.shard
         )
+        return ShardReport(shard.shard, outcomes.height, _counts(outcomes), requests)
+    if runtime is not None and runtime.stop.code == CIRCUIT_OPEN:
+        # Paused: no results part, so that running the campaign again resumes this shard from its journal;
+        # its rows as they stand go to the paused summary (smscast/breaker.py).
+        park(spec, shard.shard, planned, outcomes)
+        logger.warning("shard %d paused: the campaign's circuit breaker opened", shard.shard)
         return ShardReport(shard.shard, outcomes.height, _counts(outcomes), requests)
     if not storage.write_parquet_once(result_rows(spec, planned, outcomes), part):
         # Another run recorded this shard first (we stalled past our lease). Its record stands.

@@ -14,6 +14,8 @@ The rules, which depend only on the exception tree (smscast/errors.py) and the p
 * spend cap (`runtime.budget`) -> each request reserves its rows' cost right before it is posted; the first
   that does not fit, and every one after it, is `failed` (`over_budget`: never sent, a retry with a higher
   cap sends it). Only the cost of rows the provider certainly did not take is given back.
+* circuit breaker (smscast/breaker.py) -> every row settled counts in the run's window; when too many failed or
+  were refused, the campaign's stop is set (`circuit_open`) and every batch not yet sent is `failed` with it.
 
 Out of retries, a batch is `failed` if no attempt could have been accepted, `unknown` if one could.
 """
@@ -32,6 +34,8 @@ import httpx
 import polars as pl
 
 from smscast import transport
+from smscast.account_limit import account_bucket
+from smscast.breaker import CircuitBreaker, breaker_for, not_sent
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
     AmbiguousError,
@@ -43,7 +47,7 @@ from smscast.errors import (
 )
 from smscast.pricing import COST, COST_KEPT, OVER_BUDGET, SPENT, units_of
 from smscast.providers.base import Batch, Provider, Rejection, RowOutcome
-from smscast.ratelimit import TokenBucket, shared_bucket
+from smscast.ratelimit import TokenBucket
 from smscast.runtime import Budget, Reservation, Runtime, Stop
 from smscast.status import Status
 from smscast.tasks.outcomes import Recovered, SentBatch, outcomes_frame
@@ -111,10 +115,11 @@ def http_client(
     return httpx.AsyncClient(timeout=timeout, limits=limits)
 
 
-def per_shard_concurrency(spec: CampaignSpec, provider: Provider) -> int:
-    # The provider's concurrency is for the whole campaign; SHARD_WORKERS shards run side by side.
+def per_shard_concurrency(spec: CampaignSpec, provider: Provider, shards_at_once: int | None = None) -> int:
+    # The provider's concurrency is for the whole campaign, split over the shards that run side by side:
+    # SHARD_WORKERS threads here, or as many as a Dask cluster's worker threads (Runtime.shards_at_once).
     total = spec.concurrency or provider.caps.concurrency
-    return max(1, math.ceil(total / SHARD_WORKERS))
+    return max(1, math.ceil(total / (shards_at_once or SHARD_WORKERS)))
 
 
 async def send_rows(
@@ -131,11 +136,10 @@ async def send_rows(
     Prefect, which is how the unit tests drive it with httpx.MockTransport. With a journal, each batch's
     outcome is recorded as it comes back, and batches recorded by an interrupted earlier run are not sent
     again (their recorded outcomes are returned); the journal is closed (its writes flushed) on return."""
-    caps = provider.caps
-    concurrency = per_shard_concurrency(spec, provider)
-    bucket = shared_bucket(
-        caps.name, provider.settings.base_url, spec.rate or caps.rate_per_second, caps.burst
-    )
+    concurrency = per_shard_concurrency(spec, provider, runtime.shards_at_once if runtime else None)
+    # The account's limit, shared with every run on the same account where Prefect holds it; the stop lets
+    # a stopped campaign give up its turn at it.
+    bucket = account_bucket(provider, spec, stop=runtime.stop if runtime else None)
     batches = batches_of(rows, spec)
     recovered = journal.recover(batches) if journal is not None else None
     if recovered is not None:
@@ -153,6 +157,7 @@ async def send_rows(
             on_progress=runtime.progress.update if runtime else None,
             journal=journal,
             budget=runtime.budget if runtime else None,
+            breaker=breaker_for(runtime, spec) if runtime else None,
         )
         sent = await sender.run(batches)
     finally:
@@ -182,6 +187,7 @@ class ShardSender:
         on_progress: ProgressFn | None = None,
         journal: BatchJournal | None = None,
         budget: Budget | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.provider = provider
         self.caps = provider.caps
@@ -193,6 +199,7 @@ class ShardSender:
         self.on_progress = on_progress
         self.journal = journal
         self.budget = budget
+        self.breaker = breaker
         self.requests: dict[str, int] = {}  # what happened to each HTTP request, for the summary
 
     async def run(self, batches: list[Batch]) -> list[SentBatch]:
@@ -260,12 +267,7 @@ class ShardSender:
                     if self.stop.is_set():
                         if journalled:  # the intent went on record, the request did not go out
                             await self._withdraw(batch)
-                        return self._all(
-                            batch,
-                            Status.FAILED,
-                            "aborted",
-                            f"not sent: campaign stopped ({self.stop.reason})",
-                        )
+                        return self._stopped(batch, maybe_accepted, *not_sent(self.stop))
                     response = await transport.send(self.client, request, self.caps.name)
                 outcomes = self.provider.parse_response(batch, response)
             except RateLimitedError as exc:
@@ -283,7 +285,7 @@ class ShardSender:
                     await self._withdraw(batch)
                 self._count(exc.code)
                 self.stop.set(exc.code, self.provider.redact(str(exc)))
-                return self._all(batch, Status.FAILED, exc.code, str(exc))
+                return self._stopped(batch, maybe_accepted, exc.code, str(exc))
             except BatchRejectedError as exc:
                 self._count("batch_rejected")
                 if hold is not None:
@@ -320,6 +322,8 @@ class ShardSender:
                 self.bucket.reward()
                 if len(outcomes) != len(batch):  # a provider module bug must not lose or invent rows
                     raise RuntimeError(f"{self.caps.name}: {len(outcomes)} outcomes for {len(batch)} rows")
+                if self.breaker is not None:
+                    self.breaker.watch(self.stop, outcomes, answer=True)
                 return [
                     SentBatch(
                         batch.batch_id, batch.rows.get_column("row_index").to_list(), outcomes, submitted
@@ -363,10 +367,21 @@ class ShardSender:
             )
         return self._all(batch, Status.FAILED, exc.code, f"{exc}; gave up after retries")
 
+    def _stopped(self, batch: Batch, maybe_accepted: bool, code: str, message: str) -> list[SentBatch]:
+        """A batch the campaign's stop keeps from going (again): `failed`, never sent, unless an earlier try of
+        it may have been accepted (a lost answer) — then `unknown`, which no retry or fallback sends blindly."""
+        if maybe_accepted:
+            return self._all(
+                batch, Status.UNKNOWN, code, f"{message}; an earlier attempt may have been accepted"
+            )
+        return self._all(batch, Status.FAILED, code, message)
+
     def _all(self, batch: Batch, status: Status, code: str, message: str) -> list[SentBatch]:
         # Messages here may quote the provider's error text; that text never reaches results unredacted.
         outcome = RowOutcome(status=status, error_code=code, error_message=self.provider.redact(message))
         rows = batch.rows.get_column("row_index").to_list()
+        if self.breaker is not None:  # every whole-request outcome ends here: refusals, give-ups, stops
+            self.breaker.watch(self.stop, [outcome], answer=False, times=len(rows))
         return [SentBatch(batch.batch_id, rows, [outcome] * len(rows), datetime.now(UTC))]
 
 

@@ -20,6 +20,7 @@ from smscast.campaign import CampaignSpec
 from smscast.phone import is_e164, normalise, number_key
 from smscast.results import optout_list
 from smscast.sources import PHONE_RAW, SCHEME
+from smscast.step_log import step_logger
 from smscast.tasks.load import load_recipients, source_label
 
 __all__ = ["MANAGED", "list_phones", "list_spec", "on_lists", "read_optouts", "suppression_lists"]
@@ -29,13 +30,7 @@ _SQL = ("postgresql", "postgres", "duckdb")
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("smscast.suppression")
+    return step_logger("smscast.suppression")
 
 
 def read_optouts(results: str) -> tuple[pl.DataFrame, str | None]:

@@ -67,10 +67,13 @@ def _check(rule: RowRule) -> pa.Check:
 def with_country(df: pl.DataFrame) -> pl.DataFrame:
     """`country`: libphonenumber's region for the row's number, else (a number it cannot place, such as a
     range reserved for drama) the main country of its calling code, so that country rules and prices still
-    apply to it; null for non-geographic codes (+800 …) and for what is not a number."""
+    apply to it; null for non-geographic codes (+800 …) and for what is not a number. `number_type`:
+    libphonenumber's type for it (`unknown` for a number it does not know as valid)."""
     facts = with_number_facts(df.select("phone"))
-    country = facts.select(pl.coalesce("country", "home_country")).to_series().alias("country")
-    return df.with_columns(country)
+    return df.with_columns(
+        facts.select(pl.coalesce("country", "home_country")).to_series().alias("country"),
+        facts.get_column("number_type"),
+    )
 
 
 def render_body(spec: CampaignSpec, columns: list[str], caps: Capabilities) -> pl.Expr:

@@ -177,6 +177,28 @@ def test_ambiguous_then_failures_ends_unknown() -> None:
     assert set(out["status"]) == {"unknown"}  # the first attempt may have been accepted
 
 
+def test_a_stop_after_a_lost_answer_leaves_the_batch_unknown_not_failed() -> None:
+    """A batch whose first answer was lost may have been accepted: when the campaign's stop keeps it from
+    being tried again, it is `unknown` (never re-sent blindly, nor sent through a fallback), not `failed`."""
+    provider = SandboxProvider(SETTINGS)
+    rows, spec = planned_rows(10, provider)
+    spec = spec.model_copy(update={"concurrency": 1})
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.RemoteProtocolError("dropped", request=request)  # batch 1, its answer lost
+        return httpx.Response(401, json={"error": {"code": "unauthorized"}})  # its retry: the account stops
+
+    out, _ = run(provider, rows, spec, handler)
+    by_batch = dict(out.group_by("batch_id").agg(pl.col("status").unique().first()).iter_rows())
+    assert sorted(by_batch.values()) == ["failed", "unknown"]  # batch 2 never went out: failed (aborted)
+    assert out.filter(pl.col("status") == "unknown")["error_message"][0].endswith(
+        "an earlier attempt may have been accepted"
+    )
+
+
 class WholeBatch(SandboxProvider):
     """Refuses the whole request if any row's body contains BAD, like textingline's 33019."""
 

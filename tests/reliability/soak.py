@@ -125,6 +125,9 @@ class Soak:
             "--batch-size", str(self.batch_size(c)),
             "--concurrency", "4",  # two shards' worth: two requests in flight per shard
             "--rate", f"{c.rate:g}",
+            # The soak's faults are the point (tens of percent of requests fail on purpose): the circuit
+            # breaker, which would pause such a campaign, is tested on its own (tests/test_circuit_breaker.py).
+            "--max-failure-rate", "1",
             *cli_args(self.facts.spec_fields(**self.facts.soak.content)),
             *c.extra_args,
         ]  # fmt: skip
