@@ -16,10 +16,7 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ import httpx
 import orjson
 import polars as pl
 import psutil
+from measure import peak_rss  # benchmarks/measure.py, beside this script
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
@@ -65,25 +63,6 @@ def prefect_server_pid() -> int | None:
         except psutil.Error:
             continue
     return None
-
-
-@contextmanager
-def peak_rss() -> Iterator[Callable[[], int]]:
-    proc = psutil.Process()
-    peak = [proc.memory_info().rss]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.05):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        yield lambda: peak[0]
-    finally:
-        stop.set()
-        t.join()
 
 
 def make_recipients(rows: int) -> pl.DataFrame:

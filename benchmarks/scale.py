@@ -17,10 +17,7 @@ import gc
 import os
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -29,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import polars as pl
 import psutil
+from measure import peak_rss  # benchmarks/measure.py, beside this script
 
 from smscast.campaign import CampaignSpec
 from smscast.providers.registry import make_provider
@@ -37,26 +35,6 @@ from smscast.tasks.plan import plan_campaign
 from smscast.tasks.validate import features, rules, validate_recipients
 
 BODY = "Hi {{name}}, your order {{order}} ships today."
-
-
-@contextmanager
-def peak_rss() -> Iterator[Callable[[], int]]:
-    """The highest RSS of this process seen while the block runs (sampled every 20 ms)."""
-    proc = psutil.Process()
-    peak = [proc.memory_info().rss]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.02):
-            peak[0] = max(peak[0], proc.memory_info().rss)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        yield lambda: max(peak[0], proc.memory_info().rss)
-    finally:
-        stop.set()
-        t.join()
 
 
 def make_recipients(rows: int) -> pl.DataFrame:
