@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import pytest
 import sqlalchemy
+from deployed_release import test_held_rows_are_released_by_the_scheduled_run_exactly_once  # noqa: F401
 from fixtures_prefect import BUCKET, ROOT, Stack, holds_for, stack_fixture, stop_group, wait_for  # noqa: F401
 from prefect.events import Event, EventTrigger, ResourceSpecification, RunDeployment, get_events_client
 from prefect.states import Scheduled

@@ -1,7 +1,9 @@
-"""Held rows go out with nobody watching: on a real `prefect server start` with the project's deployments and a
-process worker (tests/fixtures_prefect.py), a campaign whose quiet hours end about a minute and a half from now
-leaves its rows held, schedules a run of the release deployment at their release time by itself, and once
-that run completes every row is accepted exactly once in the sandbox's ledger.
+"""Held rows go out with nobody watching. Collected with tests/test_deployments.py, whose deployed stack it
+shares (one Prefect server and worker start instead of two): on a real `prefect server start` with the
+project's deployments and a process worker (tests/fixtures_prefect.py), a campaign whose quiet hours end
+about a minute and a half from now leaves its rows held, schedules a run of the release deployment at their
+release time by itself, and once that run completes every row is accepted exactly once in the sandbox's
+ledger.
 
 The quiet hours are placed around the real clock, which is read just before the campaign starts: their end is
 at least 90 s away, so a loaded machine still starts the campaign inside them. Every wait is on a condition,
@@ -16,7 +18,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from fixtures_prefect import BUCKET, Stack, stack_fixture, wait_for  # noqa: F401
+from fixtures_prefect import BUCKET, Stack, wait_for
 from support import write_recipients
 
 from smscast import storage
