@@ -28,7 +28,7 @@ import httpx
 import orjson
 import polars as pl
 import psutil
-from measure import peak_rss  # benchmarks/measure.py, beside this script
+from shared import make_recipients, peak_rss  # benchmarks/shared.py, beside this script
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
@@ -63,15 +63,6 @@ def prefect_server_pid() -> int | None:
         except psutil.Error:
             continue
     return None
-
-
-def make_recipients(rows: int) -> pl.DataFrame:
-    i = pl.int_range(0, rows)
-    return pl.select(
-        phone=pl.format("+4477{}", i.cast(pl.String).str.zfill(8)),
-        name=pl.format("Name{}", (i % 997).cast(pl.String)),
-        order=pl.format("#{}", (i + 100000).cast(pl.String)),
-    )
 
 
 async def post_all(base_url: str, batches: list[bytes]) -> None:

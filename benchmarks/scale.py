@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import polars as pl
 import psutil
-from measure import peak_rss  # benchmarks/measure.py, beside this script
+from shared import make_recipients, peak_rss  # benchmarks/shared.py, beside this script
 
 from smscast.campaign import CampaignSpec
 from smscast.providers.registry import make_provider
@@ -35,15 +35,6 @@ from smscast.tasks.plan import plan_campaign
 from smscast.tasks.validate import features, rules, validate_recipients
 
 BODY = "Hi {{name}}, your order {{order}} ships today."
-
-
-def make_recipients(rows: int) -> pl.DataFrame:
-    i = pl.int_range(0, rows)
-    return pl.select(
-        phone=pl.format("+4477{}", i.cast(pl.String).str.zfill(8)),
-        name=pl.format("Name{}", (i % 997).cast(pl.String)),
-        order=pl.format("#{}", (i + 100000).cast(pl.String)),
-    )
 
 
 def plain_validation(loaded: pl.DataFrame, spec: CampaignSpec) -> pl.DataFrame:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -43,7 +43,7 @@ from smscast.status import Status
 from smscast.tasks.current import current_results, never_accepted, planned_provider, resendable
 from smscast.tasks.dispatch import Logger, run_attempt
 from smscast.tasks.manifest import read_manifest
-from smscast.tasks.plan import PlannedCampaign, plan_campaign
+from smscast.tasks.plan import PlannedCampaign
 from smscast.tasks.report import (
     CampaignSummary,
     artifact_key,
@@ -105,11 +105,9 @@ def plan_for(
 ) -> PlannedCampaign:
     """The rows `todo` names as attempt `spec.attempt` through `provider`, validated with its rules and cut
     into its batches; the plan names the provider."""
-    from smscast.flows.retry import _retry_rows  # flows/retry.py imports this module
+    from smscast.flows.retry import replan  # flows/retry.py imports this module
 
-    rows = revalidated(_retry_rows(campaign, todo, spec, now=now), spec, provider)
-    planned = plan_campaign(rows, spec, provider.caps, provider, extra_groups=[pl.col("_retry_group")])
-    return replace(planned, rows=planned.rows.with_columns(provider=pl.lit(provider.caps.name)))
+    return replan(campaign, todo, spec, provider, now, check=lambda rows: revalidated(rows, spec, provider))
 
 
 # ---- running it ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Literal
@@ -161,10 +162,15 @@ def replan(
     spec: CampaignSpec,
     provider: Provider,
     now: datetime | None = None,
+    *,
+    check: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> PlannedCampaign:
     """The rows `todo` names, as attempt 1 planned them, re-planned as attempt `spec.attempt` with the contact
-    policy applied at `now` (the real time unless given)."""
+    policy applied at `now` (the real time unless given). `check`: what else the rows go through before they
+    are cut into batches (a fallback's own validation rules, flows/failover.py)."""
     rows = _retry_rows(campaign, todo, spec, now=now)
+    if check is not None:
+        rows = check(rows)
     planned = plan_campaign(rows, spec, provider.caps, provider, extra_groups=[pl.col("_retry_group")])
     # The plan names its provider, so that resuming it goes through that one (flows/failover.py attempt_spec).
     return replace(planned, rows=planned.rows.with_columns(provider=pl.lit(provider.caps.name)))
