@@ -35,6 +35,7 @@ CONTENT_FIELDS: tuple[str, ...] = (
     "default_country",
     "language",
     "allow_braces",
+    "require_mobile",
     "encoding",
     "suppress",
     "suppress_query",
@@ -92,6 +93,13 @@ class CampaignSpec(BaseModel):
         title="Braces are meant",
         description="Send bodies that still hold {{…}} after rendering. Off: such rows are quarantined as "
         "template_unrendered (an export whose template was never filled in).",
+    )
+    require_mobile: bool = Field(
+        default=False,
+        title="Mobile numbers only",
+        description="Quarantine valid numbers of a type that cannot receive SMS (landlines, toll-free, premium "
+        "rate, shared cost, UAN, voicemail) as phone_not_mobile. Off: only numbers invalid for their country "
+        "are refused.",
     )
     template: str | None = Field(
         default=None,

@@ -159,6 +159,13 @@ def send(
             help="Send bodies that still hold {{…}} after rendering (else quarantined: template_unrendered).",
         ),
     ] = False,
+    require_mobile: Annotated[
+        bool,
+        typer.Option(
+            "--require-mobile",
+            help="Refuse numbers that cannot receive SMS (landlines, toll-free, premium rate…: phone_not_mobile).",
+        ),
+    ] = False,
     encoding: Annotated[
         str,
         typer.Option(
@@ -223,6 +230,7 @@ def send(
                 concurrency=concurrency,
                 request_timeout=request_timeout,
                 allow_braces=allow_braces,
+                require_mobile=require_mobile,
                 encoding=encoding,
                 allow_empty=allow_empty,
                 **policy_fields(

@@ -201,6 +201,12 @@ class Advanced(FormGroup):
         description="Send texts that still hold {{…}} after the placeholders are filled. Off: such rows are "
         "held back as template_unrendered.",
     )
+    require_mobile: bool = Field(
+        default=False,
+        title="Mobile numbers only",
+        description="Hold back numbers that cannot receive SMS (landlines, toll-free, premium rate…) as "
+        "phone_not_mobile.",
+    )
     runner: Literal["threads", "dask"] = Field(
         default="threads",
         title="Runner",

@@ -2,7 +2,7 @@
 
 People type numbers with spaces, dashes, dots, parentheses, a `00` international prefix, a `(0)` after the
 country code, or as national numbers, and paste them with invisible direction marks and zero-width spaces.
-Spreadsheets add their own: Excel's leading apostrophe (`'+447700900123`, "keep this as text"), full-width
+Spreadsheets add their own: Excel's leading apostrophe (`'+447400900123`, "keep this as text"), full-width
 digits from CJK input methods (`＋４４７７００…`), and numbers stored as floats (`4.477E+11`), whose digits may
 already be lost: those are recognised (`looks_like_float`) so that validation can refuse them by name.
 Everything here is Polars expressions: `phonenumbers` costs ~50 µs per number in Python (docs/design.md), so it
@@ -24,7 +24,7 @@ INVISIBLE = r"\p{Cf}"  # Unicode "format" characters: invisible, direction and j
 # Only digits (any script's: other scripts' digits are a number, just not an E.164 one) and an optional "+",
 # once the separators are gone: anything else (letters, "N/A", "#", a lone "+") is not a phone number at all.
 NUMBER_PATTERN = r"^\+?\p{Nd}+$"
-# A float written out: "4.477e11", "4.47700900123E+11", "4,477E+11" (a comma-decimal locale).
+# A float written out: "4.477e11", "4.47400900123E+11", "4,477E+11" (a comma-decimal locale).
 FLOAT_PATTERN = r"^[+-]?[0-9]+(?:[.,][0-9]*)?[eE][+-]?[0-9]{1,3}$"
 # Set by tasks/load.py on rows whose phone column was a float column (Parquet, NDJSON, DuckDB): its text is
 # plain digits, so only the column's type tells that digits may have been lost.
@@ -59,7 +59,7 @@ def normalise(raw: pl.Expr, default_country: str | None = None) -> pl.Expr:
     nulling it) lets the results show what we tried, and lets the reason tell "no country code" apart.
     """
     s = _clean(raw)
-    # "+44 (0)7700 900123": the (0) is a trunk prefix written for national callers; drop it before the
+    # "+44 (0)7400 900123": the (0) is a trunk prefix written for national callers; drop it before the
     # general separator removal turns it into a real digit.
     s = s.str.replace(r"^(\+|00)([1-9][0-9]{0,2})\s*\(0\)", "${1}${2}")
     s = s.str.replace_all(r"[\s\-.()/\u00a0\u2010-\u2015]", "")
@@ -68,7 +68,7 @@ def normalise(raw: pl.Expr, default_country: str | None = None) -> pl.Expr:
     if default_country:
         code, trunk, lengths = region_prefixes(default_country)
         national = s.str.strip_prefix(trunk) if trunk else s
-        # "447700900123" with GB: the country code typed without its +. Recognised when the digits start
+        # "447400900123" with GB: the country code typed without its +. Recognised when the digits start
         # with the code, are too long for a national number, and the rest has a national length.
         n = s.str.len_chars()
         typed_code = s.str.starts_with(code) & ~n.is_in(lengths) & (n - len(code)).is_in(lengths)
@@ -94,7 +94,7 @@ def _clean(raw: pl.Expr) -> pl.Expr:
     # They only steer display: the digits are stored in reading order either way, so dropping them yields the
     # number the person saw. Digits are never dropped; full-width ones become the same ASCII digits.
     s = raw.cast(pl.String).str.replace_all(INVISIBLE, "").str.replace_many(_WIDE, _NARROW).str.strip_chars()
-    # Excel shows `'+447700900123` as +447700900123 but some exports write the apostrophe out. One only: a
+    # Excel shows `'+447400900123` as +447400900123 but some exports write the apostrophe out. One only: a
     # second one was typed by someone, and the number is then refused rather than guessed at.
     return s.str.strip_prefix("'").str.strip_chars()
 

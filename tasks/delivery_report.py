@@ -66,7 +66,7 @@ def _calling_codes() -> tuple[str, ...]:
 
 
 def calling_code(phone: pl.Expr) -> pl.Expr:
-    """The country calling code of an E.164 phone, "+44" for "+447700900123"; null for anything else."""
+    """The country calling code of an E.164 phone, "+44" for "+447400900123"; null for anything else."""
     digits = phone.str.extract(r"^\+([1-9][0-9]{6,14})$")
     codes = list(_calling_codes())
     found = pl.lit(None, pl.String)

@@ -3,7 +3,7 @@
 The lists are the results location's managed opt-out list (smscast/optout.py), which every campaign there
 applies without being asked, and the campaign's own `suppress` sources: anything `load_recipients` reads that
 has a `phone` column. Their numbers are normalised exactly as recipients are (the campaign's default country
-applies), so `+44 7700 900123` on a list holds back `447700900123` in the source. Everything is joins on the
+applies), so `+44 7400 900123` on a list holds back `447400900123` in the source. Everything is joins on the
 normalised phone: no Python per row.
 """
 

@@ -19,7 +19,7 @@ from smscast.tasks.current import current_results
 def write_recipients(
     path: Path, n: int, *, start: int = 0, extra: dict[str, list[str]] | None = None
 ) -> Path:
-    rows = [{"phone": f"+4477009{start + i:05d}", "name": f"N{start + i}"} for i in range(n)]
+    rows = [{"phone": f"+4474009{start + i:05d}", "name": f"N{start + i}"} for i in range(n)]
     for col, values in (extra or {}).items():
         for row, value in zip(rows, values, strict=False):
             row[col] = value

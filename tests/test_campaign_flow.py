@@ -188,7 +188,7 @@ def test_postgres_source(
         conn.execute("DROP TABLE IF EXISTS people")
         conn.execute("CREATE TABLE people (msisdn text, first_name text)")
         conn.execute(
-            "INSERT INTO people SELECT '+4477009' || lpad(g::text, 5, '0'), 'P' || g FROM generate_series(1, 75) g"
+            "INSERT INTO people SELECT '+4474009' || lpad(g::text, 5, '0'), 'P' || g FROM generate_series(1, 75) g"
         )
         conn.commit()
     spec = CampaignSpec(

@@ -136,7 +136,7 @@ def test_a_price_list_costs_the_rows_that_would_be_sent(tmp_path: Path) -> None:
 def test_quiet_hours_hold_rows_until_they_end(tmp_path: Path) -> None:
     source = tmp_path / "r.csv"
     source.write_text(
-        "phone,name,timezone\n+447700900123,Ann,Europe/London\n+447700900124,Bob,America/New_York\n"
+        "phone,name,timezone\n+447400900123,Ann,Europe/London\n+447400900124,Bob,America/New_York\n"
     )
     spec = CampaignSpec(
         campaign_id="check",

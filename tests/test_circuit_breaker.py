@@ -168,7 +168,7 @@ def runtime() -> Runtime:
 def planned(n: int, provider: SandboxProvider, **spec_fields: Any) -> tuple[pl.DataFrame, CampaignSpec]:
     spec = CampaignSpec(campaign_id="cb", **SPEC, batch_size=10, rate=1e4, **spec_fields)
     df = pl.DataFrame(
-        {"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)], "name": ["n"] * n}
+        {"row_index": list(range(n)), "phone_raw": [f"+4474009{i:05d}" for i in range(n)], "name": ["n"] * n}
     )
     checked = validate_recipients(df, spec, provider.caps, provider)
     plan = plan_campaign(checked, spec, provider.caps, provider)

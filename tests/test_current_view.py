@@ -40,7 +40,7 @@ def write_attempt(results: Path, attempt: int, rows: list[dict[str, Any]], *, sh
         [
             {
                 **base,
-                "phone": f"+4477009{r['row_index']:05d}",
+                "phone": f"+4474009{r['row_index']:05d}",
                 "provider_message_id": f"m{attempt}-{r['row_index']}",
                 **r,
             }

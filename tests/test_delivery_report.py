@@ -35,7 +35,7 @@ def build_campaign(results: Path) -> None:
     """12 rows. Accepted: 0-3 (+44) and 4-6 (+1); 0-4 via sandbox, 5-6 via robase. Delivered 0, 1, 2, 4 after
     10, 20, 30 and 100 s; 3 undelivered (30003, with a hostile message); 5 pending; 6 no report yet.
     Not accepted: 7-8 failed http_503, 9 rejected 21614, 10 invalid phone_invalid, 11 unknown read_timeout."""
-    gb = [f"+4477009000{i:02d}" for i in range(4)]
+    gb = [f"+4474009000{i:02d}" for i in range(4)]
     us = [f"+1415555010{i}" for i in range(3)]
     accepted = [
         {"row_index": i, "status": "accepted", "phone": p, "provider": "sandbox" if i < 5 else "robase"}
@@ -139,7 +139,7 @@ def test_a_long_span_is_charted_per_hour(tmp_path: Path) -> None:
 
 
 def test_calling_codes_are_found_in_e164_numbers_only() -> None:
-    phones = ["+447700900123", "+14155550100", "+8801712345678", "+35312345678", "+79161234567", "12ab", None]
+    phones = ["+447400900123", "+14155550100", "+8801712345678", "+35312345678", "+79161234567", "12ab", None]
     got = (
         pl.DataFrame({"p": phones}, schema={"p": pl.String})
         .select(calling_code(pl.col("p")).alias("c"))["c"]
@@ -255,7 +255,7 @@ def test_results_shows_counts_by_status_and_delivery_and_the_first_rows(campaign
     accepted_line = next(line for line in got.output.splitlines() if "accepted" in line)
     # rows, pending, delivered, undelivered, expired, no_report
     assert re.findall(r"\d+", accepted_line) == ["7", "1", "4", "1", "0", "1"]
-    assert "First 3 rows" in got.output and "+447700900002" in got.output
+    assert "First 3 rows" in got.output and "+447400900002" in got.output
     assert "+14155550100" not in got.output  # row 4: past the first 3
 
 

@@ -83,7 +83,7 @@ def planned(spec: CampaignSpec, n: int) -> pl.DataFrame:
     """Attempt 1's plan of `n` rows through the sandbox (row 3's body LONG_BODY), written; its rows."""
     bodies = [LONG_BODY if i == 3 else f"Hi {i}" for i in range(n)]
     df = pl.DataFrame(
-        {"row_index": range(n), "phone_raw": [f"+4477009{i:05d}" for i in range(n)], "body": bodies}
+        {"row_index": range(n), "phone_raw": [f"+4474009{i:05d}" for i in range(n)], "body": bodies}
     )
     sandbox = make_provider("sandbox", base_url="http://x")
     plan = plan_campaign(validate_recipients(df, spec, sandbox.caps, sandbox), spec, sandbox.caps, sandbox)

@@ -31,7 +31,7 @@ POLICY = ("suppressed", "held")  # statuses tasks/policy.py gives before plannin
 
 
 def phone(i: int) -> str:
-    return f"+4477009{i:05d}"
+    return f"+4474009{i:05d}"
 
 
 @dataclass

@@ -19,7 +19,7 @@ from smscast.errors import ConfigError, SourceError
 from smscast.sources.credentials import split_password
 from smscast.tasks.load import load_recipients, source_label
 
-PHONES_TEXT = ["+44 7700 900123", "07700900123", "00447700900123"]
+PHONES_TEXT = ["+44 7400 900123", "07400900123", "00447400900123"]
 
 
 def spec(source: str, **kw: Any) -> CampaignSpec:
@@ -43,8 +43,8 @@ def load_error(source: str, **kw: Any) -> str:
 def test_csv_keeps_phones_as_text(tmp_path: Path) -> None:
     src = write(
         tmp_path / "r.csv",
-        'phone,body,recipient_id,amount\n"+44 7700 900123",hello,007,12.50\n07700900123,hi,8,3\n'
-        "00447700900123,yo,9,\n",
+        'phone,body,recipient_id,amount\n"+44 7400 900123",hello,007,12.50\n07400900123,hi,8,3\n'
+        "00447400900123,yo,9,\n",
     )
     df = load_recipients(spec(src))
     assert df.columns == ["row_index", "phone_raw", "body", "recipient_id", "amount"]
@@ -57,22 +57,22 @@ def test_csv_keeps_phones_as_text(tmp_path: Path) -> None:
 
 
 def test_csv_utf8_bom_is_stripped(tmp_path: Path) -> None:
-    src = write(tmp_path / "bom.csv", b"\xef\xbb\xbfphone,body\n+447700900123,hi\n")
+    src = write(tmp_path / "bom.csv", b"\xef\xbb\xbfphone,body\n+447400900123,hi\n")
     df = load_recipients(spec(src))
     assert df.columns == ["row_index", "phone_raw", "body"]
-    assert df.row(0) == (0, "+447700900123", "hi")
+    assert df.row(0) == (0, "+447400900123", "hi")
 
 
 def test_csv_crlf_line_endings(tmp_path: Path) -> None:
-    src = write(tmp_path / "crlf.csv", b"phone,body\r\n07700900123,first\r\n+447700900124,second\r\n")
+    src = write(tmp_path / "crlf.csv", b"phone,body\r\n07400900123,first\r\n+447400900124,second\r\n")
     df = load_recipients(spec(src))
-    assert df.rows() == [(0, "07700900123", "first"), (1, "+447700900124", "second")]
+    assert df.rows() == [(0, "07400900123", "first"), (1, "+447400900124", "second")]
 
 
 def test_csv_quoted_fields_with_newlines_commas_and_quotes(tmp_path: Path) -> None:
     src = write(
         tmp_path / "q.csv",
-        'phone,body\n"+447700900123","Hello, ""Bob""\nsee you at 5, ok?"\r\n+447700900124,"plain"\n',
+        'phone,body\n"+447400900123","Hello, ""Bob""\nsee you at 5, ok?"\r\n+447400900124,"plain"\n',
     )
     df = load_recipients(spec(src))
     assert df["body"].to_list() == ['Hello, "Bob"\nsee you at 5, ok?', "plain"]
@@ -81,14 +81,14 @@ def test_csv_quoted_fields_with_newlines_commas_and_quotes(tmp_path: Path) -> No
 
 def test_csv_unicode_and_emoji_bodies(tmp_path: Path) -> None:
     bodies = ["Grüße 😀", "你好，世界", "Привет", "👩‍👩‍👧‍👦 family"]
-    lines = "".join(f"+4477009001{i:02d},{b}\n" for i, b in enumerate(bodies))
+    lines = "".join(f"+4474009001{i:02d},{b}\n" for i, b in enumerate(bodies))
     df = load_recipients(spec(write(tmp_path / "u.csv", "phone,body\n" + lines)))
     assert df["body"].to_list() == bodies
 
 
 def test_csv_one_row(tmp_path: Path) -> None:
-    df = load_recipients(spec(write(tmp_path / "one.csv", "phone,body\n+447700900123,only\n")))
-    assert df.rows() == [(0, "+447700900123", "only")]
+    df = load_recipients(spec(write(tmp_path / "one.csv", "phone,body\n+447400900123,only\n")))
+    assert df.rows() == [(0, "+447400900123", "only")]
 
 
 def test_csv_header_only_is_refused_unless_an_empty_campaign_is_allowed(tmp_path: Path) -> None:
@@ -103,24 +103,24 @@ def test_csv_header_only_is_refused_unless_an_empty_campaign_is_allowed(tmp_path
 
 
 def test_csv_blank_lines_are_not_records(tmp_path: Path) -> None:
-    src = write(tmp_path / "b.csv", "phone,body\n\n+447700900123,a\n\n+447700900124,b\n\n")
+    src = write(tmp_path / "b.csv", "phone,body\n\n+447400900123,a\n\n+447400900124,b\n\n")
     df = load_recipients(spec(src))
-    assert df.rows() == [(0, "+447700900123", "a"), (1, "+447700900124", "b")]
+    assert df.rows() == [(0, "+447400900123", "a"), (1, "+447400900124", "b")]
 
 
 def test_csv_empty_fields_are_null(tmp_path: Path) -> None:
-    df = load_recipients(spec(write(tmp_path / "e.csv", "phone,body\n,hello\n+447700900123,\n")))
-    assert df.rows() == [(0, None, "hello"), (1, "+447700900123", None)]
+    df = load_recipients(spec(write(tmp_path / "e.csv", "phone,body\n,hello\n+447400900123,\n")))
+    assert df.rows() == [(0, None, "hello"), (1, "+447400900123", None)]
 
 
 def test_csv_header_names_are_trimmed(tmp_path: Path) -> None:
-    df = load_recipients(spec(write(tmp_path / "w.csv", " phone , body\n+447700900123,hi\n")))
+    df = load_recipients(spec(write(tmp_path / "w.csv", " phone , body\n+447400900123,hi\n")))
     assert df.columns == ["row_index", "phone_raw", "body"]
 
 
 def test_file_uri(tmp_path: Path) -> None:
-    src = write(tmp_path / "f.csv", "phone,body\n+447700900123,hi\n")
-    assert load_recipients(spec(f"file://{src}"))["phone_raw"].to_list() == ["+447700900123"]
+    src = write(tmp_path / "f.csv", "phone,body\n+447400900123,hi\n")
+    assert load_recipients(spec(f"file://{src}"))["phone_raw"].to_list() == ["+447400900123"]
 
 
 def test_empty_csv_file_has_no_rows(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_empty_csv_file_has_no_rows(tmp_path: Path) -> None:
 @pytest.mark.timeout(30)
 def test_csv_unterminated_quote_is_a_clear_error(tmp_path: Path) -> None:
     src = write(
-        tmp_path / "bad.csv", 'phone,body\n+447700900123,"oops\n+447700900124,fine\n+447700900125,x\n'
+        tmp_path / "bad.csv", 'phone,body\n+447400900123,"oops\n+447400900124,fine\n+447400900125,x\n'
     )
     message = load_error(src)
     assert "bad.csv" in message
@@ -143,17 +143,17 @@ def test_csv_unterminated_quote_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(30)
 def test_csv_unterminated_quote_on_the_last_line(tmp_path: Path) -> None:
-    message = load_error(write(tmp_path / "bad2.csv", 'phone,body\n+447700900123,"never closed\n'))
+    message = load_error(write(tmp_path / "bad2.csv", 'phone,body\n+447400900123,"never closed\n'))
     assert "quote" in message
 
 
 def test_csv_stray_quote_inside_a_field_is_read(tmp_path: Path) -> None:
-    df = load_recipients(spec(write(tmp_path / "mid.csv", 'phone,body\n+447700900123,say "hi" now\n')))
+    df = load_recipients(spec(write(tmp_path / "mid.csv", 'phone,body\n+447400900123,say "hi" now\n')))
     assert df["body"].to_list() == ['say "hi" now']
 
 
 def test_csv_row_with_extra_fields(tmp_path: Path) -> None:
-    message = load_error(write(tmp_path / "ragged.csv", "phone,body\n+447700900123,hello, world\n"))
+    message = load_error(write(tmp_path / "ragged.csv", "phone,body\n+447400900123,hello, world\n"))
     assert "more fields than the header" in message
 
 
@@ -164,12 +164,12 @@ def test_csv_binary_garbage(tmp_path: Path) -> None:
 
 
 def test_csv_not_utf8(tmp_path: Path) -> None:
-    message = load_error(write(tmp_path / "latin1.csv", "phone,body\n+447700900123,café\n".encode("latin-1")))
+    message = load_error(write(tmp_path / "latin1.csv", "phone,body\n+447400900123,café\n".encode("latin-1")))
     assert "UTF-8" in message
 
 
 def test_csv_utf16(tmp_path: Path) -> None:
-    message = load_error(write(tmp_path / "u16.csv", "phone,body\n+447700900123,hi\n".encode("utf-16")))
+    message = load_error(write(tmp_path / "u16.csv", "phone,body\n+447400900123,hi\n".encode("utf-16")))
     assert "UTF-16" in message
 
 
@@ -187,18 +187,18 @@ def test_csv_reserved_row_index_column(tmp_path: Path) -> None:
 
 
 def test_column_mapping(tmp_path: Path) -> None:
-    src = write(tmp_path / "m.csv", "msisdn,text,customer,first\n447700900123,Hi Ann,c-1,Ann\n")
+    src = write(tmp_path / "m.csv", "msisdn,text,customer,first\n447400900123,Hi Ann,c-1,Ann\n")
     df = load_recipients(
         spec(src, columns={"phone": "msisdn", "body": "text", "recipient_id": "customer", "name": "first"})
     )
     assert df.columns == ["row_index", "phone_raw", "body", "recipient_id", "name"]
-    assert df.row(0) == (0, "447700900123", "Hi Ann", "c-1", "Ann")
+    assert df.row(0) == (0, "447400900123", "Hi Ann", "c-1", "Ann")
 
 
 def test_column_mapping_one_source_column_to_two_names(tmp_path: Path) -> None:
-    src = write(tmp_path / "m2.csv", "msisdn,body\n447700900123,x\n")
+    src = write(tmp_path / "m2.csv", "msisdn,body\n447400900123,x\n")
     df = load_recipients(spec(src, columns={"phone": "msisdn", "recipient_id": "msisdn"}))
-    assert df.select("phone_raw", "recipient_id").row(0) == ("447700900123", "447700900123")
+    assert df.select("phone_raw", "recipient_id").row(0) == ("447400900123", "447400900123")
 
 
 def test_column_mapping_to_a_missing_column(tmp_path: Path) -> None:
@@ -215,19 +215,19 @@ def test_column_mapping_clash(tmp_path: Path) -> None:
 
 
 def test_missing_phone_column_names_columns_and_mapping(tmp_path: Path) -> None:
-    message = load_error(write(tmp_path / "np.csv", "msisdn,body\n447700900123,hi\n"))
+    message = load_error(write(tmp_path / "np.csv", "msisdn,body\n447400900123,hi\n"))
     assert "no 'phone' column" in message
     assert "'msisdn', 'body'" in message
     assert "--column phone=msisdn" in message
 
 
 def test_missing_phone_column_without_a_guess(tmp_path: Path) -> None:
-    message = load_error(write(tmp_path / "np2.csv", "who,body\n447700900123,hi\n"))
+    message = load_error(write(tmp_path / "np2.csv", "who,body\n447400900123,hi\n"))
     assert "--column phone=" in message
 
 
 def test_missing_body_column(tmp_path: Path) -> None:
-    src = write(tmp_path / "nb.csv", "phone,name\n+447700900123,Ann\n")
+    src = write(tmp_path / "nb.csv", "phone,name\n+447400900123,Ann\n")
     message = load_error(src)
     assert "no 'body' column" in message
     assert "--body" in message and "--template" in message and "--column body=" in message
@@ -237,7 +237,7 @@ def test_missing_body_column(tmp_path: Path) -> None:
 
 
 def test_missing_template_variables(tmp_path: Path) -> None:
-    src = write(tmp_path / "tv.csv", "phone,first\n+447700900123,Ann\n")
+    src = write(tmp_path / "tv.csv", "phone,first\n+447400900123,Ann\n")
     message = load_error(src, body="Hi {{name}}, your code is {{ code }}")
     assert "'name', 'code'" in message
     assert "--column name=" in message
@@ -290,7 +290,7 @@ def test_parquet_numeric_phones_become_digits(tmp_path: Path) -> None:
     src = str(tmp_path / "r.parquet")
     pl.DataFrame(
         {
-            "phone": [447700900123, 447700900124],
+            "phone": [447400900123, 447400900124],
             "body": ["a", "b"],
             "recipient_id": [1, 2],
             "score": [1.5, 2.0],
@@ -298,7 +298,7 @@ def test_parquet_numeric_phones_become_digits(tmp_path: Path) -> None:
         }
     ).write_parquet(src)
     df = load_recipients(spec(src))
-    assert df["phone_raw"].to_list() == ["447700900123", "447700900124"]
+    assert df["phone_raw"].to_list() == ["447400900123", "447400900124"]
     assert df["recipient_id"].to_list() == ["1", "2"]
     assert df["send_at"].to_list() == ["2030-01-02T09:30:00Z", None]
     assert df.schema["score"] == pl.Float64  # other columns keep their types
@@ -307,18 +307,18 @@ def test_parquet_numeric_phones_become_digits(tmp_path: Path) -> None:
 
 def test_parquet_float_and_decimal_phones_have_no_fraction(tmp_path: Path) -> None:
     src = str(tmp_path / "f.parquet")
-    pl.DataFrame({"phone": [447700900123.0, 6591234567.0], "body": ["a", "b"]}).write_parquet(src)
-    assert load_recipients(spec(src))["phone_raw"].to_list() == ["447700900123", "6591234567"]
+    pl.DataFrame({"phone": [447400900123.0, 6591234567.0], "body": ["a", "b"]}).write_parquet(src)
+    assert load_recipients(spec(src))["phone_raw"].to_list() == ["447400900123", "6591234567"]
     src2 = str(tmp_path / "d.parquet")
-    pl.DataFrame({"phone": pl.Series([447700900123], dtype=pl.Decimal(15, 2)), "body": ["a"]}).write_parquet(
+    pl.DataFrame({"phone": pl.Series([447400900123], dtype=pl.Decimal(15, 2)), "body": ["a"]}).write_parquet(
         src2
     )
-    assert load_recipients(spec(src2))["phone_raw"].to_list() == ["447700900123"]
+    assert load_recipients(spec(src2))["phone_raw"].to_list() == ["447400900123"]
 
 
 def test_parquet_integer_template_variables_become_text(tmp_path: Path) -> None:
     src = str(tmp_path / "v.parquet")
-    pl.DataFrame({"phone": ["+447700900123"], "code": [4821], "n": [7]}).write_parquet(src)
+    pl.DataFrame({"phone": ["+447400900123"], "code": [4821], "n": [7]}).write_parquet(src)
     df = load_recipients(spec(src, body="Your code is {{code}}"))
     assert df["code"].to_list() == ["4821"]
     assert df.schema["n"] == pl.Int64
@@ -326,7 +326,7 @@ def test_parquet_integer_template_variables_become_text(tmp_path: Path) -> None:
 
 def test_parquet_truncated(tmp_path: Path) -> None:
     good = tmp_path / "good.parquet"
-    pl.DataFrame({"phone": ["+447700900123"] * 100, "body": ["x"] * 100}).write_parquet(good)
+    pl.DataFrame({"phone": ["+447400900123"] * 100, "body": ["x"] * 100}).write_parquet(good)
     data = good.read_bytes()
     message = load_error(write(tmp_path / "trunc.parquet", data[: len(data) // 2]))
     assert "trunc.parquet" in message
@@ -365,23 +365,23 @@ def test_directory_reads_every_supported_file(tmp_path: Path) -> None:
     # Regression: a folder of a.csv (2 rows) and b.parquet (1 row) sent only the Parquet row.
     d = tmp_path / "in"
     d.mkdir()
-    write(d / "a.csv", "phone,body\n+447700900001,x\n+447700900002,y\n")
-    pl.DataFrame({"phone": [447700900003.0], "body": ["z"]}).write_parquet(d / "b.parquet")
-    write(d / "c.ndjson", '{"phone": "+447700900004", "body": "w"}\n')
+    write(d / "a.csv", "phone,body\n+447400900001,x\n+447400900002,y\n")
+    pl.DataFrame({"phone": [447400900003.0], "body": ["z"]}).write_parquet(d / "b.parquet")
+    write(d / "c.ndjson", '{"phone": "+447400900004", "body": "w"}\n')
     write(d / "_SUCCESS", "")  # a marker, not recipients
     df = load_recipients(spec(str(d)))
     assert df.select("row_index", "phone_raw", "body").rows() == [
-        (0, "+447700900001", "x"),
-        (1, "+447700900002", "y"),
-        (2, "447700900003", "z"),  # a float phone is its digits, as from a lone Parquet file
-        (3, "+447700900004", "w"),
+        (0, "+447400900001", "x"),
+        (1, "+447400900002", "y"),
+        (2, "447400900003", "z"),  # a float phone is its digits, as from a lone Parquet file
+        (3, "+447400900004", "w"),
     ]
 
 
 def test_directory_refuses_files_it_cannot_read_by_name(tmp_path: Path) -> None:
     d = tmp_path / "in"
     d.mkdir()
-    write(d / "a.csv", "phone,body\n+447700900001,x\n")
+    write(d / "a.csv", "phone,body\n+447400900001,x\n")
     write(d / "b.xlsx", "PK")
     message = load_error(str(d))
     assert "'b.xlsx'" in message and "a.csv" not in message
@@ -390,8 +390,8 @@ def test_directory_refuses_files_it_cannot_read_by_name(tmp_path: Path) -> None:
 def test_directory_error_names_the_file(tmp_path: Path) -> None:
     d = tmp_path / "in"
     d.mkdir()
-    write(d / "a.csv", "phone,body\n+447700900001,x\n")
-    write(d / "b.csv", "msisdn,body\n+447700900001,x\n")
+    write(d / "a.csv", "phone,body\n+447400900001,x\n")
+    write(d / "b.csv", "msisdn,body\n+447400900001,x\n")
     assert "b.csv has no 'phone' column" in load_error(str(d))
 
 
@@ -402,11 +402,11 @@ def test_directory_error_names_the_file(tmp_path: Path) -> None:
 def test_ndjson(tmp_path: Path, ext: str) -> None:
     src = write(
         tmp_path / f"r{ext}",
-        '{"phone": 447700900123, "body": "hi 😀", "language": "en"}\n\n'
-        '{"phone": "+447700900124", "body": "yo", "extra": {"a": 1}}\r\n',
+        '{"phone": 447400900123, "body": "hi 😀", "language": "en"}\n\n'
+        '{"phone": "+447400900124", "body": "yo", "extra": {"a": 1}}\r\n',
     )
     df = load_recipients(spec(src))
-    assert df["phone_raw"].to_list() == ["447700900123", "+447700900124"]
+    assert df["phone_raw"].to_list() == ["447400900123", "+447400900124"]
     assert df["body"].to_list() == ["hi 😀", "yo"]
     assert df["language"].to_list() == ["en", None]
     assert df["row_index"].to_list() == [0, 1]
@@ -429,25 +429,25 @@ def test_ndjson_empty(tmp_path: Path) -> None:
 def test_s3_csv(s3_bucket: str) -> None:
     uri = f"s3://{s3_bucket}/in/recipients.csv"
     storage.put_bytes(
-        uri, b'\xef\xbb\xbfphone,body\r\n"+44 7700 900123","Hi, \xf0\x9f\x98\x80"\r\n07700900123,x\r\n'
+        uri, b'\xef\xbb\xbfphone,body\r\n"+44 7400 900123","Hi, \xf0\x9f\x98\x80"\r\n07400900123,x\r\n'
     )
     df = load_recipients(spec(uri))
-    assert df.rows() == [(0, "+44 7700 900123", "Hi, 😀"), (1, "07700900123", "x")]
+    assert df.rows() == [(0, "+44 7400 900123", "Hi, 😀"), (1, "07400900123", "x")]
 
 
 @pytest.mark.integration
 def test_s3_parquet_with_int_phones(s3_bucket: str) -> None:
     uri = f"s3://{s3_bucket}/in/recipients.parquet"
-    storage.write_parquet(pl.DataFrame({"msisdn": [447700900123, 6591234567], "text": ["a", "b"]}), uri)
+    storage.write_parquet(pl.DataFrame({"msisdn": [447400900123, 6591234567], "text": ["a", "b"]}), uri)
     df = load_recipients(spec(uri, columns={"phone": "msisdn", "body": "text"}))
-    assert df.rows() == [(0, "447700900123", "a"), (1, "6591234567", "b")]
+    assert df.rows() == [(0, "447400900123", "a"), (1, "6591234567", "b")]
 
 
 @pytest.mark.integration
 def test_s3_ndjson(s3_bucket: str) -> None:
     uri = f"s3://{s3_bucket}/in/r.jsonl"
-    storage.put_bytes(uri, b'{"phone": 447700900123, "body": "a"}\n{"phone": 447700900124, "body": "b"}\n')
-    assert load_recipients(spec(uri))["phone_raw"].to_list() == ["447700900123", "447700900124"]
+    storage.put_bytes(uri, b'{"phone": 447400900123, "body": "a"}\n{"phone": 447400900124, "body": "b"}\n')
+    assert load_recipients(spec(uri))["phone_raw"].to_list() == ["447400900123", "447400900124"]
 
 
 @pytest.mark.integration
@@ -474,7 +474,7 @@ def test_s3_missing_object_and_malformed(s3_bucket: str) -> None:
 @pytest.mark.integration
 def test_s3_csv_in_another_encoding(s3_bucket: str) -> None:
     uri = f"s3://{s3_bucket}/latin1.csv"
-    storage.put_bytes(uri, "phone,body\n+447700900123,Café olé\n".encode("latin-1"))
+    storage.put_bytes(uri, "phone,body\n+447400900123,Café olé\n".encode("latin-1"))
     assert "--encoding" in load_error(uri)
     assert load_recipients(spec(uri, encoding="latin-1"))["body"].to_list() == ["Café olé"]
 
@@ -504,10 +504,10 @@ def pg_table(postgres: Any) -> None:
         )
         conn.execute(
             "INSERT INTO recipients VALUES "
-            "(1, 447700900123, 'Hi, \"Ann\"' || chr(10) || 'bye', 'Ann', 12.50, 447700900123, "
+            "(1, 447400900123, 'Hi, \"Ann\"' || chr(10) || 'bye', 'Ann', 12.50, 447400900123, "
             "'2030-01-02 09:30:00+00', 'en'), "
             "(2, 6591234567, 'Grüße 😀', NULL, NULL, 6591234567, NULL, ''), "
-            "(3, 447700900125, NULL, 'Cy', 1, NULL, NULL, NULL)"
+            "(3, 447400900125, NULL, 'Cy', 1, NULL, NULL, NULL)"
         )
 
 
@@ -529,7 +529,7 @@ def test_postgres_query(pg_recipients: str) -> None:
     )
     assert df.columns == ["row_index", "phone_raw", "body", "name", "score", "id", "send_at"]
     assert df["row_index"].to_list() == [0, 1, 2]
-    assert df["phone_raw"].to_list() == ["447700900125", "6591234567", "447700900123"]
+    assert df["phone_raw"].to_list() == ["447400900125", "6591234567", "447400900123"]
     assert df["body"].to_list() == [None, "Grüße 😀", 'Hi, "Ann"\nbye']
     assert df["name"].to_list() == ["Cy", None, "Ann"]
     assert df["score"].to_list() == ["1.00", None, "12.50"]
@@ -545,7 +545,7 @@ def test_postgres_mapping_and_float_phone(pg_recipients: str) -> None:
             columns={"phone": "phone_f", "body": "txt"},
         )
     )
-    assert df["phone_raw"].to_list() == ["447700900123", "6591234567"]
+    assert df["phone_raw"].to_list() == ["447400900123", "6591234567"]
 
 
 @pytest.mark.integration
@@ -620,7 +620,7 @@ def duck_file(tmp_path: Path) -> str:
     con = duckdb.connect(str(path))
     con.execute(
         "CREATE TABLE people AS SELECT * FROM (VALUES "
-        "(1, 447700900123::BIGINT, 'Hi 😀', 'Ann', TIMESTAMP '2030-01-02 09:30:00'), "
+        "(1, 447400900123::BIGINT, 'Hi 😀', 'Ann', TIMESTAMP '2030-01-02 09:30:00'), "
         "(2, 6591234567::BIGINT, 'Yo', NULL, NULL)) t(id, msisdn, body, name, send_at)"
     )
     con.close()
@@ -637,7 +637,7 @@ def test_duckdb_query(duck_file: str) -> None:
         )
     )
     assert df.columns == ["row_index", "phone_raw", "body", "name", "send_at", "id"]
-    assert df["phone_raw"].to_list() == ["447700900123", "6591234567"]
+    assert df["phone_raw"].to_list() == ["447400900123", "6591234567"]
     assert df["body"].to_list() == ["Hi 😀", "Yo"]
     assert df["name"].to_list() == ["Ann", None]
     assert df["send_at"].to_list() == ["2030-01-02T09:30:00", None]
@@ -648,10 +648,10 @@ def test_duckdb_in_memory() -> None:
     df = load_recipients(
         spec(
             "duckdb://",
-            query="SELECT '+447700900123' AS phone, 'hello' AS body UNION ALL SELECT '07700900123', 'x'",
+            query="SELECT '+447400900123' AS phone, 'hello' AS body UNION ALL SELECT '07400900123', 'x'",
         )
     )
-    assert df["phone_raw"].to_list() == ["+447700900123", "07700900123"]
+    assert df["phone_raw"].to_list() == ["+447400900123", "07400900123"]
 
 
 def test_duckdb_errors(duck_file: str, tmp_path: Path) -> None:

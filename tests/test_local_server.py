@@ -245,7 +245,7 @@ def test_server_start_status_send_stop(tmp_path: Path) -> None:
         assert f"running: {state.url}" in status.stdout and f"pid {state.pid}" in status.stdout
 
         recipients = tmp_path / "r.csv"
-        recipients.write_text("phone,name\n+447700900001,Ann\n+447700900002,Bo\n")
+        recipients.write_text("phone,name\n+447400900001,Ann\n+447400900002,Bo\n")
         sent = _run(
             ["send", str(recipients), "-p", "sandbox", "-c", "uses-local-server", "-r", str(tmp_path / "res"),
              "--body", "Hi {{name}}", "--base-url", "http://127.0.0.1:9", "--dry-run"],

@@ -43,7 +43,7 @@ def _planned(provider: SandboxProvider, n: int, cid: str = "j") -> tuple[Campaig
     spec = CampaignSpec(
         campaign_id=cid, source="s", results="r", body="hi", batch_size=10, rate=10_000, concurrency=2
     )
-    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)]})
+    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4474009{i:05d}" for i in range(n)]})
     checked = validate_recipients(df, spec, provider.caps, provider)
     return spec, plan_campaign(checked, spec, provider.caps, provider).rows
 

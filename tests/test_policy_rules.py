@@ -55,8 +55,8 @@ def test_country_rules_use_the_numbers_country(tmp_path: Path) -> None:
 
 
 def test_a_number_libphonenumber_cannot_place_gets_its_calling_codes_country(tmp_path: Path) -> None:
-    # +44 7700 900xxx is a range reserved for drama: not a valid number, still a British one for the rules.
-    rows = checked(tmp_path, [{"phone": "+447700900123"}], allow_countries=("GB",))
+    # +44 7400 900xxx is a range reserved for drama: not a valid number, still a British one for the rules.
+    rows = checked(tmp_path, [{"phone": "+447400900123"}], allow_countries=("GB",))
     assert rows["country"].to_list() == ["GB"] and rows["status"].to_list() == [None]
 
 
@@ -64,12 +64,12 @@ def test_quiet_hours_hold_rows_until_their_local_window_ends(tmp_path: Path) -> 
     rows = checked(
         tmp_path,
         [
-            {"phone": "+447700900001", "timezone": "Europe/London"},
-            {"phone": "+447700900002", "timezone": "America/New_York"},
-            {"phone": "+447700900003", "timezone": "Asia/Tokyo"},
-            {"phone": "+447700900004", "timezone": ""},  # empty: the number's zones (British)
+            {"phone": "+447400900001", "timezone": "Europe/London"},
+            {"phone": "+447400900002", "timezone": "America/New_York"},
+            {"phone": "+447400900003", "timezone": "Asia/Tokyo"},
+            {"phone": "+447400900004", "timezone": ""},  # empty: the number's zones (British)
             {"phone": "+12125551234", "timezone": ""},  # New York, from its area code: 17:30 there
-            {"phone": "+447700900006", "timezone": "Mars/Olympus"},
+            {"phone": "+447400900006", "timezone": "Mars/Olympus"},
         ],
         quiet_hours="21:00-08:00",
     )
@@ -101,7 +101,7 @@ def test_a_row_caught_by_several_rules_reports_every_reason_and_is_suppressed(tm
     add_phones(str(tmp_path / "res"), ["+33612345678"])
     rows = checked(
         tmp_path,
-        [{"phone": "+33612345678", "timezone": "Europe/Paris"}, {"phone": "bad"}, {"phone": "+447700900001"}],
+        [{"phone": "+33612345678", "timezone": "Europe/Paris"}, {"phone": "bad"}, {"phone": "+447400900001"}],
         block_countries=("FR",),
         quiet_hours="21:00-08:00",
     )
@@ -117,7 +117,7 @@ def test_a_row_caught_by_several_rules_reports_every_reason_and_is_suppressed(tm
 
 
 def test_rows_without_any_rule_are_untouched(tmp_path: Path) -> None:
-    rows = checked(tmp_path, [{"phone": "+447700900001"}, {"phone": "x"}])
+    rows = checked(tmp_path, [{"phone": "+447400900001"}, {"phone": "x"}])
     assert rows["status"].to_list() == [None, "invalid"]
     assert rows["release_at"].to_list() == [None, None]
 
@@ -156,8 +156,8 @@ def test_a_campaign_with_every_policy_option(
     # Rows 10-14 live in UTC: inside the quiet hours. The others are at UTC+6, outside them.
     zones = ["Etc/GMT-6"] * 10 + ["UTC"] * 5 + ["Etc/GMT-6"] * 15
     src = write_recipients(tmp_path / "r.csv", 30, extra={"timezone": zones})
-    (tmp_path / "dnc.csv").write_text("phone\n+447700900020\n")
-    add_phones(res, ["+447700900021"])
+    (tmp_path / "dnc.csv").write_text("phone\n+447400900020\n")
+    add_phones(res, ["+447400900021"])
     prices = tmp_path / "prices.csv"
     prices.write_text("provider,country,price_per_segment,currency\nsandbox,GB,0.05,GBP\n")
     spec = CampaignSpec(
@@ -178,9 +178,9 @@ def test_a_campaign_with_every_policy_option(
     counts = first["by_status"]
     assert (counts["suppressed"], counts["held"], counts["accepted"]) == (7, 5, 18)
     ledger = set(ledger_frame(sandbox.client, "generic")["to"].to_list())
-    held_phones = {f"+44770090{i:04d}" for i in range(10, 15)}
-    capped = {f"+44770090{i:04d}" for i in range(5)}
-    assert ledger.isdisjoint(held_phones | capped | {"+447700900020", "+447700900021"}) and len(ledger) == 18
+    held_phones = {f"+44740090{i:04d}" for i in range(10, 15)}
+    capped = {f"+44740090{i:04d}" for i in range(5)}
+    assert ledger.isdisjoint(held_phones | capped | {"+447400900020", "+447400900021"}) and len(ledger) == 18
     # Release after the window: the held rows go once, with the keys attempt 1 gave them.
     monkeypatch.setattr(release, "now_utc", lambda: now + timedelta(hours=2, minutes=1))
     second = release.release_held(campaign_id="every-rule", results=res, base_url=sandbox.base_url)

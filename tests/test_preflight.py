@@ -38,7 +38,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMSCAST_HOME", str(tmp_path / "smscast-home"))
 
 
-def csv_file(path: Path, header: str = "phone,name", rows: tuple[str, ...] = ("+447700900123,Ann",)) -> str:
+def csv_file(path: Path, header: str = "phone,name", rows: tuple[str, ...] = ("+447400900123,Ann",)) -> str:
     path.write_text("\n".join((header, *rows)) + "\n", encoding="utf-8")
     return str(path)
 
@@ -175,7 +175,7 @@ def test_missing_unknown_and_unreadable_files(tmp_path: Path, monkeypatch: pytes
     (tmp_path / "r.xlsx").write_bytes(b"PK\x03\x04")
     [unknown] = preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "r.xlsx")))
     assert "unsupported file type '.xlsx'" in unknown.what and unknown.fix.startswith("save it as CSV")
-    (tmp_path / "u16.csv").write_bytes("phone,name\n+447700900123,Ann\n".encode("utf-16"))
+    (tmp_path / "u16.csv").write_bytes("phone,name\n+447400900123,Ann\n".encode("utf-16"))
     [utf16] = preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "u16.csv")))
     assert "UTF-16" in utf16.what and "UTF-8" in utf16.fix
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
@@ -195,7 +195,7 @@ def test_a_file_without_read_permission(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_missing_phone_column_suggests_the_mapping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = csv_file(tmp_path / "m.csv", "msisdn;name", ("+447700900123;Ann",))  # a `;` CSV: the dialect
+    source = csv_file(tmp_path / "m.csv", "msisdn;name", ("+447400900123;Ann",))  # a `;` CSV: the dialect
     [problem] = preflight(ready(tmp_path, monkeypatch, source=source))
     assert problem.what.endswith("has no 'phone' column (its columns: 'msisdn', 'name')")
     assert problem.fix == "rename it, or map yours with --column phone=msisdn"  # the loader's own words
@@ -205,10 +205,10 @@ def test_missing_phone_column_suggests_the_mapping(tmp_path: Path, monkeypatch: 
 
 
 def test_a_headerless_file_is_named_without_its_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = csv_file(tmp_path / "h.csv", "+447700900123,Ann", ())
+    source = csv_file(tmp_path / "h.csv", "+447400900123,Ann", ())
     problems = preflight(ready(tmp_path, monkeypatch, source=source))
     assert "looks like data" in problems[0].what and "add a header row" in problems[0].fix
-    assert "+447700900123" not in lines(problems)
+    assert "+447400900123" not in lines(problems)
     assert problems[-1].what.endswith("holds no recipients (0 data rows)")
 
 
@@ -222,10 +222,10 @@ def test_missing_template_variables_and_body(tmp_path: Path, monkeypatch: pytest
 
 def test_ndjson_parquet_and_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "r.ndjson").write_text(
-        '{"phone": "+447700900123"}\n{"phone": "+447700900124", "name": "B"}\n'
+        '{"phone": "+447400900123"}\n{"phone": "+447400900124", "name": "B"}\n'
     )
     assert preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "r.ndjson"))) == []
-    pl.DataFrame({"phone": ["+447700900123"]}).write_parquet(tmp_path / "r.parquet")
+    pl.DataFrame({"phone": ["+447400900123"]}).write_parquet(tmp_path / "r.parquet")
     [problem] = preflight(ready(tmp_path, monkeypatch, source=str(tmp_path / "r.parquet")))
     assert "lacks the column(s) 'name'" in problem.what
     folder = tmp_path / "in"
@@ -241,7 +241,7 @@ def test_sql_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     db = tmp_path / "w.db"
     with duckdb.connect(str(db)) as con:
-        con.execute("CREATE TABLE people AS SELECT '+447700900123' AS msisdn, 'Ann' AS name")
+        con.execute("CREATE TABLE people AS SELECT '+447400900123' AS msisdn, 'Ann' AS name")
     sql = {"source": f"duckdb://{db}", "columns": {"phone": "msisdn"}}
     assert preflight(ready(tmp_path, monkeypatch, **sql, query="SELECT * FROM people")) == []
     [no_query] = preflight(ready(tmp_path, monkeypatch, **sql))
@@ -262,7 +262,7 @@ def test_postgres_query_is_described_not_run(
 
     source = take_password_for_this_process(postgres.dsn)  # the password goes to PGPASSWORD, as `send` does
     # A row would divide by zero (not a constant: the planner cannot fold it); LIMIT 0 evaluates no row.
-    query = "SELECT '+447700900123' AS phone, 1 / (n - n) AS boom FROM generate_series(1, 3) AS n;"
+    query = "SELECT '+447400900123' AS phone, 1 / (n - n) AS boom FROM generate_series(1, 3) AS n;"
     found = run_preflight(ready(tmp_path, monkeypatch, source=source, query=query))
     assert [p.what for p in found.problems] == [
         f"{source} lacks the column(s) 'name' that the message template uses (its columns: 'phone', 'boom')"
@@ -272,18 +272,18 @@ def test_postgres_query_is_described_not_run(
 @pytest.mark.parametrize(
     ("header", "rows", "fields"),
     [
-        ("phone,name", ("+447700900123,Ann",), {}),
-        ("msisdn,name", ("+447700900123,Ann",), {}),
-        ("msisdn,name", ("+447700900123,Ann",), {"columns": {"phone": "msisdn"}}),
-        ("msisdn,name", ("+447700900123,Ann",), {"columns": {"phone": "mobile"}}),
-        ("Phone, Name ", ("+447700900123,Ann",), {}),
-        ("phone,phone,name", ("+447700900123,+447700900124,Ann",), {}),
-        ("row_index,phone,name", ("1,+447700900123,Ann",), {}),
-        ("phone,phone_raw,name", ("+447700900123,x,Ann",), {}),
+        ("phone,name", ("+447400900123,Ann",), {}),
+        ("msisdn,name", ("+447400900123,Ann",), {}),
+        ("msisdn,name", ("+447400900123,Ann",), {"columns": {"phone": "msisdn"}}),
+        ("msisdn,name", ("+447400900123,Ann",), {"columns": {"phone": "mobile"}}),
+        ("Phone, Name ", ("+447400900123,Ann",), {}),
+        ("phone,phone,name", ("+447400900123,+447400900124,Ann",), {}),
+        ("row_index,phone,name", ("1,+447400900123,Ann",), {}),
+        ("phone,phone_raw,name", ("+447400900123,x,Ann",), {}),
         ("phone,name", (), {}),
-        ("+447700900123,Ann", ("+447700900124,Bob",), {}),
-        ("phone,name", ("+447700900123,Ann",), {"body": "Hi {{first}}"}),
-        ("phone,name", ("+447700900123,Ann",), {"body": None}),
+        ("+447400900123,Ann", ("+447400900124,Bob",), {}),
+        ("phone,name", ("+447400900123,Ann",), {"body": "Hi {{first}}"}),
+        ("phone,name", ("+447400900123,Ann",), {"body": None}),
     ],
 )
 def test_the_preflight_agrees_with_the_loader(
@@ -341,7 +341,7 @@ def test_every_problem_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.skipif("encoding" not in CampaignSpec.model_fields, reason="--encoding is not in this tree")
 def test_the_campaigns_encoding_and_an_empty_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     latin = tmp_path / "latin.csv"
-    latin.write_bytes("phone,name\n+447700900123,Zoë\n".encode("latin-1"))
+    latin.write_bytes("phone,name\n+447400900123,Zoë\n".encode("latin-1"))
     [refused] = preflight(ready(tmp_path, monkeypatch, source=str(latin)))
     assert "is not UTF-8 text" in refused.what
     assert preflight(ready(tmp_path, monkeypatch, source=str(latin), encoding="latin-1")) == []
@@ -357,7 +357,7 @@ def test_s3_buckets_missing_and_present(
 ) -> None:
     from smscast import storage
 
-    storage.put_bytes(f"s3://{s3_bucket}/in/r.csv", b"phone,name\n+447700900123,Ann\n")
+    storage.put_bytes(f"s3://{s3_bucket}/in/r.csv", b"phone,name\n+447400900123,Ann\n")
     spec = ready(tmp_path, monkeypatch, source=f"s3://{s3_bucket}/in/r.csv", results=f"s3://{s3_bucket}/out")
     assert preflight(spec) == []
     assert storage.list_files(f"s3://{s3_bucket}/out") == []  # the probe object is gone

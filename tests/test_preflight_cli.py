@@ -59,7 +59,7 @@ def flows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
 
 def send_args(tmp_path: Path, *extra: str) -> list[str]:
     source = tmp_path / "r.csv"
-    source.write_text("phone,name\n+447700900123,Ann\n")
+    source.write_text("phone,name\n+447400900123,Ann\n")
     results = str(tmp_path / "results")
     return [
         "send",

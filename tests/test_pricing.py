@@ -104,13 +104,13 @@ def test_parquet_price_lists_read_like_csv(tmp_path: Path) -> None:
 
 ROWS = pl.DataFrame(
     [
-        (0, "+447700900001", "GB", 1, None, None),
+        (0, "+447400900001", "GB", 1, None, None),
         (1, "+18765550001", "JM", 2, None, None),
         (2, "+12025550001", "US", 1, None, None),
         (3, "+353851234567", None, 1, None, None),
         (4, "+33612345678", "FR", 1, None, None),
         (5, "x", None, None, "invalid", "phone_invalid"),
-        (6, "+447700900002", "GB", 3, "held", "quiet_hours"),
+        (6, "+447400900002", "GB", 3, "held", "quiet_hours"),
     ],
     schema=["row_index", "phone", "country", "segments", "status", "error_code"],
     orient="row",
@@ -196,7 +196,7 @@ def planned(tmp_path: Path, n: int, batch_size: int, shard_batches: int) -> tupl
     provider = SandboxProvider(SETTINGS)
     spec = summary_spec(tmp_path, body="hello {{name}}", batch_size=batch_size, shard_batches=shard_batches)
     df = pl.DataFrame({"row_index": list(range(n))}).with_columns(
-        phone_raw=pl.format("+4477009{}", pl.col("row_index").cast(pl.String).str.zfill(5)),
+        phone_raw=pl.format("+4474009{}", pl.col("row_index").cast(pl.String).str.zfill(5)),
         name=pl.format("n{}", "row_index"),
     )
     checked = validate_recipients(df, spec, provider.caps, provider).with_columns(country=pl.lit("GB"))

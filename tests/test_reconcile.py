@@ -45,7 +45,7 @@ SPECS: dict[str, dict[str, Any]] = {
 
 
 def phone(i: int) -> str:
-    return f"+4477009{i:05d}"
+    return f"+4474009{i:05d}"
 
 
 def clock(hours: float) -> Callable[[], datetime]:

@@ -88,7 +88,7 @@ def held_first_attempt(results: Path, n: int, release_at: datetime) -> pl.DataFr
     """Attempt 1 of `n` rows, every second one held (as the policy marks them) until `release_at`: the plan
     files, the sent rows' part (accepted) and the unsent part, as a campaign writes them."""
     spec = CampaignSpec(campaign_id="camp", source="s", results=str(results), body="Hi there", sender="ACME")
-    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)]})
+    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4474009{i:05d}" for i in range(n)]})
     checked = validate_recipients(df, spec, SANDBOX.caps, SANDBOX)
     held = pl.col("row_index") % 2 == 1
     checked = checked.with_columns(

@@ -26,7 +26,7 @@ def first_attempt(results: Path, n: int, outcome: dict[str, tuple[str, str]]) ->
     """Plan `n` rows as one batch and record attempt 1 as if the batch had been bisected once: the rows of
     each half get that half's batch id ("…-L"/"…-R") and the status `outcome` gives it."""
     spec = CampaignSpec(campaign_id="camp", source="s", results=str(results), body="hi", sender="ACME")
-    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)]})
+    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4474009{i:05d}" for i in range(n)]})
     checked = validate_recipients(df, spec, SANDBOX.caps, SANDBOX)
     plan = plan_campaign(checked, spec, SANDBOX.caps, SANDBOX)
     attempt = CampaignPaths(str(results), "camp").attempt(1)

@@ -144,7 +144,7 @@ def http(server: SandboxServer) -> Iterator[httpx.Client]:
 
 
 def phones(n: int, start: int = 0) -> list[str]:
-    return [f"+4477009{i:05d}" for i in range(start, start + n)]
+    return [f"+4474009{i:05d}" for i in range(start, start + n)]
 
 
 def send(http: httpx.Client, route: str, n: int) -> list[str]:

@@ -17,7 +17,7 @@ AUTH = {"Authorization": "Bearer sandbox-key"}
 
 
 def rows(n: int) -> list[dict[str, str]]:
-    return [{"to": f"+4477009{i:05d}", "body": f"Hello {i}", "ref": f"ref-{i}"} for i in range(n)]
+    return [{"to": f"+4474009{i:05d}", "body": f"Hello {i}", "ref": f"ref-{i}"} for i in range(n)]
 
 
 async def test_api_key_override_in_process() -> None:
@@ -36,12 +36,12 @@ def test_ledger_columns_round_trip() -> None:
     ledger.register("p", lambda seq: f"p-{seq:04d}")
     index = ledger.index("p", scope="campaign-1")
     add = ledger.adder(ledger.open_batch("p", "b1", "bk", accepted_at=0.0), index)
-    positions = [add("+447700900001", "héllo ✓", "k1"), add("6591234567", None, None), add("+012", "x", "k2")]
+    positions = [add("+447400900001", "héllo ✓", "k1"), add("6591234567", None, None), add("+012", "x", "k2")]
     assert positions == [0, 1, 2]
     assert ledger.lookup("p", "k1", scope="campaign-1") == 0 and ledger.lookup("p", "k1") is None
     entries = list(ledger.iter_entries())
     assert [(e["to"], e["body"], e["key"], e["message_id"]) for e in entries] == [
-        ("+447700900001", "héllo ✓", "k1", "p-0001"),
+        ("+447400900001", "héllo ✓", "k1", "p-0001"),
         ("6591234567", None, None, "p-0002"),
         ("+012", "x", "k2", "p-0003"),
     ]
@@ -50,7 +50,7 @@ def test_ledger_columns_round_trip() -> None:
     assert ledger.columns()["body"] == ["héllo ✓", None, "x"]
     ledger.reset()
     add = ledger.adder(ledger.open_batch("p", "b2"), ledger.index("p"))
-    assert ledger.message_id(add("+447700900001", "again")) == "p-0004"  # ids are never reused
+    assert ledger.message_id(add("+447400900001", "again")) == "p-0004"  # ids are never reused
 
 
 def test_fault_defaults_and_order() -> None:

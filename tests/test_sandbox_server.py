@@ -43,7 +43,7 @@ def http(server: SandboxServer) -> Iterator[httpx.Client]:
 
 def rows(n: int, start: int = 0, ref: str = "ref") -> list[dict[str, Any]]:
     return [
-        {"to": f"+4477009{i:05d}", "body": f"Hello {i}", "ref": f"{ref}-{i}"} for i in range(start, start + n)
+        {"to": f"+4474009{i:05d}", "body": f"Hello {i}", "ref": f"{ref}-{i}"} for i in range(start, start + n)
     ]
 
 
@@ -89,7 +89,7 @@ def test_happy_path_and_ledger(admin: SandboxClient, http: httpx.Client) -> None
     r2 = http.post(f"/generic{PATH}", json={"messages": rows(1, 10)}, headers=AUTH)
     assert r2.status_code == 200 and r2.json()["results"][0]["status"] == "accepted"
     as_json = http.get("/_sandbox/ledger").json()
-    assert [e["to"] for e in as_json] == [m["to"] for m in messages] + ["+447700900010"]
+    assert [e["to"] for e in as_json] == [m["to"] for m in messages] + ["+447400900010"]
     table = pq.read_table(io.BytesIO(admin.ledger_parquet()))
     assert table.num_rows == 4
     assert table.column("message_id").to_pylist() == [e["message_id"] for e in as_json]
@@ -98,13 +98,13 @@ def test_happy_path_and_ledger(admin: SandboxClient, http: httpx.Client) -> None
 def test_per_row_validation_and_suffix_rejections(admin: SandboxClient, http: httpx.Client) -> None:
     admin.set_faults(reject_suffixes=["13"], transient_suffixes="99,098")
     messages: list[Any] = [
-        {"to": "+447700900001", "body": "ok", "ref": "a"},
-        {"to": "+447700900013", "body": "refused for good", "ref": "b"},
-        {"to": "+447700900099", "body": "carrier down", "ref": "c"},
-        {"to": "07700900002", "body": "not E.164", "ref": "d"},
-        {"to": "+447700900003", "body": "x" * 1601, "ref": "e"},
-        {"to": "+447700900004", "ref": "f"},
-        {"to": "+447700900005", "body": "ok too"},
+        {"to": "+447400900001", "body": "ok", "ref": "a"},
+        {"to": "+447400900013", "body": "refused for good", "ref": "b"},
+        {"to": "+447400900099", "body": "carrier down", "ref": "c"},
+        {"to": "07400900002", "body": "not E.164", "ref": "d"},
+        {"to": "+447400900003", "body": "x" * 1601, "ref": "e"},
+        {"to": "+447400900004", "ref": "f"},
+        {"to": "+447400900005", "body": "ok too"},
         "not an object",
     ]
     r = send(http, messages)
@@ -121,7 +121,7 @@ def test_per_row_validation_and_suffix_rejections(admin: SandboxClient, http: ht
         ("rejected", "invalid_message"),
     ]
     assert all(x["message"] for x in r.json()["results"] if x["status"] == "rejected")
-    assert [(e["to"], e["key"]) for e in admin.ledger()] == [("+447700900001", "a"), ("+447700900005", None)]
+    assert [(e["to"], e["key"]) for e in admin.ledger()] == [("+447400900001", "a"), ("+447400900005", None)]
     stats = admin.stats()["providers"]["generic"]
     assert stats["rejected"] == 6
     assert stats["rejected_codes"] == {
@@ -175,7 +175,7 @@ def test_whole_request_400s(admin: SandboxClient, http: httpx.Client) -> None:
         (b"{not json", "invalid_json"),
         (orjson.dumps({"messages": []}), "empty_batch"),
         (orjson.dumps({"messages": rows(1001)}), "batch_too_large"),
-        (orjson.dumps({"messages": {"to": "+447700900001"}}), "invalid_request"),
+        (orjson.dumps({"messages": {"to": "+447400900001"}}), "invalid_request"),
         (orjson.dumps([1, 2]), "invalid_request"),
         (orjson.dumps({"sender": "MUCH TOO LONG SENDER", "messages": rows(1)}), "invalid_sender"),
     ]

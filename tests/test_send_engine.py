@@ -32,7 +32,7 @@ def planned_rows(n: int, provider: SandboxProvider, batch_size: int = 5) -> tupl
     df = pl.DataFrame(
         {
             "row_index": list(range(n)),
-            "phone_raw": [f"+4477009{i:05d}" for i in range(n)],
+            "phone_raw": [f"+4474009{i:05d}" for i in range(n)],
             "name": [f"n{i}" for i in range(n)],
         }
     )

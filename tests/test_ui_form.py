@@ -24,6 +24,9 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+T0=[time.monotonic()]
+def mark(what):
+    print(f'@@ {time.monotonic()-T0[0]:7.1f} {what}', flush=True)
 from fixtures_prefect import BUCKET, ROOT, Stack, deployed_stack, wait_for
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -95,6 +98,7 @@ def ui_stack(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture
 def page(ui_stack: Stack) -> Iterator[Any]:
+    mark("page fixture")
     with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
             profile,  # a new, empty profile each time
@@ -103,7 +107,7 @@ def page(ui_stack: Stack) -> Iterator[Any]:
             args=CHROMIUM_ARGS,
             viewport={"width": 1200, "height": 900},
         )
-        browser.set_default_timeout(UI_WAIT_MS)
+        browser.set_default_timeout(UI_WAIT_MS); mark("browser up")
         try:
             yield browser.new_page()
         finally:
@@ -165,16 +169,16 @@ def submit(page: Any, stack: Stack, campaign_id: str) -> UUID:
         page.screenshot(path=str(stack.tmp / "submitted.png"), full_page=True)
         return f"--- the page ({page.url}) ---\n{page.inner_text('main')}\n{stack.diagnose()}"
 
-    run_id = wait_for("the run the form created", created, 120, what_the_page_says)
-    page.wait_for_url(re.compile(r"/deployments/deployment/"))  # the UI went back to the deployment
+    run_id = wait_for("the run the form created", created, 120, what_the_page_says); mark("run created")
+    page.wait_for_url(re.compile(r"/deployments/deployment/")); mark("back at deployment")
     ui_root = page.url.split("/deployments/")[0]
     page.goto(f"{ui_root}/runs/flow-run/{run_id}?tab=Logs")
     return run_id
 
 
 def test_a_dry_run_from_the_custom_run_form(ui_stack: Stack, page: Any, shots: Path) -> None:
-    url = ui_stack.server.url
-    open_custom_run(page, url)
+    mark("start"); url = ui_stack.server.url
+    open_custom_run(page, url); mark("opened")
     expect = sync_api.expect
 
     # The groups, with the required fields unmarked and the rest "(Optional)"; the form opens as a dry run.
@@ -187,11 +191,11 @@ def test_a_dry_run_from_the_custom_run_form(ui_stack: Stack, page: Any, shots: P
     for absent in ('Property is type "None"', "Provider base URL", "Batches per task run", "Attempt"):
         expect(form.get_by_text(absent, exact=True)).to_have_count(0)
 
-    fill_campaign(page, "ui-form-1")
+    mark("checked groups"); fill_campaign(page, "ui-form-1"); mark("filled")
     form.screenshot(path=str(shots / "campaign-form.png"))
-    run_id = submit(page, ui_stack, "ui-form-1")
+    run_id = submit(page, ui_stack, "ui-form-1"); mark("submitted")
 
-    run = ui_stack.wait_final(run_id)
+    run = ui_stack.wait_final(run_id); mark("final")
     assert run.state is not None and run.state.is_completed(), f"{run.state}\n{ui_stack.diagnose()}"
     assert run.state.name == DRY_RUN  # the state the person sees says so too
     campaign = run.parameters["campaign"]
@@ -211,28 +215,28 @@ def test_a_dry_run_from_the_custom_run_form(ui_stack: Stack, page: Any, shots: P
 
     # The run page shows the summary.
     headline = "DRY RUN — nothing was sent. Campaign ui-form-1"
-    summary_run = run_logging(ui_stack, run_id, headline)
+    summary_run = run_logging(ui_stack, run_id, headline); mark("logged")
     page.goto(f"{page.url.split('/runs/')[0]}/runs/flow-run/{summary_run}?tab=Logs")
     expect(page.get_by_text(headline)).to_be_visible()
-    expect(page.get_by_text(re.compile(r"planned: \d+"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"planned: \d+"))).to_be_visible(); mark("summary visible")
     # The run graph above the tabs is drawn on a canvas some time after the page: left out of the picture
     # rather than waited for (nothing in the page says when it is drawn). Only the picture depends on it.
     with contextlib.suppress(sync_api.Error):
         page.locator("main canvas").first.wait_for(state="attached", timeout=15_000)
         page.evaluate(HIDE_RUN_GRAPH)
-    page.locator("main").screenshot(path=str(shots / "campaign-summary.png"))
+    page.locator("main").screenshot(path=str(shots / "campaign-summary.png")); mark("end")
 
 
 def test_a_campaign_id_smscast_refuses_fails_its_run_in_words(ui_stack: Stack, page: Any) -> None:
-    open_custom_run(page, ui_stack.server.url)
+    mark("start2"); open_custom_run(page, ui_stack.server.url); mark("opened")
     fill_campaign(page, "spring sale!")  # the form's own check lets it through: it holds no regex
-    run_id = submit(page, ui_stack, "spring sale!")
-    run = ui_stack.wait_final(run_id)
+    mark("filled"); run_id = submit(page, ui_stack, "spring sale!"); mark("submitted")
+    run = ui_stack.wait_final(run_id); mark("final")
     assert run.state is not None and run.state.is_failed(), ui_stack.diagnose()
     words = (
         "campaign.campaign_id: must be 1–64 letters, digits, '_', '.' or '-', starting with a letter or digit"
     )
-    run_logging(ui_stack, run_id, words)
+    run_logging(ui_stack, run_id, words); mark("logged")
     page.goto(f"{page.url.split('?')[0]}?tab=Logs")
     sync_api.expect(page.get_by_text(words).first).to_be_visible()
-    assert "[A-Za-z0-9]" not in page.inner_text("main")  # never the regex
+    assert "[A-Za-z0-9]" not in page.inner_text("main"); mark("end")

@@ -1,7 +1,7 @@
 """smscast's own generic sandbox API, as specified by providers/sandbox.py:
 
     POST /sandbox/v1/messages/batch      Authorization: Bearer <key>      Idempotency-Key: <batch key>
-    {"sender": "ACME", "messages": [{"to": "+447700900123", "body": "Hi", "ref": "<row key>"}, ...]}
+    {"sender": "ACME", "messages": [{"to": "+447400900123", "body": "Hi", "ref": "<row key>"}, ...]}
 
     200 {"batch": "bat_…",
          "results": [{"index": 0, "status": "accepted", "message_id": "sbx_…"},

@@ -105,18 +105,18 @@ def needles(key: str) -> set[str]:
 ALL_NEEDLES = sorted(set().union(*(needles(k) for k in (*KEYS.values(), *WRONG.values(), URL_PASSWORD))))
 
 N = 24
-PHONES = [f"+4477009{i:05d}" for i in range(N)]
+PHONES = [f"+4474009{i:05d}" for i in range(N)]
 
 
 def write_recipients(path: Path) -> Path:
     lines = ["phone,name"]
     lines += [f"{p},{'Ann' if i % 2 else 'Bob'}" for i, p in enumerate(PHONES)]
-    lines += ["07700 900999,Cy", "+447700900998,"]  # no country code; an empty template variable
+    lines += ["07400 900999,Cy", "+447400900998,"]  # no country code; an empty template variable
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-RECIPIENT_PHONES = [*PHONES, "+447700900999", "+447700900998"]
+RECIPIENT_PHONES = [*PHONES, "+447400900999", "+447400900998"]
 PHONE_NEEDLES = sorted({p for p in RECIPIENT_PHONES} | {p[1:] for p in RECIPIENT_PHONES})
 
 
@@ -541,7 +541,7 @@ def test_a_source_password_is_recorded_nowhere(
         conn.execute("CREATE TABLE IF NOT EXISTS sec_people (msisdn text, name text)")
         conn.execute("TRUNCATE sec_people")
         conn.execute(
-            "INSERT INTO sec_people SELECT '+4477009' || lpad(g::text, 5, '0'), 'P' || g FROM generate_series(1, 12) g"
+            "INSERT INTO sec_people SELECT '+4474009' || lpad(g::text, 5, '0'), 'P' || g FROM generate_series(1, 12) g"
         )
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{PG_PASSWORD}'")
         conn.execute(f"GRANT SELECT ON sec_people TO {role}")

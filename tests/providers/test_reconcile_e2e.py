@@ -108,7 +108,7 @@ def test_textingline_facts_and_settlements_match_the_ledger(sandbox: SandboxClie
     sandbox.set_faults(provider="textingline", undelivered_share=0.3, async_reject_share=0.2,
                        transient_suffixes=["7"], dlr_delay_ms=DELAY_S * 1000)  # fmt: skip
     spec = {"sender": "+18005559876", "body": "Hi {{name}}"}
-    results = send(sandbox, tmp_path, "rc-tl", "textingline", 40, "+4477009", **spec)
+    results = send(sandbox, tmp_path, "rc-tl", "textingline", 40, "+4474009", **spec)
 
     early = reconciled(results, "rc-tl")
     ledger = truth(sandbox, "textingline")

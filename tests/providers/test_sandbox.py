@@ -28,7 +28,7 @@ def batch(n: int) -> Batch:
     rows = pl.DataFrame(
         {
             "row_index": list(range(n)),
-            "phone": [f"+4477009000{i:02d}" for i in range(n)],
+            "phone": [f"+4474009000{i:02d}" for i in range(n)],
             "body": ["hi"] * n,
             "idempotency_key": [f"sc-{i}" for i in range(n)],
         }

@@ -59,7 +59,7 @@ def make_spec(**kw: Any) -> CampaignSpec:
 def frame(n: int, **cols: list[Any]) -> pl.DataFrame:
     data: dict[str, Any] = {
         "row_index": list(range(n)),
-        "phone_raw": [f"+4477009{i:05d}" for i in range(n)],
+        "phone_raw": [f"+4474009{i:05d}" for i in range(n)],
         "body": [f"Hello {i}" for i in range(n)],
     }
     data.update(cols)
@@ -143,7 +143,7 @@ def test_request_is_basic_auth_json_with_batch_and_recipient_keys() -> None:
     assert body["idempotencyKey"] == batch.batch_key and body["idempotencyKey"].startswith("scb-")
     keys = rows.sort("row_index")["idempotency_key"].to_list()
     assert body["recipients"] == [
-        {"to": f"+4477009{i:05d}", "body": f"Hello {i}", "idempotencyKey": keys[i]} for i in range(12)
+        {"to": f"+4474009{i:05d}", "body": f"Hello {i}", "idempotencyKey": keys[i]} for i in range(12)
     ]
 
 
@@ -280,17 +280,17 @@ def test_lookup_status_reads_per_recipient_statuses() -> None:
                 "id": "brc_1",
                 "status": "completed",
                 "recipients": [
-                    {"to": "+447700900001", "messageId": "msg_1", "status": "delivered", "errorCode": None},
+                    {"to": "+447400900001", "messageId": "msg_1", "status": "delivered", "errorCode": None},
                     {
-                        "to": "+447700900002",
+                        "to": "+447400900002",
                         "messageId": "msg_2",
                         "status": "undelivered",
                         "errorCode": 33010,
                     },
-                    {"to": "+447700900003", "messageId": "msg_3", "status": "failed", "errorCode": 33007},
-                    {"to": "+447700900004", "messageId": "msg_4", "status": "teleported"},
-                    {"to": "+447700900005", "status": "blocked", "errorCode": 33099},
-                    {"to": "+447700900006", "status": "held", "errorCode": "33007"},
+                    {"to": "+447400900003", "messageId": "msg_3", "status": "failed", "errorCode": 33007},
+                    {"to": "+447400900004", "messageId": "msg_4", "status": "teleported"},
+                    {"to": "+447400900005", "status": "blocked", "errorCode": 33099},
+                    {"to": "+447400900006", "status": "held", "errorCode": "33007"},
                 ],
             },
         )
@@ -311,7 +311,7 @@ def test_lookup_status_reads_per_recipient_statuses() -> None:
         (Status.REJECTED, "blocked", "33099"),
         (Status.FAILED, "held", "33007"),
     ]
-    assert found[0].phone == "+447700900001" and found[0].provider_message_id == "msg_1"
+    assert found[0].phone == "+447400900001" and found[0].provider_message_id == "msg_1"
 
 
 # ---- through the engine -----------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def test_engine_bisects_a_compliance_refusal_down_to_the_minimum() -> None:
     accepted = out.filter(pl.col("status") == "accepted")
     assert accepted.height == 45 and accepted["provider_batch_ref"].str.starts_with("brc_").all()
     assert sorted(p for batch in sent for p in batch) == sorted(
-        f"+4477009{i:05d}" for i in range(15, 60)
+        f"+4474009{i:05d}" for i in range(15, 60)
     )  # nothing sent twice
     assert requests == {"batch_rejected": 3, "201": 2}
 

@@ -59,7 +59,7 @@ def clean(sandbox: SandboxServer) -> None:
 
 
 def phone(i: int) -> str:
-    return f"+4477009{i:05d}"
+    return f"+4474009{i:05d}"
 
 
 def write_csv(path: Path, n: int, special: dict[int, str] | None = None) -> Path:

@@ -111,7 +111,7 @@ def test_wrong_or_missing_credentials_get_401(server: SandboxServer, admin: Sand
         (lambda rs: rs[4].pop("body"), 400, 33024),  # neither body nor mediaUrl
         (lambda rs: rs[4].update(body="bell \x07"), 400, 33016),
         (lambda rs: rs[4].update(body="win big SHAFT-TEST now"), 400, 33019),
-        (lambda rs: rs[4].update(to="07700900123"), 400, 33003),
+        (lambda rs: rs[4].update(to="07400900123"), 400, 33003),
         (lambda rs: rs[4].update(mediaUrl="https://cdn.example.com/a.png"), 400, 33005),  # SMS/MMS mix
         (lambda rs: rs[4].update(idempotencyKey="bad key!"), 400, 33005),
     ],
@@ -239,7 +239,7 @@ def provider_for(server: SandboxServer) -> TextinglineProvider:
 
 def planned_rows(n: int, bodies: list[str], spec: CampaignSpec, p: TextinglineProvider) -> pl.DataFrame:
     df = pl.DataFrame(
-        {"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)], "body": bodies}
+        {"row_index": list(range(n)), "phone_raw": [f"+4474009{i:05d}" for i in range(n)], "body": bodies}
     )
     plan = plan_campaign(validate_recipients(df, spec, p.caps, p), spec, p.caps, p)
     return plan.rows.filter(pl.col("shard").is_not_null())

@@ -12,7 +12,7 @@ INVALID_PHONES = ("12", "not-a-number")  # appended to every input: must end `in
 
 
 def phone(i: int) -> str:
-    return f"+4477009{i:05d}"
+    return f"+4474009{i:05d}"
 
 
 def write_input(
@@ -21,7 +21,7 @@ def write_input(
     """n_valid recipients, then the invalid ones. `markers`: rows whose text carries textingline's compliance
     marker (the whole request is refused for it). Returns (path, number of input rows)."""
     if n_valid > 99_999:
-        raise ValueError("phones are +4477009 and five digits")
+        raise ValueError("phones are +4474009 and five digits")
     marked = set(markers)
     rows: list[dict[str, str]] = []
     for i in range(n_valid + len(INVALID_PHONES)):

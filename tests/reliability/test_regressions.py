@@ -56,7 +56,7 @@ def test_rows_aborted_by_a_quota_stop_do_not_blame_the_credentials() -> None:
     df = pl.DataFrame(
         {
             "row_index": list(range(30)),
-            "phone_raw": [f"+4477009{i:05d}" for i in range(30)],
+            "phone_raw": [f"+4474009{i:05d}" for i in range(30)],
             "name": [f"n{i}" for i in range(30)],
         }
     )

@@ -36,7 +36,7 @@ EMOJI = "\U0001f600"  # outside the BMP: one code point, two UTF-16 units
 
 
 def phone(i: int) -> str:
-    return f"+4477009{i:05d}"
+    return f"+4474009{i:05d}"
 
 
 def suffix(i: int) -> str:
