@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
-import operator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import polars as pl
@@ -57,27 +58,25 @@ def row_keys(campaign_id: str, recipient_ids: pl.Series) -> pl.Series:
 
     Polars' own hash is not stable across versions, and a key that changed between a crash and its resume
     would defeat the provider's idempotency; no columnar engine here offers BLAKE2b with a 12-byte digest (a
-    different digest size is a different function, not a truncation), so hashlib hashes each row. What is
-    columnar is everything around it: the inputs are built as one binary column, the digests are joined into
-    one buffer and hex-encoded in one call, and the strings are made by Arrow, not one Python str a row.
+    different digest size is a different function, not a truncation).
     """
-    n = recipient_ids.len()
-    if n == 0:
-        return pl.Series(recipient_ids.name, [], dtype=pl.String)
-    messages = pl.select(
-        pl.concat_str(pl.lit(campaign_id + "\x1f"), pl.lit(recipient_ids).cast(pl.String).fill_null("")).cast(
-            pl.Binary
-        )
-    ).to_series()
-    digest = functools.partial(hashlib.blake2b, digest_size=_DIGEST)
-    hexed = b"".join(map(_digest_of, map(digest, messages.to_list()))).hex().encode()
-    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * _DIGEST), n, [None, pa.py_buffer(hexed)])
-    as_text = pl.Series(fixed.cast(pa.large_binary())).cast(pl.String)
-    return pl.select(pl.concat_str(pl.lit("sc-"), pl.lit(as_text))).to_series().alias(recipient_ids.name)
+    ids = recipient_ids.cast(pl.String).fill_null("")
+    return _hex_keys((campaign_id + "\x1f").encode(), ids, None, b"sc-").alias(recipient_ids.name)
 
 
-_DIGEST = 12
-_digest_of = operator.methodcaller("digest")
+def batch_key(campaign_id: str, provider: str, keys: list[str], attempt: int = 1) -> str:
+    h = hashlib.blake2b(_batch_scope(campaign_id, provider, attempt), digest_size=_DIGEST)
+    h.update("\x1f".join(keys).encode())
+    return "scb-" + h.hexdigest()
+
+
+def batch_keys(
+    campaign_id: str, provider: str, keys: pl.Series, rows: pl.Series, attempt: int = 1
+) -> pl.Series:
+    """batch_key of each batch, the batches being consecutive runs of `keys` (`rows` keys each, in order),
+    without making the joined texts that batch_key hashes."""
+    scope = _batch_scope(campaign_id, provider, attempt)
+    return _hex_keys(scope, keys, rows, b"scb-").alias("batch_key")
 
 
 def _batch_scope(campaign_id: str, provider: str, attempt: int) -> bytes:
@@ -89,21 +88,77 @@ def _batch_scope(campaign_id: str, provider: str, attempt: int) -> bytes:
     return f"{scope}\x1f{provider}\x1f".encode()
 
 
-def batch_key(campaign_id: str, provider: str, keys: list[str], attempt: int = 1) -> str:
-    h = hashlib.blake2b(_batch_scope(campaign_id, provider, attempt), digest_size=_DIGEST)
-    h.update("\x1f".join(keys).encode())
-    return "scb-" + h.hexdigest()
+# From this many texts to hash on, smscast.blake2b_kernel hashes them all in one compiled call straight from
+# Arrow's buffers, on every core; below, hashlib hashes each in turn (0.3-0.4 µs a row, the hasher primed
+# with the prefix and copied). Importing numba and loading the compiled kernel costs about 0.6 s of CPU,
+# which the kernel wins back at about a million rows. (The first run on a machine also compiles the kernel,
+# 5-10 s, cached on disk for the runs after.)
+KERNEL_MIN_ROWS = 1_000_000
+_DIGEST = 12
 
 
-def batch_keys(campaign_id: str, provider: str, joined: pl.Series, attempt: int = 1) -> pl.Series:
-    """batch_key for each batch, given its row keys already joined with 0x1F (by Polars, in one pass)."""
-    base = hashlib.blake2b(_batch_scope(campaign_id, provider, attempt), digest_size=_DIGEST)
-    out: list[str] = []
-    for text in joined.cast(pl.Binary).to_list():
-        h = base.copy()
-        h.update(text)
-        out.append("scb-" + h.hexdigest())
-    return pl.Series("batch_key", out, dtype=pl.String)
+def _hex_keys(prefix: bytes, items: pl.Series, runs: pl.Series | None, lead: bytes) -> pl.Series:
+    """`lead` + hex BLAKE2b-12 of `prefix` + each run of `items` joined with 0x1F (`runs`: the runs' lengths,
+    in order; None: each item alone). Both ways give hashlib's digests; neither makes a Python str a row."""
+    n = items.len() if runs is None else runs.len()
+    kernel = _kernel(items.len())
+    if kernel is not None:
+        arr = items.to_arrow()  # large_string: the bytes and offsets, as flat buffers
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        _, offsets, data = arr.buffers()
+        assert offsets is not None
+        offsets = offsets.slice(arr.offset * 8, (len(arr) + 1) * 8)
+        bounds = None  # each item alone
+        if runs is not None:
+            ends = runs.cast(pl.Int64).cum_sum()
+            bounds = pl.concat([pl.Series([0], dtype=pl.Int64), ends]).to_arrow().buffers()[1]
+        flat = kernel.hex_digests(prefix, data or b"", offsets, lead, bounds)
+        return _fixed_width_texts(flat, n, len(lead) + 2 * _DIGEST)
+    if runs is None:
+        messages: list[bytes] = items.cast(pl.Binary).to_list()
+    else:
+        texts = items.to_list()
+        bounds_ = itertools.pairwise(itertools.accumulate(runs.to_list(), initial=0))
+        messages = ["\x1f".join(texts[lo:hi]).encode() for lo, hi in bounds_]
+    digest = functools.partial(_digest_after, hashlib.blake2b(prefix, digest_size=_DIGEST))
+    hexed = _fixed_width_texts(b"".join(map(digest, messages)).hex().encode(), n, 2 * _DIGEST)
+    return pl.select(pl.concat_str(pl.lit(lead.decode()), pl.lit(hexed))).to_series()
+
+
+def _digest_after(base: hashlib.blake2b, text: bytes) -> bytes:
+    h = base.copy()
+    h.update(text)
+    return h.digest()
+
+
+def _kernel(rows: int) -> ModuleType | None:
+    if rows < KERNEL_MIN_ROWS:
+        return None
+    try:
+        from smscast import blake2b_kernel
+    except ImportError:  # numba missing, or a machine the kernel does not serve: hashlib gives the same keys
+        return None
+    return blake2b_kernel
+
+
+def _fixed_width_texts(flat: Any, n: int, width: int) -> pl.Series:
+    """A String column of n ASCII texts of `width` bytes each, laid end to end in `flat`: Arrow makes the
+    column from the one buffer, with no Python str per row."""
+    offsets = pl.int_range(0, (n + 1) * width, width, dtype=pl.Int64, eager=True).to_arrow().buffers()[1]
+    arr = pa.LargeStringArray.from_buffers(n, offsets, pa.py_buffer(flat))
+    return pl.Series("", _ArrowCArray(arr))
+
+
+@dataclass(frozen=True)
+class _ArrowCArray:
+    """Hands an Arrow array to Polars through the Arrow C data interface: given a pyarrow array itself,
+    Polars first imports pyarrow.compute, half a second on a busy machine."""
+
+    array: pa.Array
+
+    def __arrow_c_array__(self, requested_schema: object = None) -> tuple[object, object]:
+        return self.array.__arrow_c_array__(requested_schema)  # type: ignore[no-any-return]
 
 
 def batch_size_for(spec: CampaignSpec, caps: Capabilities) -> int:
@@ -167,7 +222,10 @@ def plan_campaign(
         *[g.alias(n) for g, n in zip(groups, group_cols, strict=True)],
         _valid=pl.col("status").is_null(),
     )
-    sendable = narrow.filter("_valid").drop("_valid").sort([*group_cols, "row_index"])
+    sendable = narrow if narrow.get_column("_valid").all() else narrow.filter("_valid")
+    sendable = sendable.drop("_valid")
+    if group_cols:  # else the rows are in row order already
+        sendable = sendable.sort([*group_cols, "row_index"])
     if group_cols:
         n_in_group = pl.len().over(group_cols)
         pos = pl.int_range(pl.len()).over(group_cols)
@@ -177,19 +235,24 @@ def plan_campaign(
     # under a provider's minimum (textingline needs 10) when the group as a whole has enough rows.
     n_batches = (n_in_group + size - 1) // size
     sendable = sendable.with_columns(_n=n_in_group, _b=(pos * n_batches) // n_in_group)
-    too_small = pl.col("_n") < caps.min_rows
+    too_small = sendable.get_column("_n") < caps.min_rows
     below = sendable.filter(too_small).select("_pos", "_n")
-    sendable = sendable.filter(~too_small)
+    if below.height:
+        sendable = sendable.filter(~too_small)
     # Rows are in (group, row) order and a group's batch numbers rise with the row, so each batch is one run
     # of rows and numbering the runs gives the batches in the order a sort of (group, batch) would.
     seq = pl.struct([*group_cols, "_b"]).rle_id() if group_cols else pl.col("_b")
     sendable = sendable.with_columns(batch_seq=seq.cast(pl.Int64))
-    per_batch = sendable.group_by("batch_seq", maintain_order=True).agg(
-        _joined=pl.col("idempotency_key").str.join("\x1f"), rows=pl.len()
-    )
+    per_batch = sendable.group_by("batch_seq", maintain_order=True).agg(rows=pl.len())
     bps = spec.shard_batches or max(1, round(ROWS_PER_SHARD / size))
     per_batch = per_batch.with_columns(
-        batch_keys(spec.campaign_id, caps.name, per_batch.get_column("_joined"), spec.attempt),
+        batch_keys(
+            spec.campaign_id,
+            caps.name,
+            sendable.get_column("idempotency_key"),
+            per_batch.get_column("rows"),
+            spec.attempt,
+        ),
         batch_id=pl.format(
             "{}-a{}-b{}",
             pl.lit(spec.campaign_id),
@@ -197,30 +260,37 @@ def plan_campaign(
             pl.col("batch_seq").cast(pl.String).str.zfill(6),
         ),
         shard=(pl.col("batch_seq") // bps).cast(pl.Int64),
-    ).drop("_joined")
-    seq_col = sendable.get_column("batch_seq")
-    batch_key_col = per_batch.get_column("batch_key").gather(seq_col)
-    planned = sendable.select(
-        "_pos",
-        "batch_seq",
-        per_batch.get_column("batch_id").gather(seq_col),
-        per_batch.get_column("shard").gather(seq_col),
+    )
+
+    # Each row's batch, in input order (null: not sent), and from it the batch's columns for every row: one
+    # gather a column, where sorting the planned rows back into input order would copy them all again.
+    batch_seq = _scattered(df.height, sendable.get_column("_pos"), sendable.get_column("batch_seq"))
+    batch_key_col = per_batch.get_column("batch_key").gather(batch_seq)
+    if pinned:
         # A retry re-sending a request whose outcome is unknown must present the key that request carried
         # (a bisected half's is its parent's key plus "-L"/"-R"), or a provider keying whole requests
         # (sent.dm) would take it for a new one and send it twice.
-        pl.coalesce(PINNED_KEY, pl.lit(batch_key_col)).alias("batch_key") if pinned else batch_key_col,
+        batch_key_col = df.select(
+            pl.when(pl.lit(batch_seq).is_not_null()).then(pl.coalesce(PINNED_KEY, pl.lit(batch_key_col)))
+        ).to_series()
+    # Columns are added with with_columns and removed in place, never by select or drop: those copy every
+    # column of a frame whose columns are chunked differently (the added ones are one chunk each).
+    for internal in (PINNED_KEY, RESEND_ATTEMPT):
+        if internal in df.columns:
+            df.drop_in_place(internal)
+    rows = df.with_columns(
+        batch_seq,
+        per_batch.get_column("batch_id").gather(batch_seq),
+        per_batch.get_column("shard").gather(batch_seq),
+        batch_key_col.alias("batch_key"),
     )
-    others = narrow.filter(~pl.col("_valid")).select("_pos")
-    placed = pl.concat([planned, below, others], how="diagonal_relaxed").sort("_pos")
 
-    # In a campaign's first attempt rows too few for a request cannot be sent to this provider at all. In a
-    # retry they were valid and sendable, and only too few remain to fill a request: still `failed`.
-    unsendable = Status.INVALID if spec.attempt == 1 else Status.FAILED
-    small = placed.get_column("_n").is_not_null()
-    rows = df.drop([PINNED_KEY, RESEND_ATTEMPT], strict=False).with_columns(
-        placed.select("batch_seq", "batch_id", "shard", "batch_key")
-    )
-    if small.any():
+    if below.height:
+        # In a campaign's first attempt rows too few for a request cannot be sent to this provider at all. In
+        # a retry they were valid and sendable, and only too few remain to fill a request: still `failed`.
+        unsendable = Status.INVALID if spec.attempt == 1 else Status.FAILED
+        group_n = _scattered(df.height, below.get_column("_pos"), below.get_column("_n").cast(pl.Int64))
+        small = group_n.is_not_null()
         rows = rows.with_columns(
             status=pl.when(small).then(pl.lit(unsendable.value)).otherwise("status"),
             error_code=pl.when(small).then(pl.lit("batch_below_minimum")).otherwise("error_code"),
@@ -230,7 +300,7 @@ def plan_campaign(
                     "{} needs at least {} recipients per request; only {} rows can share this request",
                     pl.lit(caps.name),
                     pl.lit(caps.min_rows),
-                    pl.lit(placed.get_column("_n")),
+                    pl.lit(group_n),
                 )
             )
             .otherwise("error_message"),
@@ -238,3 +308,8 @@ def plan_campaign(
     shard_stats = per_batch.group_by("shard").agg(batches=pl.len(), rows=pl.col("rows").sum()).sort("shard")
     shards = [ShardRef(int(s), int(b), int(r)) for s, b, r in shard_stats.iter_rows()]
     return PlannedCampaign(rows=rows, shards=shards, batch_size=size)
+
+
+def _scattered(n: int, at: pl.Series, values: pl.Series) -> pl.Series:
+    """n nulls, but values[i] at position at[i]."""
+    return pl.repeat(None, n, dtype=values.dtype, eager=True).alias(values.name).scatter(at, values)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import polars as pl
+import pytest
 
 from smscast.campaign import CampaignSpec
 from smscast.providers.sandbox import SandboxProvider
 from smscast.settings import ProviderSettings
-from smscast.tasks.plan import plan_campaign
+from smscast.tasks import plan
+from smscast.tasks.plan import PINNED_KEY, plan_campaign
 from smscast.tasks.validate import validate_recipients
 
 PROVIDER = SandboxProvider(ProviderSettings(base_url="http://x", api_key=None))
@@ -17,7 +19,7 @@ PROVIDER = SandboxProvider(ProviderSettings(base_url="http://x", api_key=None))
 
 def planned(n: int, provider: SandboxProvider = PROVIDER, **spec_kw: object) -> pl.DataFrame:
     spec = CampaignSpec(campaign_id="camp", source="s", results="r", body="hi", **spec_kw)  # type: ignore[arg-type]
-    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4477009{i:05d}" for i in range(n)]})
+    df = pl.DataFrame({"row_index": list(range(n)), "phone_raw": [f"+4474009{i:05d}" for i in range(n)]})
     checked = validate_recipients(df, spec, provider.caps, provider)
     return plan_campaign(checked, spec, provider.caps, provider).rows
 
@@ -26,7 +28,7 @@ def test_plan_is_deterministic_and_keys_are_stable_per_recipient() -> None:
     a, b = planned(2500), planned(2500)
     assert a.equals(b)
     assert a["idempotency_key"].n_unique() == 2500
-    assert a["idempotency_key"].str.len_chars().max() <= 40  # Instasent's clientId limit
+    assert a["idempotency_key"].str.len_chars().le(40).all()  # Instasent's clientId limit
     # The row key depends on (campaign, recipient) only, not on batch size or attempt.
     c = planned(2500, batch_size=10, attempt=2)
     assert c.sort("row_index")["idempotency_key"].equals(a.sort("row_index")["idempotency_key"])
@@ -60,3 +62,31 @@ def test_batch_key_changes_with_composition() -> None:
     a = planned(100, batch_size=50)
     b = planned(100, batch_size=25)
     assert set(a["batch_key"]).isdisjoint(set(b["batch_key"]))
+
+
+def test_a_pinned_key_is_kept_only_by_rows_that_are_sent() -> None:
+    spec = CampaignSpec(campaign_id="camp", source="s", results="r", body="hi", batch_size=2, attempt=2)
+    phones = ["+447400900001", "nope", "+447400900003", "+447400900004"]
+    df = pl.DataFrame({"row_index": list(range(4)), "phone_raw": phones})
+    checked = validate_recipients(df, spec, PROVIDER.caps, PROVIDER).with_columns(
+        pl.Series(PINNED_KEY, ["scb-old", "scb-old", None, None])
+    )
+    rows = plan_campaign(checked, spec, PROVIDER.caps, PROVIDER).rows.sort("row_index")
+    keys = rows["batch_key"].to_list()
+    assert keys[0] == "scb-old"  # sent under the key its earlier request carried
+    assert (
+        keys[1] is None and rows["status"][1] == "invalid"
+    )  # never sent: no batch, whatever it was pinned to
+    assert keys[2] is not None and keys[2].startswith("scb-") and keys[2] != "scb-old"
+    assert PINNED_KEY not in rows.columns
+
+
+def test_large_plans_hash_their_keys_alike_with_the_kernel_and_with_hashlib(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Large campaigns hash with smscast/blake2b_kernel.py, small ones with hashlib: the same keys either way,
+    # here with batch keys over 1,000 joined row keys (28 kB messages) and a group of rows planned apart.
+    pytest.importorskip("numba", reason="the compiled kernel needs numba")
+    by_hashlib = planned(3001, batch_size=1000)
+    monkeypatch.setattr(plan, "KERNEL_MIN_ROWS", 0)
+    assert planned(3001, batch_size=1000).equals(by_hashlib)
