@@ -31,17 +31,17 @@ from smscast.tasks.policy import apply_policy
 from smscast.tasks.validate import validate_recipients, with_country
 
 # Mobile number ranges of a few countries, so that country and time-zone lookups see a realistic mix.
-PREFIXES = (
-    "+447700",
-    "+4915",
-    "+3361",
-    "+1212555",
-    "+1415555",
+PREFIXES = (  # each + 6 digits is a valid mobile number (validation refuses numbers invalid for their country)
+    "+447400",
+    "+4915123",
+    "+33612",
+    "+12124",
+    "+14154",
     "+6591",
     "+61412",
-    "+5511",
-    "+7916",
-    "+91981",
+    "+5511987",
+    "+79161",
+    "+919810",
 )
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

@@ -46,7 +46,7 @@ def smscast_command() -> list[str]:
 
 
 def write_recipients(path: Path, rows: int) -> Path:
-    lines = ["phone,name"] + [f"+4477009{i:05d},Person {i}" for i in range(rows)]
+    lines = ["phone,name"] + [f"+4474009{i:05d},Person {i}" for i in range(rows)]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -1,15 +1,23 @@
-"""libphonenumber's metadata (the `phonenumbers` package) compiled into a few large regexes for Polars.
+"""libphonenumber's metadata (the `phonenumbers` package) compiled into a few large regexes and lookup tables.
 
-Every region gets a 3-digit tag; a number becomes the key tag + its national length (2 digits) + its national
-significant number, and each kind of description (general, fixed line, mobile, toll free, ...) becomes ONE
-regex over such keys: an alternation of `tag(?:lengths)(?:pattern)`, one branch per region that has the
-description. So each row costs one regex match per kind, whatever the mix of countries, and the process
-compiles about twenty regexes once (Polars keeps them in its regex cache) instead of ~1,400 small ones for
-every call. The tag decides the branch in its first three characters, so only the row's own region's pattern
-is ever tried, and Python's leftmost-first choice inside a pattern is Rust's too.
+Every region gets a tag (0-based, 3 digits in text). Each kind of description (general, fixed line, mobile,
+the special types) becomes ONE regex: an alternation of `\\+code(?:pattern)` branches, one per region that has
+the description, in two forms. The "direct" form reads the numbers themselves ("+447400123456") and has the
+main region of each calling code (unless leading digits choose the code's first region), every number's
+first guess: no string is built for it. The "keyed" form reads tag + number and has every region, for the
+few numbers judged under another one. Possible lengths are in tables by (tag, national length) rather than in
+the regexes (but `which`'s), and every table here is indexed by small integers, for Polars' gather. So each
+row costs one regex match per kind, whatever the mix of countries, and the process compiles about twenty
+regexes once (Polars keeps them in its regex cache) instead of ~1,400 small ones for every call.
+
+Rust's regexes stay fast because each runs a lazy DFA that a region's one pattern keeps small: one regex that
+tracks several descriptions at once (all the types, or the general one then the types) outgrows its DFA cache
+on a mix of regions and falls back to an engine a hundred times slower. The special types are the exception
+that measures well: `which` tells the first that matches by where its match ends in the number + "#" + its
+length + "x" * 8 (the branch of the type at position i ends i "x"s in); leading digits likewise.
 
 Compiled once per process, on first use; importing this module imports nothing from `phonenumbers` (the
-command line's start-up time is measured). `\\d` becomes `[0-9]`: the keys are ASCII, and Unicode `\\d`
+command line's start-up time is measured). `\\d` becomes `[0-9]`: the numbers are ASCII, and Unicode `\\d`
 makes Rust's regexes several times slower to compile. Each combined regex is compiled by Polars here, so a
 pattern its engine does not accept (look-around, back-references) fails at once, naming its region.
 """
@@ -17,9 +25,10 @@ pattern its engine does not accept (look-around, back-references) fails at once,
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import polars as pl
 
@@ -41,8 +50,26 @@ TYPE_NAMES: dict[int, str] = {
     VOICEMAIL: "voicemail",
     UNKNOWN: "unknown",
 }
+# The types _number_type_helper tries before fixed line and mobile, in its order.
+_SPECIAL = (
+    ("premium_rate", PREMIUM_RATE),
+    ("toll_free", TOLL_FREE),
+    ("shared_cost", SHARED_COST),
+    ("voip", VOIP),
+    ("personal_number", PERSONAL_NUMBER),
+    ("pager", PAGER),
+    ("uan", UAN),
+    ("voicemail", VOICEMAIL),
+)
+SPECIAL_TYPES = tuple(t for _, t in _SPECIAL)
 NON_GEO = "001"  # libphonenumber's region for +800, +882, ...
 MAX_NSN = 17  # libphonenumber's longest national significant number
+LENGTHS = 16  # tables by national length have 0-15 (an E.164 number has at most 14 national digits)
+FIRST_ONE, FIRST_BY_TYPE, FIRST_RUN = (
+    0,
+    1,
+    2,
+)  # a code's first region: its only one, one claiming by type, a run
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,144 +83,198 @@ class Transform:
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    by_prefix: dict[str, str]  # the first three digits after "+" -> the calling code they start with
-    main: dict[str, str]  # calling code -> its main region's tag (parse() strips national prefixes by it)
-    single: frozenset[str]  # calling codes of one region, which is then every number's region whatever it is
+    # By the first three digits after "+", as a number (0-999): the calling code they start with (null:
+    # none), its length, its main region's tag (parse() strips national prefixes by it) and FIRST_*.
+    cc: pl.Series
+    cc_len: pl.Series
+    main: pl.Series
+    first: pl.Series
+    # By tag: text, ISO region (null: non-geographic), whether fixed-line and mobile patterns are the same.
+    tag: pl.Series
+    country: pl.Series
+    same: pl.Series
+    # By tag * LENGTHS + national length: whether it is a possible length of "general" | "fixed" | "mobile",
+    # and (main regions) whether parse() keeps a number of that length once it stripped a national prefix.
+    allows: dict[str, pl.Series]
+    kept: pl.Series
+    tail: pl.Series  # by national length: "#" + the length in 2 digits + "x" * 8, for `which`
+    type_name: pl.Series  # by type code
     # region_code_for_number tries a shared code's regions in order: a region without leading digits claims
-    # the numbers it gives a type, a run of regions with leading digits claims by them (one regex per run).
-    steps: dict[str, tuple[tuple[str, bool], ...]]  # calling code -> (region tag | run tag, is a run)
-    runs: dict[str, tuple[tuple[str, str], ...]]  # run tag -> (region tag, its leading digits), in order
-    country: dict[str, str | None]  # tag -> ISO region (None for non-geographic entities)
-    same_fixed_mobile: frozenset[str]  # tags whose fixed-line and mobile patterns are the same
-    geo_mobile: frozenset[str]  # calling codes whose mobile numbers are geographical (time zones)
-    # parse()'s national prefix stripping, by the main region's tag:
-    strip: str | None  # over tag + NSN: the prefix, for the codes without a transform rule
-    transforms: dict[str, Transform]
-    strip_viable: str | None  # over tag + NSN: the general pattern, without lengths
-    strip_lengths: str | None  # over tag + length: the lengths for which parse() keeps the stripped number
-    leading: str | None  # over run tag + NSN: every run's regions' leading digits, in order
-    # Over tag + length + NSN:
-    general: str | None
-    special_any: str | None
-    special: tuple[tuple[int, str], ...]
-    fixed: str | None
-    mobile: str | None  # without the regions whose mobile pattern is their fixed-line one
+    # the numbers it gives a type, a run of regions with leading digits claims by them.
+    steps: dict[int, tuple[tuple[int, bool], ...]]  # calling code -> (region tag | run tag, is a run)
+    run_region: pl.Series  # by run tag * run_width + position: the region
+    run_width: int
+    geo_mobile: list[int]  # calling codes whose mobile numbers are geographical (time zones)
+    # (kind, keyed) -> regex; kinds: "general", "fixed", "mobile" (without the regions whose mobile pattern
+    # is their fixed-line one), "special" (any special type's pattern), "which" (see the module's doc).
+    regex: dict[tuple[str, bool], str | None]
+    # Over run tag + NSN + "#" + "x" * run_width: the first region of the run whose leading digits start it.
+    leading: str | None
+    strip: str | None  # over the number: a national prefix, for the codes without a transform rule
+    transforms: dict[int, Transform]  # by tag
+    viable: str | None  # over tag + NSN: the general pattern, without lengths (main regions)
 
 
 @cache
 def tables() -> Tables:
-    from phonenumbers import PhoneMetadata, PhoneNumberDesc, is_number_type_geographical
+    from phonenumbers import PhoneMetadata, is_number_type_geographical
     from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 
-    main: dict[str, str] = {}
-    steps: dict[str, list[tuple[str, bool]]] = {}
-    runs: dict[str, list[tuple[str, str]]] = {}
-    country: dict[str, str | None] = {}
+    main: dict[str, int] = {}
+    steps: dict[str, list[tuple[int, bool]]] = {}
+    runs: dict[int, list[tuple[int, str]]] = {}
+    country: list[str | None] = []
     where: dict[str, str] = {}
-    leading: list[tuple[str, str]] = []
-    same: set[str] = set()
-    kinds: dict[str, list[tuple[str, str]]] = {}  # kind -> (tag, branch)
+    same: set[int] = set()
+    branches: dict[tuple[str, bool], list[tuple[str, str]]] = {}  # (kind, keyed) -> (where, branch)
+    lengths: dict[str, dict[int, frozenset[int]]] = {k: {} for k in ("general", "fixed", "mobile")}
+    kept: dict[int, frozenset[int]] = {}
     strip: list[tuple[str, str]] = []
     viable: list[tuple[str, str]] = []
-    lengths: list[tuple[str, str]] = []
-    transforms: dict[str, Transform] = {}
-    attrs = {"general_desc": "general", "fixed_line": "fixed", **{a: str(t) for a, t in _SPECIAL_ATTRS}}
+    transforms: dict[int, Transform] = {}
     for cc_int, names in sorted(COUNTRY_CODE_TO_REGION_CODE.items()):
-        cc = str(cc_int)
+        cc, single = str(cc_int), len(names) == 1
         mine = steps.setdefault(cc, [])
         for name in names:
             meta = PhoneMetadata.metadata_for_region_or_calling_code(cc_int, name)
             if meta is None:  # as _region_code_for_number_from_list: passed over
                 continue
-            tag = f"{len(country):03d}"
-            country[tag] = None if name == NON_GEO else name
-            where[tag] = f"{name} (+{cc})"
+            tag, text = len(country), f"{len(country):03d}"
+            country.append(None if name == NON_GEO else name)
+            where[text] = where[cc] = f"{name} (+{cc})"
             if meta.leading_digits:
                 if not mine or not mine[-1][1]:
                     mine.append((tag, True))
-                run = mine[-1][0]
-                runs.setdefault(run, []).append((tag, meta.leading_digits))
-                # Checked alone too: in the combined regex its branch carries its run's tag, not its own.
-                leading.append((run, _check(f"(?:{_ascii(meta.leading_digits)})", where[tag])))
+                runs.setdefault(mine[-1][0], []).append(
+                    (tag, _check(_ascii(meta.leading_digits), where[text]))
+                )
             else:
                 mine.append((tag, False))
             if meta.same_mobile_and_fixed_line_pattern:
                 same.add(tag)
-            for attr, kind in [*attrs.items(), *([] if tag in same else [("mobile", "mobile")])]:
-                desc = getattr(meta, attr)
-                if isinstance(desc, PhoneNumberDesc) and (branch := _branch(desc)) is not None:
-                    kinds.setdefault(kind, []).append((tag, branch))
-            general = meta.general_desc
+            direct = cc not in main and (single or not mine[0][1])
+            found = [(k, d, p) for k, d in _descs(meta, tag in same) if (p := _possible(d)) is not None]
+            for kind, desc, possible in found:
+                pattern = f"\\+{cc}(?:{_ascii(desc.national_number_pattern)})"
+                if kind in lengths:
+                    lengths[kind][tag] = possible
+                    _add(branches, kind, text, pattern, direct)
+                else:
+                    i = SPECIAL_TYPES.index(int(kind))
+                    _add(branches, "special", text, pattern, direct)
+                    _add(branches, "which", text, f"{pattern}#{_lengths(possible)}x{{{i}}}", direct)
             if cc in main:
                 continue
             main[cc] = tag
+            general = meta.general_desc
             if meta.national_prefix_for_parsing and general and general.possible_length:
                 prefix = meta.national_prefix_for_parsing
                 rule = meta.national_prefix_transform_rule
                 groups = re.compile(prefix).groups
                 if rule:
                     if groups == 0:
-                        raise ValueError(f"{where[tag]}: a national prefix transform rule without a group")
+                        raise ValueError(f"{where[text]}: a national prefix transform rule without a group")
                     polars_rule = re.sub(r"\\(\d)", r"${\1}", rule)
                     transforms[tag] = Transform(
-                        _check(f"^(?:{_ascii(prefix)})", where[tag]), polars_rule, groups
+                        _check(f"^(?:{_ascii(prefix)})", where[text]), polars_rule, groups
                     )
                 else:
-                    strip.append((tag, f"(?:{_ascii(prefix)})"))
+                    strip.append((cc, f"\\+{cc}(?:{_ascii(prefix)})"))
                 if general.national_number_pattern:
-                    viable.append((tag, f"(?:{_ascii(general.national_number_pattern)})"))
-                kept = _kept_lengths(general.possible_length, general.possible_length_local_only)
-                lengths.append((tag, "(?:" + "|".join(f"{n:02d}" for n in kept) + ")"))
+                    viable.append((text, f"{text}(?:{_ascii(general.national_number_pattern)})"))
+                kept[tag] = frozenset(
+                    _kept_lengths(general.possible_length, general.possible_length_local_only)
+                )
 
-    def one(branches: Iterable[tuple[str, str]] | None, end: str = "$") -> str | None:
-        return _combined(list(branches or ()), end, where)
+    width = max((len(r) for r in runs.values()), default=0)
+    leading = [
+        (
+            f"{run:03d}",
+            f"{run:03d}(?:" + "|".join(f"(?:{lead})[0-9]*#x{{{i}}}" for i, (_, lead) in enumerate(r)) + ")",
+        )
+        for run, r in runs.items()
+    ]
+    code = [next((c for c in (f"{i:03d}"[:n] for n in (1, 2, 3)) if c in steps), None) for i in range(1000)]
+    first = {
+        cc: FIRST_ONE
+        if len(COUNTRY_CODE_TO_REGION_CODE[int(cc)]) == 1
+        else FIRST_RUN
+        if s[0][1]
+        else FIRST_BY_TYPE
+        for cc, s in steps.items()
+    }
+    tags = range(len(country))
 
-    three = (f"{i:03d}" for i in range(1000))
-    by_prefix = {p: cc for p in three for cc in (p[:1], p[:2], p) if cc in steps}
+    def by_prefix(values: dict[str, Any], dtype: type[pl.DataType]) -> pl.Series:
+        return pl.Series([None if c is None else values[c] for c in code], dtype=dtype)
+
+    def by_length(possible: dict[int, frozenset[int]]) -> pl.Series:
+        return pl.Series(
+            [n in possible.get(tag, ()) for tag in tags for n in range(LENGTHS)], dtype=pl.Boolean
+        )
+
     return Tables(
-        by_prefix=by_prefix,
-        main=main,
-        single=frozenset(str(cc) for cc, regions in COUNTRY_CODE_TO_REGION_CODE.items() if len(regions) == 1),
-        steps={cc: tuple(s) for cc, s in steps.items()},
-        runs={run: tuple(regions) for run, regions in runs.items()},
-        country=country,
-        same_fixed_mobile=frozenset(same),
-        geo_mobile=frozenset(cc for cc in steps if is_number_type_geographical(MOBILE, int(cc))),
-        strip=one(strip, ""),
+        cc=by_prefix({c: int(c) for c in steps}, pl.UInt16),
+        cc_len=by_prefix({c: len(c) for c in steps}, pl.UInt8),
+        main=by_prefix(main, pl.UInt16),
+        first=by_prefix(first, pl.UInt8),
+        tag=pl.Series([f"{tag:03d}" for tag in tags], dtype=pl.String),
+        country=pl.Series(country, dtype=pl.String),
+        same=pl.Series([tag in same for tag in tags], dtype=pl.Boolean),
+        allows={kind: by_length(possible) for kind, possible in lengths.items()},
+        kept=by_length(kept),
+        tail=pl.Series([f"#{n:02d}" + "x" * len(_SPECIAL) for n in range(LENGTHS)], dtype=pl.String),
+        type_name=pl.Series([TYPE_NAMES.get(i) for i in range(UNKNOWN + 1)], dtype=pl.String),
+        steps={int(cc): tuple(s) for cc, s in steps.items()},
+        run_region=pl.Series(
+            [
+                r[i][0] if i < len(r) else None
+                for tag in tags
+                for r in [runs.get(tag, [])]
+                for i in range(width)
+            ],
+            dtype=pl.UInt16,
+        ),
+        run_width=width,
+        geo_mobile=[int(cc) for cc in steps if is_number_type_geographical(MOBILE, int(cc))],
+        regex={
+            key: _combined(found, "" if key[0] == "which" else "$", where) for key, found in branches.items()
+        },
+        leading=_combined(leading, "", where),
+        strip=_combined(strip, "", where),
         transforms=transforms,
-        strip_viable=one(viable),
-        strip_lengths=one(lengths),
-        leading=one(leading, ""),
-        general=one(kinds.get("general")),
-        special_any=one([b for _, t in _SPECIAL_ATTRS for b in kinds.get(str(t), [])]),
-        special=tuple((t, p) for _, t in _SPECIAL_ATTRS if (p := one(kinds.get(str(t)))) is not None),
-        fixed=one(kinds.get("fixed")),
-        mobile=one(kinds.get("mobile")),
+        viable=_combined(viable, "$", where),
     )
 
 
-# The types _number_type_helper tries before fixed line and mobile, in its order.
-_SPECIAL_ATTRS = (
-    ("premium_rate", PREMIUM_RATE),
-    ("toll_free", TOLL_FREE),
-    ("shared_cost", SHARED_COST),
-    ("voip", VOIP),
-    ("personal_number", PERSONAL_NUMBER),
-    ("pager", PAGER),
-    ("uan", UAN),
-    ("voicemail", VOICEMAIL),
-)
+def _descs(meta: Any, same: bool) -> Iterator[tuple[str, Any]]:
+    """(kind, description): general, fixed, mobile (unless the same as fixed), then the special types by their
+    type code."""
+    yield from (("general", meta.general_desc), ("fixed", meta.fixed_line))
+    if not same:
+        yield "mobile", meta.mobile
+    yield from ((str(t), getattr(meta, attr)) for attr, t in _SPECIAL)
 
 
-def _branch(desc: object) -> str | None:
-    """`(?:lengths)(?:pattern)` for a description, None when it can never match: no pattern, or
-    libphonenumber's "no such numbers" length -1. No lengths: any length (the general ones hold already)."""
-    pattern = getattr(desc, "national_number_pattern", None)
+def _add(
+    branches: dict[tuple[str, bool], list[tuple[str, str]]], kind: str, tag: str, branch: str, direct: bool
+) -> None:
+    branches.setdefault((kind, True), []).append((tag, f"{tag}{branch}"))
+    if direct:
+        branches.setdefault((kind, False), []).append((tag, branch))
+
+
+def _possible(desc: Any) -> frozenset[int] | None:
+    """The national lengths a description allows (no lengths: any), None when it can never match: no
+    pattern, or libphonenumber's "no such numbers" length -1."""
     possible: tuple[int, ...] = tuple(getattr(desc, "possible_length", None) or ())
-    if not pattern or (possible and all(n < 0 for n in possible)):
+    if not getattr(desc, "national_number_pattern", None) or (possible and all(n < 0 for n in possible)):
         return None
-    lengths = "|".join(f"{n:02d}" for n in possible if n > 0) if possible else "[0-9]{2}"
-    return f"(?:{lengths})(?:{_ascii(pattern)})"
+    return frozenset(n for n in possible if n > 0) if possible else frozenset(range(LENGTHS))
+
+
+def _lengths(possible: frozenset[int]) -> str:
+    return "(?:" + "|".join(f"{n:02d}" for n in sorted(possible)) + ")"
 
 
 def _kept_lengths(possible: Iterable[int], local: Iterable[int]) -> list[int]:
@@ -208,15 +289,15 @@ def _ascii(pattern: str) -> str:
 
 
 def _combined(branches: list[tuple[str, str]], end: str, where: dict[str, str]) -> str | None:
-    """One anchored alternation over the tagged branches; None when no region has one."""
+    """One anchored alternation of the branches (`where` names their regions); None when there are none."""
     if not branches:
         return None
-    pattern = "^(?:" + "|".join(f"{tag}{branch}" for tag, branch in branches) + f"){end}"
+    pattern = "^(?:" + "|".join(branch for _, branch in branches) + f"){end}"
     try:
         return _check(pattern, "several regions")
     except ValueError:
-        for tag, branch in branches:  # name the culprit
-            _check(f"^(?:{branch})", where[tag])
+        for key, branch in branches:  # name the culprit
+            _check(f"^(?:{branch})", where[key])
         raise
 
 
@@ -238,27 +319,68 @@ def region_calling_code(region: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Zones:
-    # Every distinct list of IANA zones in the data: a list's index is its id, and id 0 is the empty list.
-    lists: tuple[tuple[str, ...], ...]
+    lists: pl.Series  # every distinct list of IANA zones in the data, by id; id 0 is the empty list
     by_length: tuple[tuple[int, dict[str, int]], ...]  # prefixes of the E.164 digits -> id, longest first
-    country: dict[str, int]  # calling code -> its country-level list; 0 when there is none
+    # By the first three digits after "+" (as Tables.cc): the calling code's country-level list (0 under no
+    # code), and whether its numbers' zones may differ from that (then a number's type and prefix decide).
+    country: pl.Series
+    varies: pl.Series
+    # The first WIDTH digits as a number: `bounds` splits 0..10**WIDTH into ranges under one longest prefix
+    # each, and `ids` has each range's list id (null: under no prefix).
+    bounds: pl.Series
+    ids: pl.Series
+
+
+WIDTH = 9  # TIMEZONE_LONGEST_PREFIX in phonenumbers 9.x; zones() checks it
 
 
 @cache
 def zones() -> Zones:
-    from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
     from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
+    if TIMEZONE_LONGEST_PREFIX > WIDTH:
+        raise ValueError(f"phonenumbers' time-zone prefixes reach {TIMEZONE_LONGEST_PREFIX} digits")
     lists: tuple[tuple[str, ...], ...] = ((), *sorted(set(TIMEZONE_DATA.values())))
     ids = {z: i for i, z in enumerate(lists)}
     grouped: dict[int, dict[str, int]] = {n: {} for n in range(TIMEZONE_LONGEST_PREFIX, 0, -1)}
     for prefix, names in TIMEZONE_DATA.items():
         grouped[len(prefix)][prefix] = ids[names]
-    country: dict[str, int] = {}
-    for cc_int in COUNTRY_CODE_TO_REGION_CODE:
-        cc = str(cc_int)
+    by_length = tuple((n, g) for n, g in grouped.items() if g)
+    codes = {str(cc) for cc in tables().steps}
+    extending: dict[str, set[int]] = {}  # code -> the lists of the prefixes that extend it
+    for prefix, names in TIMEZONE_DATA.items():
+        for cc in (prefix[:n] for n in (1, 2, 3) if n <= len(prefix) and prefix[:n] in codes):
+            extending.setdefault(cc, set()).add(ids[names])
+    country: dict[int, int] = {}
+    varies: dict[int, bool] = {}
+    for cc in codes:
         # As _country_level_time_zones_for_number, quirk included: it tries cc[:1+n] for n from the longest
         # prefix length down to 1, so a 3-digit code falls back to its first two digits, never to one.
         found = [cc[: 1 + n] for n in range(TIMEZONE_LONGEST_PREFIX, 0, -1) if cc[: 1 + n] in TIMEZONE_DATA]
-        country[cc] = ids[TIMEZONE_DATA[found[0]]] if found else 0
-    return Zones(lists, tuple((n, g) for n, g in grouped.items() if g), country)
+        country[int(cc)] = ids[TIMEZONE_DATA[found[0]]] if found else 0
+        # The lists a number under cc may get: those of the prefixes of cc, and of those that extend it.
+        under = {i for _, i in _prefixes_of(cc, by_length)} | extending.get(cc, set())
+        varies[int(cc)] = bool(under - {country[int(cc)]})
+    # Each range between two consecutive prefix boundaries lies under the same prefixes: its longest one
+    # is the one of its first number.
+    starts = {int(p) * 10 ** (WIDTH - len(p)) for p in TIMEZONE_DATA}
+    points = sorted({0} | starts | {(int(p) + 1) * 10 ** (WIDTH - len(p)) for p in TIMEZONE_DATA})
+    code = tables().cc.to_list()
+    return Zones(
+        lists=pl.Series([list(names) for names in lists], dtype=pl.List(pl.String)),
+        by_length=by_length,
+        country=pl.Series([0 if c is None else country[c] for c in code], dtype=pl.UInt32),
+        varies=pl.Series([c is not None and varies[c] for c in code], dtype=pl.Boolean),
+        bounds=pl.Series(points, dtype=pl.UInt64),
+        ids=pl.Series(
+            [next((i for _, i in _prefixes_of(f"{b:0{WIDTH}d}", by_length)), None) for b in points],
+            dtype=pl.UInt32,
+        ),
+    )
+
+
+def _prefixes_of(digits: str, by_length: tuple[tuple[int, dict[str, int]], ...]) -> Iterator[tuple[str, int]]:
+    """The time-zone prefixes that start `digits`, longest first, with their list ids."""
+    for n, prefixes in by_length:
+        if n <= len(digits) and (i := prefixes.get(digits[:n])) is not None:
+            yield digits[:n], i

@@ -163,18 +163,27 @@ def _with_recent(df: pl.DataFrame, spec: CampaignSpec, now: datetime) -> pl.Data
 def _with_quiet(df: pl.DataFrame, window: str, now: datetime) -> pl.DataFrame:
     """`_quiet`, `_release_at`, `_no_window` from each row's possible zones: its `timezone` column's zone when
     the source has one and the row gives it (validation refused unknown names), else its number's zones."""
-    from smscast.numbering import with_time_zones
+    from smscast.numbering import time_zone_ids, zone_lists
     from smscast.quiet_hours import QuietHours, quiet_release
 
-    zoned = with_time_zones(df, "phone", out="_zones")
+    hours = QuietHours.parse(window)
+    # Numbers share a few hundred zone lists: each list in use is judged once, by its id, and the answers
+    # gathered back; validation's number_type spares classifying the numbers again.
+    types = df.get_column("number_type") if "number_type" in df.columns else None
+    ids = time_zone_ids(df.get_column("phone"), types).alias("_zone_id")
+    used = ids.drop_nulls().unique()
+    judged = quiet_release(zone_lists().gather(used), hours, now).with_columns(used)
+    found = ids.to_frame().join(judged, on="_zone_id", how="left", maintain_order="left")
     if "timezone" in df.columns:
-        given = pl.col("timezone").cast(pl.String).str.strip_chars()
-        zoned = zoned.with_columns(
-            _zones=pl.when(given.str.len_chars() > 0).then(pl.concat_list(given)).otherwise(pl.col("_zones"))
-        )
-    found = quiet_release(zoned.get_column("_zones"), QuietHours.parse(window), now)
-    return zoned.drop("_zones").with_columns(
-        found.get_column("quiet").alias(_QUIET),
+        given = df.get_column("timezone").cast(pl.String).str.strip_chars()
+        named = given.str.len_chars().fill_null(0) > 0
+        if named.any():
+            own = quiet_release(pl.select(pl.concat_list(given)).to_series(), hours, now)
+            found = found.select(
+                pl.when(named).then(own.get_column(c)).otherwise(pl.col(c)).alias(c) for c in own.columns
+            )
+    return df.with_columns(
+        found.get_column("quiet").fill_null(False).alias(_QUIET),
         found.get_column("release_at").alias(_RELEASE),
         found.get_column("no_window").fill_null(False).alias(_NO_WINDOW),
     )

@@ -7,6 +7,7 @@ wrong leading digits, and random digit strings of the region's possible lengths 
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -16,15 +17,17 @@ import polars as pl
 import pytest
 from phonenumbers.timezone import _country_level_time_zones_for_number, time_zones_for_number
 
-from benchmarks.numbering import campaign_numbers, entities, reference, sample
-from smscast import numbering_metadata
+from benchmarks.numbering import campaign_numbers, country_numbers, entities, reference, sample
+from smscast import numbering, numbering_metadata
 from smscast.numbering import (
     number_facts,
     region_calling_code,
+    time_zone_ids,
     time_zones,
     with_number_facts,
     with_number_facts_lazy,
     with_time_zones,
+    zone_lists,
 )
 
 ZONE_REGIONS = ["US", "CA", "AU", "BR", "RU", "ID", "MX"]
@@ -74,6 +77,15 @@ def test_agrees_with_phonenumbers_on_every_region_and_its_variants() -> None:
     check_agreement(phones)
 
 
+@pytest.mark.parametrize("region", ["GB", "US", "RU", "IN", "BR", "AR", "DE"])
+def test_agrees_with_phonenumbers_on_a_campaign_in_one_country(region: str) -> None:
+    """Mostly the country's mobiles (the rows the regexes over the numbers themselves decide), a tenth of
+    everything else."""
+    phones = country_numbers(2000, region, seed=11).to_list()
+    assert sum(reference(p)[0] == region for p in phones) > 1500
+    check_agreement(phones)
+
+
 def test_the_sample_has_valid_and_invalid_numbers_of_many_types() -> None:
     """A guard on the guard: agreement on a sample of nothing but invalid numbers would prove little."""
     out = facts(sample(regions=REQUIRED))
@@ -93,6 +105,15 @@ def test_the_sample_has_valid_and_invalid_numbers_of_many_types() -> None:
         ("+390612345678", "IT", "fixed_line", True),  # the Italian leading zero is part of the number
         ("+393123456789", "IT", "mobile", True),
         ("+5491123456789", "AR", "mobile", True),
+        ("+77011234567", "KZ", "mobile", True),  # +7 shared: Kazakhstan by its leading digits
+        ("+79161234567", "RU", "mobile", True),
+        ("+789161234567", "RU", "mobile", True),  # the Russian trunk 8 after the code
+        ("+447781123456", "GG", "mobile", True),  # +44: Guernsey claims what Britain's patterns do not
+        ("+447624123456", "IM", "mobile", True),  # ... the Isle of Man by its leading digits
+        ("+61891621234", "CC", "fixed_line", True),
+        ("+358181234567", "AX", "fixed_line", True),
+        ("+590590271234", "BL", "fixed_line", True),
+        ("+540111234567", "AR", "unknown", False),  # a transform rule's prefix, and still invalid
         ("+80012345678", None, "toll_free", True),  # non-geographic: valid, no country
         ("+9991234567", None, "unknown", False),  # E.164 under no calling code
         ("+12", None, None, None),  # not E.164: nulls
@@ -131,6 +152,40 @@ def test_time_zones_equal_phonenumbers_for_valid_numbers() -> None:
             mismatches.append((phone, theirs, got))
     assert mismatches == []
     assert placed > 1000
+
+
+def test_time_zones_given_the_types_equal_those_it_finds() -> None:
+    phones = [*sample(regions=[*ZONE_REGIONS, "GB", "AR"], random_per_region=100), "+441234", "x", None]
+    df = with_number_facts(pl.DataFrame({"phone": phones}, schema={"phone": pl.String}))
+    found = with_time_zones(df).get_column("zones")
+    assert with_time_zones(df, number_type="number_type").get_column("zones").equals(found)
+    assert found.n_unique() > 20 and found.null_count() == 3  # prefixes told many numbers' zones apart
+    ids = time_zone_ids(df.get_column("phone"), df.get_column("number_type"))
+    assert zone_lists().gather(ids).equals(found, check_names=False) and ids.n_unique() == found.n_unique()
+
+
+def test_the_longest_prefix_ranges_agree_with_a_lookup_by_each_length() -> None:
+    """The search over ranges of the first nine digits (and, for shorter numbers, the lookup by each
+    length) against phonenumbers' own way: each prefix length in turn, longest first."""
+    from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
+
+    ids = {
+        names: i
+        for i, names in enumerate(numbering_metadata.zones().lists.to_list())
+        for names in [tuple(names)]
+    }
+    rng = random.Random(5)
+    prefixes = sorted(TIMEZONE_DATA)
+    digits = [p + "".join(rng.choice("0123456789") for _ in range(rng.randrange(0, 8))) for p in prefixes]
+    digits += ["".join(rng.choice("0123456789") for _ in range(rng.randrange(4, 12))) for _ in range(3000)]
+    expected = []
+    for d in digits:
+        found = next(
+            (TIMEZONE_DATA[d[:n]] for n in range(TIMEZONE_LONGEST_PREFIX, 0, -1) if d[:n] in TIMEZONE_DATA),
+            None,
+        )
+        expected.append(None if found is None else ids[found])
+    assert numbering._longest_prefix(pl.Series(digits)).to_list() == expected
 
 
 def test_time_zones_of_numbers_libphonenumber_cannot_place() -> None:
@@ -191,7 +246,7 @@ def test_region_calling_code() -> None:
 def test_a_pattern_polars_cannot_compile_is_refused_with_its_region() -> None:
     where = {"007": "XX (+999)", "008": "YY (+998)"}
     with pytest.raises(ValueError, match=r"YY \(\+998\)"):
-        numbering_metadata._combined([("007", "(?:1)"), ("008", "(?:(?<=1)2)")], "$", where)
+        numbering_metadata._combined([("007", "007\\+999(?:1)"), ("008", "008\\+998(?:(?<=1)2)")], "$", where)
 
 
 def test_importing_the_module_loads_no_phonenumbers_data() -> None:
