@@ -22,6 +22,8 @@ from typing import Any
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# A loaded machine can take longer than Prefect's default 20 s to start its temporary API.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
@@ -42,12 +44,14 @@ BATCH = 1000
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU time (user+system) used so far by each named process and its children."""
+    """CPU time (user+system) used so far by each named process and its children, except that "smscast" (this
+    process) is counted alone: the sandbox, SeaweedFS and Prefect's API are its children, and have their own
+    lines."""
     out: dict[str, float] = {}
     for name, pid in pids.items():
         try:
             proc = psutil.Process(pid)
-            procs = [proc, *proc.children(recursive=True)]
+            procs = [proc] if name == "smscast" else [proc, *proc.children(recursive=True)]
             out[name] = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
         except psutil.NoSuchProcess:
             out[name] = 0.0
@@ -185,14 +189,19 @@ def report(
     print(f"\nmedian of {len(runs['pipeline'])} runs, {rows:,} recipients")
     print(f"  baseline (bare httpx loop): {rows / base:>10,.0f} recipients/s")
     print(f"  pipeline (smscast flow):    {rows / pipe:>10,.0f} recipients/s")
-    print(f"  ratio pipeline/baseline:    {base / pipe:>10.2f}   (aim: 0.50 or better)")
+    print(f"  ratio pipeline/baseline:    {base / pipe:>10.2f}   (aim: 0.60 or better)")
     stages: list[Any] = [k for k in runs["pipeline"][0] if k != "total"]
     print("  pipeline stages (median s): " + " · ".join(f"{k} {med('pipeline', k):.2f}" for k in stages))
     other = pipe - sum(med("pipeline", k) for k in stages)
     print(f"  orchestration and the rest: {other:.2f} s")
+    own: dict[str, float] = {}
     for name in ("baseline", "pipeline"):
         per = {k: statistics.median(c[k] for c in cpu[name]) for k in cpu[name][0]}
+        own[name] = per["smscast"]
         print(f"  CPU seconds, {name:<8} (median): " + " · ".join(f"{k} {v:.1f}" for k, v in per.items()))
+    if own["baseline"] > 0:
+        ratio = own["pipeline"] / own["baseline"]
+        print(f"  CPU of this process, pipeline/baseline: {ratio:.2f}   (aim: 1.5 or less)")
     print(
         f"  peak RSS: pipeline {max(peaks['pipeline']) / 2**30:.2f} GiB (aim < 3), "
         f"baseline {max(peaks['baseline']) / 2**30:.2f} GiB"

@@ -3,7 +3,7 @@
     capabilities (data) -> build_request(batch) -> post -> parse_response(batch, response) -> RowOutcome per row
 
 plus a table from the provider's own codes to our closed status vocabulary. The send engine
-(`tasks/send_engine.py`) owns everything around that: rate limits, concurrency, retries, backoff,
+(`tasks/send_engine.py`, `tasks/send_batch.py`) owns everything around that: rate limits, concurrency, retries, backoff,
 bisection of whole-batch rejections. A provider module only knows its own wire format. The data it declares
 and exchanges lives in providers/model.py, the HTTP helpers in providers/http.py; both are re-exported here.
 """
@@ -34,13 +34,14 @@ from smscast.errors import (
     TerminalError,
     TransientError,
 )
-from smscast.providers.http import json_body, json_request, retry_after
+from smscast.providers.http import json_body, json_request, json_rows, retry_after
 from smscast.providers.model import (
     Batch,
     Capabilities,
     Content,
     DeliveryChannel,
     Idempotency,
+    Outcomes,
     OutcomeTiming,
     Rejection,
     RowOutcome,
@@ -58,6 +59,7 @@ __all__ = [
     "DeliveryChannel",
     "Idempotency",
     "OutcomeTiming",
+    "Outcomes",
     "Pace",
     "Provider",
     "Refusal",
@@ -67,6 +69,7 @@ __all__ = [
     "StatusLookup",
     "json_body",
     "json_request",
+    "json_rows",
     "retry_after",
 ]
 
@@ -154,8 +157,9 @@ class Provider:
     def build_request(self, batch: Batch) -> httpx.Request:
         raise NotImplementedError
 
-    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
-        """Outcomes in the order of `batch.rows`; a SendError subclass for whole-batch failures."""
+    def parse_response(self, batch: Batch, response: httpx.Response) -> Sequence[RowOutcome]:
+        """Outcomes in the order of `batch.rows` (`Outcomes` where the module read the answer as columns); a
+        SendError subclass for whole-batch failures."""
         payload = json_body(response)
         status = response.status_code
         if status >= 400:
@@ -167,6 +171,8 @@ class Provider:
             raise AmbiguousError(
                 f"{self.caps.name}: unreadable HTTP {status} response", code="unreadable_response"
             )
+        if isinstance(outcomes, Outcomes):  # read as columns, every row accounted for
+            return outcomes
         missing = RowOutcome(
             Status.UNKNOWN, "missing_in_response", f"row absent from {self.caps.name}'s answer"
         )
@@ -178,7 +184,8 @@ class Provider:
     ) -> Sequence[RowOutcome | None] | None:
         """A 2xx answer read: one entry per row of `batch` (None for a row the answer does not account for,
         which becomes UNKNOWN), or None for an answer this module cannot read (ambiguous). `payload` is the
-        body's JSON, None when it is not JSON."""
+        body's JSON, None when it is not JSON. A module may answer `Outcomes` (columns, no None) for the
+        common answer, which the engine then never turns into a tuple per row."""
         raise NotImplementedError
 
     def read_refusal(self, response: httpx.Response, payload: Any) -> Refusal:

@@ -45,7 +45,15 @@ from smscast.tasks.report import (
     tell,
     update_artifacts,
 )
-from smscast.tasks.send import Commitments, ShardReport, resume_budget, send_shard, start_budget
+from smscast.tasks.send import (
+    Commitments,
+    RunMemory,
+    ShardReport,
+    remembered,
+    resume_budget,
+    send_shard,
+    start_budget,
+)
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -85,6 +93,7 @@ def run_attempt(
         return summary
     manifest = read_manifest(paths)
     commitments: Commitments | None = None
+    memory = RunMemory(None)  # the plan, when this run writes it (its shards then need not read it back)
     if manifest is None:
         if choose_rows is None:
             raise RuntimeError(f"campaign {spec.campaign_id} attempt {spec.attempt} has no plan to resume")
@@ -99,6 +108,7 @@ def run_attempt(
             if spec.attempt == 1:
                 save_spec(spec)  # before the plan: a re-run meets it whether or not the plan was finished
             manifest = save_plan(paths, planned)
+        memory = RunMemory(planned.rows)
     else:
         logger.info("resuming campaign %s attempt %d from its recorded plan", spec.campaign_id, spec.attempt)
         if table is not None and spec.max_cost is not None:
@@ -118,7 +128,7 @@ def run_attempt(
             money(commitments.cap, currency),
             money(commitments.spent, currency),
         )
-    stop, reports = _send(spec, manifest, logger, seconds, lock, budget)
+    stop, reports = _send(spec, manifest, logger, seconds, lock, budget, memory)
     if stop.code == CIRCUIT_OPEN:  # paused, not sealed: running the campaign again resumes it
         pause_attempt(spec, manifest, stop, reports, logger, seconds)
     with stage(seconds, "persist"):
@@ -168,9 +178,11 @@ def _send(
     seconds: dict[str, float],
     lock: CampaignLock,
     budget: shared.Budget | None = None,
+    memory: RunMemory | None = None,
 ) -> tuple[shared.Stop, list[ShardReport]]:
     """The manifest's shards as mapped task runs, on the flow's threads or a Dask cluster (`spec.runner`),
-    sharing one stop signal (which a lost lock also sets) and the spend cap's budget."""
+    sharing one stop signal (which a lost lock also sets) and the spend cap's budget. `memory`: the plan the run
+    has just written, which its shards in this process take from memory."""
     key = f"{spec.campaign_id}-{uuid.uuid4().hex[:8]}"
     board = ProgressBoard(spec, manifest)
     runs = shard_runs(spec, key, lock, logger)
@@ -178,7 +190,7 @@ def _send(
     progress = shared.Progress(manifest.rows_to_send, logger, publish=board.percent)
     reports: list[ShardReport] = []
     try:
-        with stage(seconds, "send"), runs:
+        with stage(seconds, "send"), runs, remembered(key, memory or RunMemory(None)):
             shared.register(key, shared.Runtime(progress, stop, budget, shards_at_once=runs.shards_at_once))
             for future in as_completed(runs.map(send_shard, spec, manifest.shards)):
                 reports.append(future.result())

@@ -10,6 +10,7 @@ by construction, but if it did it would be written as `unknown`, never left out.
 
 from __future__ import annotations
 
+import io
 import json
 
 import polars as pl
@@ -31,12 +32,22 @@ def save_plan(paths: AttemptPaths, planned: PlannedCampaign) -> Manifest:
     rows = planned.rows
     if "shard" not in rows.columns:
         rows = rows.with_columns(shard=pl.lit(None, pl.Int64))
-    for (shard,), part in (
-        rows.filter(pl.col("shard").is_not_null()).partition_by("shard", as_dict=True).items()
-    ):
-        storage.write_parquet(part, paths.plan_shard(int(shard)))
-    storage.write_parquet(rows.filter(pl.col("shard").is_null()), paths.plan_unsent)
+    # One shard at a time, each filtered lazily (which shares the plan's buffers): partitioning the whole plan
+    # at once copied it, ~350 MB at a million rows on top of the plan, for more CPU.
+    for shard in rows.get_column("shard").drop_nulls().unique().sort().to_list():
+        part = rows.lazy().filter(pl.col("shard") == shard).collect()
+        _write_plan_file(part, paths.plan_shard(int(shard)))
+    _write_plan_file(rows.lazy().filter(pl.col("shard").is_null()).collect(), paths.plan_unsent)
     return write_manifest(paths, planned)
+
+
+def _write_plan_file(df: pl.DataFrame, uri: str) -> None:
+    """A plan file, written whole (atomically on a local disk, one PUT on S3) like every record. Light zstd and
+    no column statistics: plan files are read whole, by smscast alone, so statistics serve no reader, and
+    zstd's fastest level is as small here as its default level for about three quarters of the CPU."""
+    buffer = io.BytesIO()
+    df.write_parquet(buffer, compression="zstd", compression_level=1, statistics=False)
+    storage.put_bytes(uri, buffer.getvalue())
 
 
 def result_rows(spec: CampaignSpec, planned: pl.DataFrame, outcomes: pl.DataFrame | None) -> pl.DataFrame:

@@ -64,30 +64,62 @@ from reliability.settings import soak_seed  # noqa: E402
 # Tests are handed out in groups, in collection order, and each group runs whole on one worker:
 # * a test file is a group, so that the servers its module-scoped fixtures start are started once;
 # * a reliability scenario is a group of its own: each runs a few minutes of `smscast` commands against a
-#   sandbox of its own (a second worker starts its own sandbox and Prefect API for the ones it takes).
-# The collection is ordered longest first, so that the two workers end together: the reliability scenarios,
-# then the other tests that start servers (marked integration), then the unit tests.
+#   sandbox of its own (a second worker starts its own sandbox for the ones it takes).
+# The groups are handed out longest first, so that the two workers end together: a long group handed out
+# late leaves one worker running it alone at the end. A group's length is its estimate below if it has one
+# (rough seconds of a full run's --durations, setup included; only their order matters: update them when a
+# file's cost changes a lot), else a default for its kind: a reliability scenario, a file of tests that start
+# servers (marked integration), a file of unit tests.
 # (Not xdist's `--dist loadgroup`: its xdist_group marks are lost under pytest 9.2, whose node ids xdist
 # 3.8 can no longer extend.)
+_GROUP_SECONDS = {
+    # test_deployments.py runs deployed_release.py and deployed_ui_form.py on its stack too.
+    "tests/test_deployments.py": 300,
+    "tests/hostile/test_secrecy.py": 110,
+    "tests/test_campaign_flow.py": 40,
+    "tests/test_local_server.py": 40,
+    "tests/providers/test_webhook_delivery_e2e.py": 32,
+    "tests/providers/contract/test_sending.py": 30,
+    "tests/test_release.py": 25,
+    "tests/test_dask_runner.py": 25,
+    "tests/test_failover.py": 22,
+    "tests/hostile/test_hostile_inputs.py": 20,
+    "tests/test_account_limit.py": 14,
+}
+# Per scenario of these files (each scenario is a group).
+_SCENARIO_SECONDS = {
+    "tests/reliability/test_duplicate_run.py": 65,
+    "tests/reliability/test_crash_safety.py": 25,
+    "tests/reliability/test_kill_resume.py": 17,
+    "tests/reliability/test_immediate_resume.py": 13,
+    "tests/reliability/test_fault_mixes.py": 10,
+}
+_DEFAULT_SECONDS = {"scenario": 10, "integration": 8, "unit": 1}
 
 
 def _group(nodeid: str) -> str:
     return nodeid if nodeid.startswith("tests/reliability/") else nodeid.split("::", 1)[0]
 
 
-def _weight(item: pytest.Item) -> int:
+def _estimate(item: pytest.Item) -> float:
+    path = item.nodeid.split("::", 1)[0]
     if item.nodeid.startswith("tests/reliability/"):
-        return 0
-    return 1 if item.get_closest_marker("integration") else 2
+        return _SCENARIO_SECONDS.get(path, _DEFAULT_SECONDS["scenario"])
+    kind = "integration" if item.get_closest_marker("integration") else "unit"
+    return _GROUP_SECONDS.get(path, _DEFAULT_SECONDS[kind])
 
 
 @pytest.hookimpl(trylast=True)  # after pytest has ordered the items by their fixtures
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     first_seen: dict[str, int] = {}
+    length: dict[str, float] = {}
     for item in items:
-        first_seen.setdefault(_group(item.nodeid), len(first_seen))
+        group = _group(item.nodeid)
+        first_seen.setdefault(group, len(first_seen))
+        # A file's unit tests and integration tests are one group: its longest estimate stands for it.
+        length[group] = max(length.get(group, 0.0), _estimate(item))
     # Stable: the order inside a group (pytest's, by fixtures) is kept.
-    items.sort(key=lambda item: (_weight(item), first_seen[_group(item.nodeid)]))
+    items.sort(key=lambda item: (-length[_group(item.nodeid)], first_seen[_group(item.nodeid)]))
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)  # an xdist hook; before xdist's own choice

@@ -8,6 +8,7 @@ environment, and the worker's environment has no provider key and no AWS_* varia
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -31,7 +32,12 @@ from smscast.servers.seaweedfs import SeaweedS3
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "deploy-test-key"
 BUCKET = "smscast"  # the bucket deployments/prefect.yaml names: the file is deployed as it is
+# tests/deployed_ui_form.py drives the stack's UI in Debian's Chromium through the `playwright` package; where
+# either is missing its tests skip, and the stack starts without the UI (serving it costs seconds).
+CHROMIUM = Path("/usr/bin/chromium")
+UI_TESTABLE = CHROMIUM.exists() and importlib.util.find_spec("playwright") is not None
 T = TypeVar("T")
+AFTER_CAMPAIGN = "smscast-reconcile-after-campaign"  # paused in the stack (Stack.pause_after_campaign)
 
 
 def clean_env(home: Path) -> dict[str, str]:
@@ -107,6 +113,14 @@ class Stack:
         )
         return f"--- worker log ---\n{worker}\n--- server log ---\n{self.server.log_tail(3000)}"
 
+    def pause_after_campaign(self) -> None:
+        """Pause the automation that starts a reconcile run a minute after every campaign (deployment
+        after-campaign): each is a process start and a reconcile of the whole results bucket on a machine
+        the tests already load, and no test here looks at them. (`prefect deploy` enables it again.)"""
+        with self.client as client:
+            (automation,) = client.read_automations_by_name(AFTER_CAMPAIGN)
+            client.pause_automation(automation.id)
+
     def runs(self, deployment: str, *, top_level: bool = True) -> list[FlowRun]:
         """Flow runs of a deployment ('flow/deployment'), oldest first; subflow runs left out."""
         with self.client as client:
@@ -133,11 +147,17 @@ def deployed_stack(seaweed: SeaweedS3, tmp: Path, *, ui: bool = False) -> Iterat
     """A real Prefect server (with its UI when `ui`, without the promotional banner that would be in
     screenshots), the sandbox, bootstrap's work pool, blocks and deployments, and a worker."""
     seaweed.create_bucket(BUCKET)
-    no_promos = {"PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"} if ui else None
+    server_env = {
+        # The scheduler's main loop visits every deployment once a minute by default: a resumed schedule
+        # would wait up to that long for its runs (only a deployment changed in the last seconds is
+        # scheduled at once).
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        **({"PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"} if ui else {}),
+    }
     # Start-up bounds are generous: a new database is migrated first, with the other test worker busy too.
     with (
         SandboxServer(default_key=KEY) as sandbox,
-        PrefectServer(tmp / "server", ui=ui, startup_timeout=240, extra_env=no_promos) as server,
+        PrefectServer(tmp / "server", ui=ui, startup_timeout=240, extra_env=server_env) as server,
     ):
         stack = Stack(server, sandbox, seaweed, tmp, tmp / "worker.log")
         # bootstrap: work pool, blocks (from these credentials), prefect deploy --all of the real file.
@@ -151,6 +171,8 @@ def deployed_stack(seaweed: SeaweedS3, tmp: Path, *, ui: bool = False) -> Iterat
         )
         assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
         assert KEY not in done.stdout.decode() + done.stderr.decode()  # bootstrap never prints a secret
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            stack.pause_after_campaign()
         worker_env = {
             **stack.env("worker"),
             "SMSCAST_SANDBOX_BASE_URL": sandbox.base_url,
@@ -184,5 +206,7 @@ def deployed_stack(seaweed: SeaweedS3, tmp: Path, *, ui: bool = False) -> Iterat
 
 @pytest.fixture(scope="module", name="stack")
 def stack_fixture(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with deployed_stack(seaweed, tmp_path_factory.mktemp("deployments")) as stack:
+    """One stack for tests/test_deployments.py and the modules it collects (deployed_release.py,
+    deployed_ui_form.py): its start is most of their cost."""
+    with deployed_stack(seaweed, tmp_path_factory.mktemp("deployments"), ui=UI_TESTABLE) as stack:
         yield stack

@@ -125,6 +125,29 @@ def sandbox_clock(base_url: str, *, freeze: bool | None = None, advance: float =
 
 
 @contextmanager
+def fast_retries() -> Iterator[None]:
+    """The send engine's default retry policy with near-zero backoff, for as long as it lasts: a request that
+    fails transiently (5xx, a dropped connection) is retried as many times as always, without the seconds of
+    exponential backoff between tries, which prove nothing a test asserts and add up over a module. (Throttling
+    is unaffected: a 429 pauses for the Retry-After the provider gives, whatever the policy.)"""
+    import dataclasses
+
+    import pytest
+
+    from smscast.tasks import send_engine
+
+    @dataclasses.dataclass(frozen=True)
+    class FastRetryPolicy(send_engine.RetryPolicy):
+        backoff_base: float = 0.001
+        backoff_cap: float = 0.01
+
+    with pytest.MonkeyPatch.context() as mp:
+        # send_engine looks its RetryPolicy up when a shard starts, so that replacing it changes the default.
+        mp.setattr(send_engine, "RetryPolicy", FastRetryPolicy)
+        yield
+
+
+@contextmanager
 def env(**values: str) -> Iterator[None]:
     import os
 

@@ -2,7 +2,15 @@
 the scheduler's nightly runs, an ad-hoc run with the UI form's parameters, the nightly flow, the S3 inbox
 trigger (one run per file, exactly once, across a watcher restart and repeated announcements), and the retry
 deployment started by a campaign's completion event. Flow runs execute on a `process` worker against the
-sandbox and SeaweedFS (tests/fixtures_prefect.py). At the end, the watcher's cursor and the id helpers alone."""
+sandbox and SeaweedFS (tests/fixtures_prefect.py). At the end, the watcher's cursor and the id helpers alone.
+
+Two more modules run on the same stack, collected here (module-level names below; a file not named test_* is
+not collected on its own): tests/deployed_release.py (a campaign's held rows released by the run it schedules)
+and tests/deployed_ui_form.py (the ad-hoc form in Prefect's UI). Starting the stack is a third of this file's
+time, and the release waits a minute or more for quiet hours to end: its campaign starts early and its release
+is checked last, so that the tests in between run while it waits. The order of the tests is the order of the
+names in this module; each test waits for what it needs, so any one of them also passes on its own.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +27,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import deployed_release
+import deployed_ui_form
 import polars as pl
 import pytest
 import sqlalchemy
-from deployed_release import test_held_rows_are_released_by_the_scheduled_run_exactly_once  # noqa: F401
+from deployed_release import held_campaign  # noqa: F401 (a fixture)
+from deployed_ui_form import browser, page, shots  # noqa: F401 (fixtures)
 from fixtures_prefect import BUCKET, ROOT, Stack, holds_for, stack_fixture, stop_group, wait_for  # noqa: F401
 from prefect.events import Event, EventTrigger, ResourceSpecification, RunDeployment, get_events_client
 from prefect.states import Scheduled
@@ -76,6 +87,7 @@ def nightly_schedule(stack: Stack) -> Any:
     return schedule
 
 
+@pytest.mark.timeout(900)  # the first test: its setup starts the stack (server, bootstrap, worker)
 def test_deployments_register_with_schedules_schemas_and_triggers(stack: Stack) -> None:
     with stack.client as client:
         deps = {f"{d.name}": d for d in client.read_deployments()}
@@ -186,10 +198,70 @@ def test_bootstrap_again_keeps_each_schedule_as_it_was_set_and_names_the_paused(
         assert "schedule of nightly-campaign/nightly" not in output
         assert "schedule of reconcile/every-15-minutes (every 900 s) is PAUSED" in output
         assert f"prefect deployment schedule resume reconcile/every-15-minutes {every_schedule.id}" in output
-    finally:  # as prefect.yaml has it, for the tests after this one
+    finally:  # as prefect.yaml has it, for the tests after this one, and as the stack had it
         with stack.client as client:
             every = client.read_deployment_by_name("reconcile/every-15-minutes")
             client.update_deployment_schedule(every.id, every.schedules[0].id, active=True)
+        stack.pause_after_campaign()
+
+
+def test_completion_with_failures_triggers_the_retry_deployment(stack: Stack, tmp_path: Path) -> None:
+    src = write_recipients(tmp_path / "flaky.csv", 100, start=40_000)
+    storage.put_bytes(f"s3://{BUCKET}/adhoc/flaky.csv", src.read_bytes())
+    stack.sandbox.client.set_faults(transient_suffixes=["7"])  # 10 of 100 numbers fail transiently
+    try:
+        with stack.client as client:
+            dep = client.read_deployment_by_name("campaign/ad-hoc")
+            created = client.create_flow_run_from_deployment(
+                dep.id,
+                parameters=form_params(
+                    campaign_id="flaky-1",
+                    source=f"s3://{BUCKET}/adhoc/flaky.csv",
+                    body="Hi {{name}}",
+                    dry_run=False,
+                ),
+            )
+        first = stack.wait_final(created.id)
+        finished_at = datetime.now(UTC)
+        assert first.state is not None and first.state.is_completed(), stack.diagnose()
+        assert current_results(RESULTS, "flaky-1").filter(pl.col("status") == "failed").height == 10
+
+        def retry_run() -> list[Any]:
+            return stack.runs("retry-campaign/on-failure")
+
+        (retry,) = wait_for("the retry deployment to be triggered", retry_run, 30, stack.diagnose)
+    finally:
+        stack.sandbox.client.set_faults(transient_suffixes=[])
+    assert retry.parameters == {"campaign_id": "flaky-1", "results": RESULTS, "max_attempts": 5}
+    # Scheduled five minutes after the event (schedule_after: 300), not at once.
+    assert retry.state is not None and retry.state.is_scheduled()
+    assert retry.expected_start_time is not None
+    assert retry.expected_start_time > finished_at + timedelta(seconds=240)
+
+    # Bring it forward rather than wait five minutes; the worker runs it.
+    with stack.client as client:
+        client.set_flow_run_state(retry.id, Scheduled(scheduled_time=datetime.now(UTC)), force=True)
+    done = stack.wait_final(retry.id)
+    assert done.state is not None and done.state.is_completed(), stack.diagnose()
+    current = current_results(RESULTS, "flaky-1")
+    assert set(current["status"]) == {"accepted"}
+    assert current.filter(pl.col("attempt") == 2).height == 10
+    assert ledger_for(stack, phones_of(src)).height == 100
+
+    # The retry's own completion has no failures left: nothing more is triggered. (That the campaigns without
+    # failures never trigger a retry is checked once they have all run: the last test on the stack.)
+    holds_for(4, lambda: retried_campaigns(stack) == ["flaky-1"])
+
+
+def retried_campaigns(stack: Stack) -> list[str]:
+    return [r.parameters["campaign_id"] for r in stack.runs("retry-campaign/on-failure")]
+
+
+# Sandbox faults apply to every campaign it serves: the test above sets some, so the held campaign (whose
+# rows go out in the background while the next tests run) starts after it.
+test_a_campaign_in_quiet_hours_holds_its_rows_and_schedules_their_release = (
+    deployed_release.test_a_campaign_in_quiet_hours_holds_its_rows_and_schedules_their_release
+)
 
 
 def test_ad_hoc_run_with_form_parameters_completes(stack: Stack, tmp_path: Path) -> None:
@@ -318,55 +390,21 @@ def test_an_inbox_file_starts_exactly_one_campaign_run(stack: Stack, tmp_path: P
     assert ledger_for(stack, phones_of(files["a"])).height == 60  # and nobody got a second message
 
 
-def test_completion_with_failures_triggers_the_retry_deployment(stack: Stack, tmp_path: Path) -> None:
-    src = write_recipients(tmp_path / "flaky.csv", 100, start=40_000)
-    storage.put_bytes(f"s3://{BUCKET}/adhoc/flaky.csv", src.read_bytes())
-    stack.sandbox.client.set_faults(transient_suffixes=["7"])  # 10 of 100 numbers fail transiently
-    try:
-        with stack.client as client:
-            dep = client.read_deployment_by_name("campaign/ad-hoc")
-            created = client.create_flow_run_from_deployment(
-                dep.id,
-                parameters=form_params(
-                    campaign_id="flaky-1",
-                    source=f"s3://{BUCKET}/adhoc/flaky.csv",
-                    body="Hi {{name}}",
-                    dry_run=False,
-                ),
-            )
-        first = stack.wait_final(created.id)
-        finished_at = datetime.now(UTC)
-        assert first.state is not None and first.state.is_completed(), stack.diagnose()
-        assert current_results(RESULTS, "flaky-1").filter(pl.col("status") == "failed").height == 10
+test_a_dry_run_from_the_custom_run_form = deployed_ui_form.test_a_dry_run_from_the_custom_run_form
+test_a_campaign_id_smscast_refuses_fails_its_run_in_words = (
+    deployed_ui_form.test_a_campaign_id_smscast_refuses_fails_its_run_in_words
+)
+# The quiet hours of the held campaign have ended meanwhile (or are waited out).
+test_held_rows_are_released_by_the_scheduled_run_exactly_once = (
+    deployed_release.test_held_rows_are_released_by_the_scheduled_run_exactly_once
+)
 
-        def retry_run() -> list[Any]:
-            return stack.runs("retry-campaign/on-failure")
 
-        (retry,) = wait_for("the retry deployment to be triggered", retry_run, 30, stack.diagnose)
-    finally:
-        stack.sandbox.client.set_faults(transient_suffixes=[])
-    assert retry.parameters == {"campaign_id": "flaky-1", "results": RESULTS, "max_attempts": 5}
-    # Scheduled five minutes after the event (schedule_after: 300), not at once.
-    assert retry.state is not None and retry.state.is_scheduled()
-    assert retry.expected_start_time is not None
-    assert retry.expected_start_time > finished_at + timedelta(seconds=240)
-
-    # Bring it forward rather than wait five minutes; the worker runs it.
-    with stack.client as client:
-        client.set_flow_run_state(retry.id, Scheduled(scheduled_time=datetime.now(UTC)), force=True)
-    done = stack.wait_final(retry.id)
-    assert done.state is not None and done.state.is_completed(), stack.diagnose()
-    current = current_results(RESULTS, "flaky-1")
-    assert set(current["status"]) == {"accepted"}
-    assert current.filter(pl.col("attempt") == 2).height == 10
-    assert ledger_for(stack, phones_of(src)).height == 100
-
-    # The retry's own completion has no failures left: nothing more is triggered, and the campaigns without
-    # failures (the ad-hoc and inbox ones) never triggered a retry.
-    holds_for(
-        4,
-        lambda: [r.parameters["campaign_id"] for r in stack.runs("retry-campaign/on-failure")] == ["flaky-1"],
-    )
+def test_campaigns_without_failures_never_trigger_the_retry_deployment(stack: Stack) -> None:
+    """Last on the stack: every campaign above but flaky-1 ended without failures (the ad-hoc, nightly, inbox,
+    held and form ones, and the release of the held rows), and none of them started a retry; flaky-1's retry
+    is the only one (or none, when this test runs alone)."""
+    holds_for(4, lambda: retried_campaigns(stack) in ([], ["flaky-1"]))
 
 
 # -- the pieces, without a Prefect server -------------------------------------------------------------------

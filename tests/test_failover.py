@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from support import env, ledger_frame, prefect_harness, sandbox_clock, write_recipients
+from support import env, fast_retries, ledger_frame, prefect_harness, sandbox_clock, write_recipients
 
 from smscast import storage
 from smscast.breaker import CircuitOpenError, paused_view
@@ -207,6 +207,7 @@ def sandbox() -> Iterator[SandboxServer]:
     lifted = {"rate_limit_rps": 0}  # the vendors' documented limits off: the tests set their own
     with (
         prefect_harness(),
+        fast_retries(),  # a primary that is down fails its requests five times each, without backoff's seconds
         SandboxServer(
             default_key=KEY,
             api_keys={"textingline": TL_KEY},

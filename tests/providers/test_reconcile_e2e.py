@@ -148,7 +148,7 @@ def test_postman_facts_match_the_ledger(sandbox: SandboxClient, tmp_path: Path) 
     sandbox.set_faults(provider="postman", undelivered_share=0.3, transient_suffixes=["00003"],
                        dlr_delay_ms=DELAY_S * 1000)  # fmt: skip
     spec = {"template": "campaign_rc", "body": "Hi {{name}}", "language": "english"}
-    results = send(sandbox, tmp_path, "rc-pm", "postman", 30, "+659100", **spec)
+    results = send(sandbox, tmp_path, "rc-pm", "postman", 30, "+65910", **spec)
 
     early = reconciled(results, "rc-pm")
     assert early["facts"] == {"pending": 30} and early["batches_looked_up"] == 3
@@ -174,7 +174,7 @@ def test_retry_resends_the_undelivered_rows_a_resend_can_fix_once(
     # Postman: no idempotency, so a re-sent row shows in the ledger as a second message to the same phone.
     sandbox.set_faults(provider="postman", undelivered_share=0.6)  # final at once: no delay
     spec = {"template": "campaign_rt", "body": "Hi {{name}}", "language": "english"}
-    results = send(sandbox, tmp_path, "rt-pm", "postman", 40, "+659200", **spec)
+    results = send(sandbox, tmp_path, "rt-pm", "postman", 40, "+65920", **spec)
     reconciled(results, "rt-pm")
     first = current_view(results, "rt-pm")
     fixable = first.filter(pl.col("delivery_error_code") == "telco_unreachable_recipient")

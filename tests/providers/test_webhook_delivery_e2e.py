@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 import pytest
 from provider_facts import FACTS
-from support import prefect_harness
+from support import fast_retries, prefect_harness
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
@@ -50,7 +50,8 @@ WAIT_S = 180.0  # generous: CI is a loaded 2-core machine
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api() -> Iterator[None]:
-    with prefect_harness():
+    # Lost answers are retried five times before rows are left `unknown`: without the backoff's seconds.
+    with prefect_harness(), fast_retries():
         yield
 
 

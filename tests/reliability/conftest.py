@@ -2,12 +2,14 @@
 one sandbox per provider (module scope). The session's report (`soak_report`) and the per-provider summary
 printed at the end of the run live in tests/conftest.py, which also merges the reports of parallel workers.
 
-Every `smscast send` / `retry` the soak driver runs talks to one `prefect server start` per test process (an
-xdist worker), the way a deployment does, instead of starting Prefect's temporary server for itself: that
-start costs 15-60 s per command on a busy 2-core machine, and a suite of a few dozen commands spent most of
-its time there. A kill still takes the command's whole process tree; the server, like a real one, outlives
-it. `SMSCAST_SOAK_TEMPORARY_API=1` gives each command its own temporary server again (process group, kill and
-all), e.g. for a long soak.
+Every `smscast send` / `retry` the soak driver runs talks to one Prefect API per test process (an xdist
+worker), the way a deployment's runs talk to its server, instead of starting Prefect's temporary server for
+itself: that start costs 15-60 s per command on a busy 2-core machine, and a suite of a few dozen commands
+spent most of its time there. The API is the one the process's other integration tests share (Prefect's test
+harness, tests/support.py prefect_harness: a server of its own, in a process of its own), so a worker starts
+one Prefect server for both rather than one each. A kill still takes the command's whole process tree; the
+server, like a real one, outlives it. `SMSCAST_SOAK_TEMPORARY_API=1` gives each command its own temporary
+server again (process group, kill and all), e.g. for a long soak.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import pytest
 from provider_facts import FACTS, ProviderFacts
 from reliability.settings import KEY, START_KNOBS, Sizes
 from reliability.soak import Soak
+from support import prefect_harness
 
-from smscast.servers.prefect_server import PrefectServer
 from smscast.servers.sandbox import SandboxServer
 
 
@@ -42,13 +44,16 @@ class SharedApiSoak(Soak):
 
 
 @pytest.fixture(scope="session")
-def soak_prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+def soak_prefect_api() -> Iterator[str | None]:
     if os.environ.get("SMSCAST_SOAK_TEMPORARY_API", "").strip() not in ("", "0"):
         yield None
         return
-    # Generous: the first start migrates a new database, with the other worker busy on the second core.
-    with PrefectServer(tmp_path_factory.mktemp("prefect-api"), startup_timeout=300) as server:
-        yield server.api_url
+    from prefect.settings import PREFECT_API_URL
+
+    with prefect_harness():  # started here if no module of this process started it yet; stopped at the end
+        api_url = PREFECT_API_URL.value()
+        assert api_url, "the test harness set no API URL"
+        yield str(api_url)
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,10 @@ def duplicate_runs(soak: Soak, report: Report, rows: int) -> None:
     assert LOCKED_MESSAGE in refused.output() and "lease ends at" in refused.output(), refused.tail()
     assert total_requests(soak.stats()) == before, "the refused run sent something"
     soak.client.set_faults(provider=soak.emu, latency_ms=1)
-    soak.complete(d)  # waits the lease out, then resumes
+    # The third run starts once the lease has run out (complete() would otherwise spend a run on a second
+    # refusal first, the one just proved), and resumes the campaign.
+    soak.wait_out_lease(d)
+    soak.complete(d)
     resumed = d.runs[-1]
     assert resumed.rc == 0
     soak.retry_until_done(d)
