@@ -66,7 +66,7 @@ class BatchRejectedError(TerminalError):
     """The provider refused the whole batch (4xx, or a whole-file validation failure). `retryable_split`
     says whether a smaller request can avoid the cause (a bad row, a request too large or mixed); `rows` are the
     positions in the batch of the rows the refusal names, where the provider names them. How the engine
-    isolates the cause follows the provider's `Capabilities.rejection` (tasks/send_engine.py)."""
+    isolates the cause follows the provider's `Capabilities.rejection` (tasks/send_batch.py)."""
 
     def __init__(
         self, message: str, *, code: str, retryable_split: bool = False, rows: tuple[int, ...] = ()
