@@ -1,5 +1,7 @@
 """Benchmark: recipients as Parquet on SeaweedFS → the whole smscast pipeline → results on SeaweedFS, against a
 bare httpx loop that posts the same batches to the same sandbox (no Prefect, no validation, no results).
+Beside them, smscast's send engine alone (`send_rows` on rows planned before the clock starts: no Prefect, no
+journal, no results), which shows how much of the pipeline's cost is sending and how much the rest.
 
     python benchmarks/pipeline.py --rows 1000000 --repeats 3
 
@@ -36,11 +38,13 @@ from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.servers.sandbox import SandboxServer
 from smscast.servers.seaweedfs import SeaweedS3
+from smscast.tasks.send_engine import SHARD_WORKERS
 
 BODY = "Hi {{name}}, your order {{order}} ships today."
 KEY = "bench-key"
 CONCURRENCY = 8
 BATCH = 1000
+CONTENDERS = ("baseline", "engine", "pipeline")
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -100,10 +104,8 @@ def baseline(source: str, base_url: str) -> dict[str, float]:
     return {"total": time.perf_counter() - start}
 
 
-def pipeline(source: str, results: str, base_url: str, run: int) -> dict[str, float]:
-    from smscast.flows.campaign import send_campaign
-
-    spec = CampaignSpec(
+def bench_spec(source: str, results: str, base_url: str, run: int) -> CampaignSpec:
+    return CampaignSpec(
         campaign_id=f"bench-{run}",
         provider="sandbox",
         source=source,
@@ -114,6 +116,42 @@ def pipeline(source: str, results: str, base_url: str, run: int) -> dict[str, fl
         rate=100_000,
         concurrency=CONCURRENCY,
     )
+
+
+def plan_once(source: str, base_url: str) -> tuple[CampaignSpec, pl.DataFrame]:
+    """The engine's input, made once and not timed: the source's rows loaded, validated and planned."""
+    from smscast.providers.registry import make_provider
+    from smscast.tasks.load import load_recipients
+    from smscast.tasks.plan import plan_campaign
+    from smscast.tasks.validate import validate_recipients
+
+    # One shard with the campaign's whole concurrency (a campaign splits it over its two shard threads).
+    spec = bench_spec(source, "s3://bench/engine", base_url, 0).model_copy(
+        update={"concurrency": CONCURRENCY * SHARD_WORKERS}
+    )
+    provider = make_provider("sandbox", base_url=base_url)
+    checked = validate_recipients(load_recipients(spec), spec, provider.caps, provider)
+    return spec, plan_campaign(checked, spec, provider.caps, provider).rows
+
+
+def engine(spec: CampaignSpec, planned: pl.DataFrame) -> dict[str, float]:
+    """smscast's send engine alone on the planned rows, in one shard, as a campaign's shard runs it."""
+    from smscast.providers.registry import make_provider
+    from smscast.tasks.send_engine import send_rows
+
+    provider = make_provider("sandbox", base_url=spec.base_url)
+    start = time.perf_counter()
+    outcomes, _ = asyncio.run(send_rows(provider, planned, spec))
+    total = time.perf_counter() - start
+    if outcomes.height != planned.height:
+        raise SystemExit(f"the engine returned {outcomes.height} outcomes for {planned.height} rows")
+    return {"total": total}
+
+
+def pipeline(source: str, results: str, base_url: str, run: int) -> dict[str, float]:
+    from smscast.flows.campaign import send_campaign
+
+    spec = bench_spec(source, results, base_url, run)
     start = time.perf_counter()
     summary = send_campaign(spec)
     total = time.perf_counter() - start
@@ -141,22 +179,25 @@ def main() -> None:
             warm = "s3://bench/inbox/warm.parquet"
             storage.write_parquet(make_recipients(100), warm)
             pipeline(warm, "s3://bench/warm", sandbox.base_url, 999)
+            engine_spec, planned = plan_once(source, sandbox.base_url)
             pids = {
                 "smscast": os.getpid(),
                 "sandbox": sandbox.process.pid if sandbox.process else 0,
                 "seaweedfs": s3.pid or 0,
                 "prefect-api": prefect_server_pid() or 0,
             }
-            cpu: dict[str, list[dict[str, float]]] = {"baseline": [], "pipeline": []}
-            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "pipeline": []}
-            peaks: dict[str, list[int]] = {"baseline": [], "pipeline": []}
+            cpu: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
+            runs: dict[str, list[dict[str, float]]] = {name: [] for name in CONTENDERS}
+            peaks: dict[str, list[int]] = {name: [] for name in CONTENDERS}
             for run in range(args.repeats):
-                for name in ("baseline", "pipeline"):
+                for name in CONTENDERS:
                     sandbox.client.reset()
                     cpu_before = cpu_seconds(pids)
                     with peak_rss() as peak:
                         if name == "baseline":
                             figures = baseline(source, sandbox.base_url)
+                        elif name == "engine":
+                            figures = engine(engine_spec, planned)
                         else:
                             figures = pipeline(source, "s3://bench/results", sandbox.base_url, run)
                     cpu_after = cpu_seconds(pids)
@@ -185,9 +226,10 @@ def report(
     def med(name: str, key: str) -> float:
         return statistics.median(r.get(key, 0.0) for r in runs[name])
 
-    base, pipe = med("baseline", "total"), med("pipeline", "total")
+    base, eng, pipe = med("baseline", "total"), med("engine", "total"), med("pipeline", "total")
     print(f"\nmedian of {len(runs['pipeline'])} runs, {rows:,} recipients")
     print(f"  baseline (bare httpx loop): {rows / base:>10,.0f} recipients/s")
+    print(f"  engine (send_rows alone):   {rows / eng:>10,.0f} recipients/s")
     print(f"  pipeline (smscast flow):    {rows / pipe:>10,.0f} recipients/s")
     print(f"  ratio pipeline/baseline:    {base / pipe:>10.2f}   (aim: 0.60 or better)")
     stages: list[Any] = [k for k in runs["pipeline"][0] if k != "total"]
@@ -195,13 +237,17 @@ def report(
     other = pipe - sum(med("pipeline", k) for k in stages)
     print(f"  orchestration and the rest: {other:.2f} s")
     own: dict[str, float] = {}
-    for name in ("baseline", "pipeline"):
+    for name in CONTENDERS:
         per = {k: statistics.median(c[k] for c in cpu[name]) for k in cpu[name][0]}
         own[name] = per["smscast"]
         print(f"  CPU seconds, {name:<8} (median): " + " · ".join(f"{k} {v:.1f}" for k, v in per.items()))
     if own["baseline"] > 0:
         ratio = own["pipeline"] / own["baseline"]
         print(f"  CPU of this process, pipeline/baseline: {ratio:.2f}   (aim: 1.5 or less)")
+        print(
+            f"  CPU of this process, engine alone/baseline: {own['engine'] / own['baseline']:.2f} "
+            "(sending, as the baseline does; the pipeline adds validation, planning and its records)"
+        )
     print(
         f"  peak RSS: pipeline {max(peaks['pipeline']) / 2**30:.2f} GiB (aim < 3), "
         f"baseline {max(peaks['baseline']) / 2**30:.2f} GiB"

@@ -270,11 +270,11 @@ def _check_rows(spec: CampaignSpec, now: datetime | None) -> tuple[pl.DataFrame,
 def _write(rows: pl.DataFrame, out: str) -> None:
     from smscast import storage
 
-    buf = io.BytesIO()
     if out.lower().endswith(".parquet"):
-        rows.write_parquet(buf)
-    else:
-        _for_csv(rows).write_csv(buf)
+        storage.write_parquet(rows, out)
+        return
+    buf = io.BytesIO()
+    _for_csv(rows).write_csv(buf)
     storage.put_bytes(out, buf.getvalue())
 
 

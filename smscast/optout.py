@@ -12,7 +12,6 @@ write on S3 too), reading and applying its change again when another writer came
 
 from __future__ import annotations
 
-import io
 import random
 import time
 from collections.abc import Callable
@@ -53,9 +52,7 @@ def change_list(results: str, change: Callable[[pl.DataFrame], pl.DataFrame]) ->
         updated = change(current).select(
             pl.col("phone").cast(pl.String), pl.col("added_at").cast(pl.Datetime("us", "UTC"))
         )
-        buffer = io.BytesIO()
-        updated.write_parquet(buffer)
-        if storage.put_if(uri, buffer.getvalue(), version) is not None:
+        if storage.put_if(uri, storage.parquet_bytes(updated), version) is not None:
             return updated
         # Someone else wrote first: a short random pause keeps several writers from colliding in lockstep.
         time.sleep(random.uniform(0, 0.01 * (attempt + 1)))

@@ -36,6 +36,7 @@ from smscast.tasks.manifest import Manifest, read_manifest, save_spec
 from smscast.tasks.persist import persist_results, save_plan
 from smscast.tasks.plan import PlannedCampaign
 from smscast.tasks.report import (
+    SUMMARY_COLUMNS,
     CampaignSummary,
     publish_artifact,
     report,
@@ -137,7 +138,8 @@ def run_attempt(
     for r in reports:
         for k, v in r.requests.items():
             requests[k] = requests.get(k, 0) + v
-    rows = storage.read_parquet(uri)
+    # The summary reads back only what it counts, unless a price list needs the phones and prices too.
+    rows = storage.read_parquet(uri, columns=SUMMARY_COLUMNS if spec.prices is None else None)
     earlier = commitments.earlier if commitments is not None else 0
     summary = report(
         rows,

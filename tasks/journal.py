@@ -169,7 +169,7 @@ class Journal:
             if frame.is_empty():
                 return
             try:
-                storage.write_parquet(frame, uri)
+                storage.write_parquet(frame, uri, statistics=False)  # read whole, by a resume only
                 self.files_written += 1
                 return
             except Exception as exc:

@@ -10,7 +10,6 @@ by construction, but if it did it would be written as `unknown`, never left out.
 
 from __future__ import annotations
 
-import io
 import json
 
 import polars as pl
@@ -42,12 +41,9 @@ def save_plan(paths: AttemptPaths, planned: PlannedCampaign) -> Manifest:
 
 
 def _write_plan_file(df: pl.DataFrame, uri: str) -> None:
-    """A plan file, written whole (atomically on a local disk, one PUT on S3) like every record. Light zstd and
-    no column statistics: plan files are read whole, by smscast alone, so statistics serve no reader, and
-    zstd's fastest level is as small here as its default level for about three quarters of the CPU."""
-    buffer = io.BytesIO()
-    df.write_parquet(buffer, compression="zstd", compression_level=1, statistics=False)
-    storage.put_bytes(uri, buffer.getvalue())
+    """A plan file, written whole like every record. No column statistics: plan files are read whole, by
+    smscast alone, so statistics would serve no reader."""
+    storage.write_parquet(df, uri, statistics=False)
 
 
 def result_rows(spec: CampaignSpec, planned: pl.DataFrame, outcomes: pl.DataFrame | None) -> pl.DataFrame:

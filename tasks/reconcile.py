@@ -52,6 +52,7 @@ from smscast.tasks.manifest import load_spec
 from smscast.tasks.reconcile_lookup import Work, look_up_provider
 from smscast.tasks.reconcile_summary import NO_REPORTS, ReconcileSummary, left_rows
 from smscast.tasks.reports_fold import KEYS, fold_reports, is_final, news
+from smscast.transport import tls_context
 
 __all__ = ["ReconcileSummary", "areconcile_campaign", "reconcile_campaign", "utc_now"]
 
@@ -123,7 +124,7 @@ async def areconcile_campaign(
     summary = ReconcileSummary(campaign_id, rows=current.height, looked_at=scope.height)
     work = Work(now)
     caps_of: dict[str, Capabilities] = {}
-    http = client or httpx.AsyncClient(timeout=LOOKUP_TIMEOUT)
+    http = client or httpx.AsyncClient(timeout=LOOKUP_TIMEOUT, verify=tls_context())
     try:
         for name in sorted(rows.get_column("provider").drop_nulls().unique().to_list()):
             part = scope.filter(pl.col("provider") == name)

@@ -78,6 +78,10 @@ class CampaignSummary:
         return out
 
 
+# The results columns `summarise` (and a release's `release_steps`) read: all a summary without prices needs.
+SUMMARY_COLUMNS = ("status", "error_code", "segments")
+
+
 def summarise(
     results: pl.DataFrame,
     *,

@@ -24,6 +24,7 @@ from smscast.providers.base import Batch, Provider
 from smscast.runtime import Runtime
 from smscast.tasks.outcomes import Recovered, outcomes_frame
 from smscast.tasks.send_batch import BatchJournal, RetryPolicy, ShardSender
+from smscast.transport import tls_context
 
 SHARD_WORKERS = 2  # shard task runs in flight at once (the flows' thread pool, tasks/send.py)
 
@@ -57,7 +58,7 @@ def http_client(
 ) -> httpx.AsyncClient:
     timeout = httpx.Timeout(request_timeout or provider.caps.request_timeout, connect=10.0)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(timeout=timeout, limits=limits)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, verify=tls_context())
 
 
 def per_shard_concurrency(spec: CampaignSpec, provider: Provider, shards_at_once: int | None = None) -> int:

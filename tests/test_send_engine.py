@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import ClassVar
 
+import certifi
 import httpx
 import polars as pl
 import pytest
@@ -364,3 +365,14 @@ def test_bucket_acquire_waits_exactly_the_refill_time() -> None:
     asyncio.run(take(1))
     # The pause, then one token at the halved rate (2/s), counted from the pause's end.
     assert now[0] == pytest.approx(0.75 + 2.0 + 0.5)
+
+
+def test_provider_clients_share_one_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smscast.transport import tls_context
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    first = tls_context()
+    assert tls_context() is first  # built once: each client would otherwise load the CA bundle again
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    assert tls_context() is not first  # a changed setting is honoured

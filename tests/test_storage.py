@@ -124,6 +124,31 @@ def test_local_parquet_dataset_reads_all_parts(tmp_path: Path) -> None:
     assert "campaign" not in out.columns  # no hive columns
 
 
+def test_read_parquet_columns_reads_only_those_a_part_has(tmp_path: Path) -> None:
+    base = tmp_path / "results"
+    storage.write_parquet(
+        pl.DataFrame({"id": [1, 2], "status": ["a", "b"], "body": ["x", "y"]}), str(base / "p0.parquet")
+    )
+    storage.write_parquet(pl.DataFrame({"id": [3], "body": ["z"]}), str(base / "p1.parquet"))
+    out = storage.read_parquet(str(base), columns=["status", "id"])
+    assert out.columns == ["status", "id"] and out["status"].to_list() == ["a", "b", None]
+    one = storage.read_parquet(str(base / "p1.parquet"), columns=["status", "id"])
+    assert one.columns == ["id"] and one["id"].to_list() == [3]
+
+
+def test_records_are_zstd_and_statistics_are_optional(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    df = pl.DataFrame({"n": list(range(100))})
+    storage.write_parquet(df, str(tmp_path / "with.parquet"))
+    storage.write_parquet(df, str(tmp_path / "without.parquet"), statistics=False)
+    with_stats = pq.ParquetFile(tmp_path / "with.parquet").metadata.row_group(0).column(0)
+    without = pq.ParquetFile(tmp_path / "without.parquet").metadata.row_group(0).column(0)
+    assert with_stats.compression == without.compression == "ZSTD"
+    assert with_stats.statistics is not None and with_stats.statistics.has_min_max
+    assert without.statistics is None or not without.statistics.has_min_max
+
+
 def test_local_atomic_write_leaves_old_file_on_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
