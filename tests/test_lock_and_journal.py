@@ -394,7 +394,9 @@ def test_journal_writes_never_hold_up_sending_and_are_grouped(
     batches = batches_of(rows, spec)
     real_write, entered, release = storage.write_parquet, threading.Event(), threading.Event()
 
-    def slow_write(df: pl.DataFrame, uri: str, **options: bool) -> None:  # a slow store: the first write hangs
+    def slow_write(
+        df: pl.DataFrame, uri: str, **options: bool
+    ) -> None:  # a slow store: the first write hangs
         entered.set()
         assert release.wait(60)
         real_write(df, uri, **options)
