@@ -120,7 +120,11 @@ def resolve_settings(
     if not url:
         raise ConfigError(f"no endpoint for provider {provider!r}: pass --base-url or set {prefix}_BASE_URL")
     check_base_url(url, provider)
-    key = os.environ.get(f"{prefix}_API_KEY") or secret_block(f"smscast-{provider}-api-key")
+    key = os.environ.get(f"{prefix}_API_KEY")
+    if not key and require_key:
+        # Only where a key is needed: looking a block up reaches Prefect's API, which from a plain process
+        # means starting its temporary server (15-25 s), and a dry run or a check never sends.
+        key = secret_block(f"smscast-{provider}-api-key")
     if require_key and not key:
         raise ConfigError(
             f"no credentials for provider {provider!r}: set {prefix}_API_KEY or create the Prefect Secret "
