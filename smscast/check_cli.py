@@ -295,6 +295,8 @@ def _summary(
 ) -> str:
     import polars as pl
 
+    from smscast.tasks.report import reason_lines
+
     counts = dict.fromkeys(CHECK_STATUSES, 0)
     counts.update({str(s): int(n) for s, n in rows.group_by("status").len().iter_rows()})
     reasons = (
@@ -309,11 +311,7 @@ def _summary(
         "  " + "  ".join(f"{s}: {n:,}" for s, n in counts.items()),
         f"  segments: {int(ready.get_column('segments').fill_null(0).sum()):,} ready",
     ]
-    if reasons.height:
-        lines.append("  reasons:")
-        lines += [f"    {s:<10} {c:<32} {n:>10,}" for s, c, n in reasons.head(TOP_REASONS).iter_rows()]
-        if reasons.height > TOP_REASONS:
-            lines.append(f"    … {reasons.height - TOP_REASONS} more in {out}")
+    lines += reason_lines([(s, c, n) for s, c, n in reasons.iter_rows()], TOP_REASONS, out)
     held = rows.filter(pl.col("status") == "held").get_column("release_at").min()
     if isinstance(held, datetime):
         lines.append(f"  held rows: the first may go at {held:%Y-%m-%d %H:%M} UTC (smscast release)")

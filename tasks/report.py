@@ -120,6 +120,17 @@ def summarise(
     )
 
 
+def reason_lines(reasons: list[tuple[str, str, int]], top: int, where: str) -> list[str]:
+    """The `reasons:` table of a summary (status, code, rows; the largest first): its first `top` rows, each
+    column as wide as its longest entry, and where to find the rest."""
+    shown = reasons[:top]
+    if not shown:
+        return []
+    wide = max(len(s) for s, _, _ in shown), max(len(c) for _, c, _ in shown)
+    lines = ["  reasons:", *(f"    {s:<{wide[0]}}  {c:<{wide[1]}}  {n:>10,}" for s, c, n in shown)]
+    return lines + ([f"    … {len(reasons) - top} more reasons in {where}"] if len(reasons) > top else [])
+
+
 def render(summary: CampaignSummary) -> str:
     head = "DRY RUN — nothing was sent. " if summary.dry_run else ""
     lines = [
@@ -132,13 +143,8 @@ def render(summary: CampaignSummary) -> str:
     ]
     if summary.paused:
         lines.insert(1, f"  PAUSED by the circuit breaker: {summary.paused['reason']}; a re-run resumes it")
-    if summary.by_reason:
-        lines.append("  reasons:")
-        lines += [
-            f"    {r['status']:<9} {r['error_code']:<32} {r['rows']:>10,}" for r in summary.by_reason[:20]
-        ]
-        if len(summary.by_reason) > 20:
-            lines.append(f"    … {len(summary.by_reason) - 20} more reasons in the results dataset")
+    reasons = [(r["status"], r["error_code"], r["rows"]) for r in summary.by_reason]
+    lines += reason_lines(reasons, 20, "the results dataset")
     lines += cost_lines(summary)
     if summary.seconds:
         lines.append("  time: " + " · ".join(f"{k} {v:.2f}s" for k, v in summary.seconds.items()))

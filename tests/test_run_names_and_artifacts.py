@@ -51,7 +51,7 @@ from smscast.tasks import dispatch
 from smscast.tasks.dispatch import RETRY_AUTOMATION, ProgressBoard, next_steps
 from smscast.tasks.manifest import Manifest
 from smscast.tasks.plan import ShardRef
-from smscast.tasks.report import summarise, summary_markdown
+from smscast.tasks.report import reason_lines, summarise, summary_markdown
 from smscast.tasks.send import ShardReport
 
 KEY = "names-test-key"
@@ -359,3 +359,15 @@ def test_a_deployed_run_shows_the_campaign_it_ran(
     assert "deployment retry-campaign/on-failure, about 5 min after this run" in logs
     assert "campaign nightly-20261122 attempt 1: 300 of 300 rows to send" in logs
     assert "accepted: 270  invalid: 0  rejected: 0  failed: 30" in logs
+
+
+def test_the_reasons_table_keeps_its_columns_aligned_for_every_status() -> None:
+    reasons = [("suppressed", "opted_out", 1200), ("held", "quiet_hours", 7), ("invalid", "phone_missing", 1)]
+    lines = reason_lines(reasons, 2, "the results dataset")
+    assert lines[0] == "  reasons:" and lines[-1] == "    … 1 more reasons in the results dataset"
+    rows = lines[1:3]
+    # The code column starts at one place whatever the status's length ("suppressed" is ten letters), and so do
+    # the counts.
+    assert len({r.index("opted_out") if "opted_out" in r else r.index("quiet_hours") for r in rows}) == 1
+    assert len({len(r) for r in rows}) == 1 and rows[0].endswith("1,200") and rows[1].endswith("7")
+    assert reason_lines([], 20, "anywhere") == []
