@@ -5,6 +5,7 @@ REPORT_SCHEMA row under `<results>/_dlr/` (smscast.results.dlr_inbox) before it 
     writer.py    the group commit: batches of reports made durable before they are answered
     wal.py       the write-ahead log: batches fdatasynced on local disk, rolled into Parquet parts
     app.py       the Starlette app: routes, shared-secret check, answers
-    cli.py       the `dlr` typer app (`serve`, `roll`)
+    compact.py   merging the inbox's older parts into one, so that reconcile reads a few objects, not thousands
+    cli.py       the `dlr` typer app (`serve`, `roll`, `compact`)
     launcher.py  the receiver in a subprocess, for tests and benchmarks
 """

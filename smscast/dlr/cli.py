@@ -1,8 +1,10 @@
-"""`smscast dlr serve`: the delivery-report receiver, in the foreground, until SIGTERM or Ctrl+C; and
-`smscast dlr roll`: roll a stopped receiver's write-ahead log into the inbox.
+"""`smscast dlr serve`: the delivery-report receiver, in the foreground, until SIGTERM or Ctrl+C;
+`smscast dlr roll`: roll a stopped receiver's write-ahead log into the inbox; and `smscast dlr compact`: merge
+the inbox's older parts into one (smscast/dlr/compact.py).
 
     smscast dlr serve --port 8766 --results s3://crm/sms-results      # secret from SMSCAST_DLR_SECRET
     smscast dlr roll --results s3://crm/sms-results                   # only if it will not be started again
+    smscast dlr compact --results s3://crm/sms-results --min-age 1h   # hourly, beside a running receiver
 
 The lead registers this app in smscast/cli.py (`app.add_typer(dlr_app, name="dlr")`); `python -m smscast.dlr`
 runs it on its own (what the launcher, smscast/dlr/launcher.py, starts).
@@ -22,6 +24,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from smscast.dlr.app import create_app
+from smscast.dlr.compact import compact_command
 from smscast.dlr.wal import LogBusy, LogMismatch, WriteAheadLog, default_directory
 from smscast.dlr.writer import DEFAULT_BATCH_MS, DEFAULT_BATCH_ROWS, DEFAULT_ROLL_MS
 from smscast.locations import redact
@@ -263,3 +266,6 @@ def roll_command(results: _RESULTS, wal_dir: _WAL_DIR = None) -> None:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     print(f"smscast dlr: rolled {reports} reports into {parts} parts under {redact(dlr_inbox(results))}")
+
+
+app.command("compact")(compact_command)
