@@ -73,7 +73,7 @@ from reliability.settings import soak_seed  # noqa: E402
 # (Not xdist's `--dist loadgroup`: its xdist_group marks are lost under pytest 9.2, whose node ids xdist
 # 3.8 can no longer extend.)
 _GROUP_SECONDS = {
-    # test_deployments.py runs deployed_release.py and deployed_ui_form.py on its stack too.
+    # test_deployments.py runs deployed_schedules.py, deployed_release.py and deployed_ui_form.py on its stack too.
     "tests/test_deployments.py": 300,
     "tests/hostile/test_secrecy.py": 110,
     "tests/test_campaign_flow.py": 40,
@@ -82,7 +82,7 @@ _GROUP_SECONDS = {
     "tests/providers/contract/test_sending.py": 30,
     "tests/test_release.py": 25,
     "tests/test_dask_runner.py": 25,
-    "tests/test_failover.py": 22,
+    "tests/test_failover_flows.py": 20,
     "tests/hostile/test_hostile_inputs.py": 20,
     "tests/test_account_limit.py": 14,
 }

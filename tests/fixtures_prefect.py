@@ -206,7 +206,7 @@ def deployed_stack(seaweed: SeaweedS3, tmp: Path, *, ui: bool = False) -> Iterat
 
 @pytest.fixture(scope="module", name="stack")
 def stack_fixture(seaweed: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One stack for tests/test_deployments.py and the modules it collects (deployed_release.py,
-    deployed_ui_form.py): its start is most of their cost."""
+    """One stack for tests/test_deployments.py and the modules it collects (deployed_schedules.py,
+    deployed_release.py, deployed_ui_form.py): its start is most of their cost."""
     with deployed_stack(seaweed, tmp_path_factory.mktemp("deployments"), ui=UI_TESTABLE) as stack:
         yield stack
