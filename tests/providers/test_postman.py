@@ -1,4 +1,5 @@
-"""Postman (gov.sg) adapter: request shape, response parsing and pre-send rules, with httpx.MockTransport."""
+"""Postman (gov.sg) adapter: capabilities, request shape, response parsing and the status lookup, with
+httpx.MockTransport. Pre-send rules and rows through the send engine: tests/providers/test_postman_rows.py."""
 
 from __future__ import annotations
 
@@ -6,13 +7,12 @@ import asyncio
 import csv
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import polars as pl
 import pytest
 
-from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.errors import (
     AmbiguousError,
@@ -28,18 +28,15 @@ from smscast.providers.postman import (
     MAX_ROW_BYTES,
     MAX_ROWS,
     PostmanProvider,
-    csv_bytes,
     csv_columns,
 )
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from smscast.tasks.plan import plan_campaign
-from smscast.tasks.send_engine import RetryPolicy, send_rows
 from smscast.tasks.validate import validate_recipients
 
 BASE = "https://postman.test/api/v2"
 SETTINGS = ProviderSettings(base_url=BASE, api_key=Secret("pm-key-1"))
-FAST = RetryPolicy(max_attempts=4, max_throttled=10, backoff_base=0.001, backoff_cap=0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -79,9 +76,18 @@ def plan(provider: PostmanProvider, spec: CampaignSpec, df: pl.DataFrame) -> pl.
     return plan_campaign(checked, spec, provider.caps, provider).rows
 
 
+def sendable(provider: PostmanProvider, spec: CampaignSpec, df: pl.DataFrame) -> pl.DataFrame:
+    """The planned rows that validation let through."""
+    return plan(provider, spec, df).filter(pl.col("status").is_null())
+
+
 def one_batch(provider: PostmanProvider, spec: CampaignSpec, df: pl.DataFrame) -> Batch:
-    rows = plan(provider, spec, df).filter(pl.col("status").is_null())
-    return Batch(spec.campaign_id, "pm1-a1-b000000", "scb-x", rows, spec)
+    return Batch(spec.campaign_id, "pm1-a1-b000000", "scb-x", sendable(provider, spec, df), spec)
+
+
+def batch_of(provider: PostmanProvider, n: int) -> Batch:
+    """One batch of `n` rows of the default template campaign."""
+    return one_batch(provider, template_spec(), frame(n))
 
 
 def uploaded_csv(request: httpx.Request) -> tuple[str, list[list[str]]]:
@@ -186,7 +192,7 @@ def test_a_secret_never_reaches_an_error_message() -> None:
     provider = PostmanProvider(SETTINGS)
     with pytest.raises(AuthError) as exc:
         provider.parse_response(
-            one_batch(provider, template_spec(), frame(1)),
+            batch_of(provider, 1),
             response(401, {"code": "invalid_api_key_provided", "message": "x"}),
         )
     assert "pm-key-1" not in str(exc.value)
@@ -197,7 +203,7 @@ def test_a_secret_never_reaches_an_error_message() -> None:
 
 def test_201_accepts_every_row_with_the_batch_reference() -> None:
     provider = PostmanProvider(SETTINGS)
-    batch = one_batch(provider, template_spec(), frame(3))
+    batch = batch_of(provider, 3)
     out = provider.parse_response(batch, response(201, {"isValid": True, "batchId": "batch_42"}))
     assert [o.status for o in out] == [Status.ACCEPTED] * 3
     assert {o.provider_batch_ref for o in out} == {"campaign_abc/batch_42"}
@@ -215,7 +221,7 @@ def test_201_accepts_every_row_with_the_batch_reference() -> None:
 )
 def test_400_parameter_invalid_splits_only_when_a_row_caused_it(message: str, split: bool) -> None:
     provider = PostmanProvider(SETTINGS)
-    batch = one_batch(provider, template_spec(), frame(4))
+    batch = batch_of(provider, 4)
     with pytest.raises(BatchRejectedError) as exc:
         provider.parse_response(batch, response(400, {"code": "parameter_invalid", "message": message}))
     assert exc.value.code == "parameter_invalid"
@@ -227,15 +233,13 @@ def test_400_parameter_invalid_splits_only_when_a_row_caused_it(message: str, sp
 def test_401_is_an_auth_error_with_postmans_code(code: str) -> None:
     provider = PostmanProvider(SETTINGS)
     with pytest.raises(AuthError) as exc:
-        provider.parse_response(
-            one_batch(provider, template_spec(), frame(1)), response(401, {"code": code, "message": "…"})
-        )
+        provider.parse_response(batch_of(provider, 1), response(401, {"code": code, "message": "…"}))
     assert exc.value.code == code
 
 
 def test_429_without_retry_after_and_5xx_classes() -> None:
     provider = PostmanProvider(SETTINGS)
-    batch = one_batch(provider, template_spec(), frame(1))
+    batch = batch_of(provider, 1)
     with pytest.raises(RateLimitedError) as limited:
         provider.parse_response(
             batch, response(429, {"code": "too_many_requests", "message": "Too many requests"})
@@ -250,7 +254,7 @@ def test_429_without_retry_after_and_5xx_classes() -> None:
 
 def test_unreadable_or_invalid_201() -> None:
     provider = PostmanProvider(SETTINGS)
-    batch = one_batch(provider, template_spec(), frame(2))
+    batch = batch_of(provider, 2)
     with pytest.raises(AmbiguousError):
         provider.parse_response(batch, response(201, content=b"<html>oops</html>"))
     with pytest.raises(AmbiguousError):
@@ -266,130 +270,6 @@ def test_status_map_with_an_unknown_code() -> None:
     assert PostmanProvider.state_status("failure") is Status.FAILED
     assert PostmanProvider.state_status("vanished") is Status.UNKNOWN
     assert PostmanProvider.state_status(None) is Status.UNKNOWN
-
-
-# ---- pre-send rules --------------------------------------------------------------------------------------
-
-
-def test_check_spec() -> None:
-    provider = PostmanProvider(SETTINGS)
-    provider.check_spec(template_spec())
-    bad = [
-        template_spec(template=None, template_vars=(), body="hi"),  # body mode without a campaign id
-        template_spec(template_vars=("RecipientName",)),
-        template_spec(template_vars=("recipient-name",)),
-        template_spec(template_vars=("language",)),
-        template_spec(template="camp/../x"),
-        template_spec(sender="GOVSG"),
-        template_spec(language="klingon"),
-    ]
-    for spec in bad:
-        with pytest.raises(ConfigError):
-            provider.check_spec(spec)
-
-
-def test_row_rules_quarantine_language_and_oversized_rows() -> None:
-    provider = PostmanProvider(SETTINGS)
-    df = frame(
-        4, language=["english", "french", None, "TAMIL"], topic=["ok", "ok", "ok", "x" * (MAX_ROW_BYTES + 1)]
-    )
-    out = validate_recipients(df, template_spec(language=None), provider.caps, provider).sort("row_index")
-    assert out["error_code"].to_list() == [None, "language_invalid", "language_invalid", "row_too_large"]
-    # No language column at all: --language fills every row; without it every row is quarantined.
-    no_col = frame(2)
-    ok = validate_recipients(no_col, template_spec(language="malay"), provider.caps, provider)
-    assert ok["status"].to_list() == [None, None]
-    missing = validate_recipients(no_col, template_spec(language=None), provider.caps, provider)
-    assert missing["error_code"].to_list() == ["language_invalid", "language_invalid"]
-    # The row budget counts bytes, not characters (UTF-8 Chinese is 3 bytes a character).
-    wide = frame(1, topic=["中" * (MAX_ROW_BYTES // 3)])
-    assert validate_recipients(wide, template_spec(), provider.caps, provider)["error_code"].to_list() == [
-        "row_too_large"
-    ]
-
-
-def test_an_empty_template_parameter_is_quarantined_not_sent() -> None:
-    provider = PostmanProvider(SETTINGS)
-    out = validate_recipients(frame(2, topic=["ok", "  "]), template_spec(), provider.caps, provider)
-    assert out["status"].to_list() == [None, "invalid"]
-    assert out["error_code"].to_list() == [None, "template_var_missing"]
-
-
-# ---- through the send engine ---------------------------------------------------------------------------
-
-
-def run(
-    provider: PostmanProvider,
-    rows: pl.DataFrame,
-    spec: CampaignSpec,
-    handler: Callable[[httpx.Request], httpx.Response],
-) -> pl.DataFrame:
-    ratelimit._BUCKETS.clear()
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    out, _ = asyncio.run(send_rows(provider, rows, spec, policy=FAST, client=client))
-    return out.sort("row_index")
-
-
-def test_a_row_error_fails_the_file_and_bisection_isolates_it() -> None:
-    provider = PostmanProvider(SETTINGS)
-    spec = template_spec()
-    rows = plan(provider, spec, frame(10)).filter(pl.col("status").is_null())
-    bad = "6591230006"
-    uploads: list[int] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        _, records = uploaded_csv(request)
-        uploads.append(len(records) - 1)
-        if any(r[0] == bad for r in records[1:]):
-            return httpx.Response(
-                400,
-                json={
-                    "code": "parameter_invalid",
-                    "message": "Validation failed: row 1: recipient is invalid",
-                },
-            )
-        return httpx.Response(201, json={"isValid": True, "batchId": f"batch_{len(uploads)}"})
-
-    out = run(provider, rows, spec, handler)
-    statuses = dict(zip(out["row_index"].to_list(), out["status"].to_list(), strict=True))
-    assert statuses[6] == "rejected" and [s for i, s in statuses.items() if i != 6] == ["accepted"] * 9
-    assert out.filter(pl.col("row_index") == 6)["error_code"].item() == "parameter_invalid"
-    assert uploads[0] == 10 and 1 in uploads  # the whole file, then halves down to the lone bad row
-    assert all(
-        r.startswith("campaign_abc/batch_")
-        for r in out.filter(pl.col("status") == "accepted")["provider_batch_ref"].to_list()
-    )
-
-
-def test_a_read_timeout_is_unknown_and_never_resent() -> None:
-    provider = PostmanProvider(SETTINGS)
-    spec = template_spec()
-    rows = plan(provider, spec, frame(3)).filter(pl.col("status").is_null())
-    calls = {"n": 0}
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls["n"] += 1
-        raise httpx.ReadTimeout("slow", request=request)
-
-    out = run(provider, rows, spec, handler)
-    assert out["status"].to_list() == ["unknown"] * 3
-    assert calls["n"] == 1
-
-
-def test_a_gateway_timeout_is_unknown_but_503_is_retried() -> None:
-    provider = PostmanProvider(SETTINGS)
-    spec = template_spec()
-    rows = plan(provider, spec, frame(2)).filter(pl.col("status").is_null())
-    seen: list[int] = []
-
-    def gateway(request: httpx.Request) -> httpx.Response:
-        seen.append(1)
-        return httpx.Response(504)
-
-    assert run(provider, rows, spec, gateway)["status"].to_list() == ["unknown"] * 2
-    assert len(seen) == 1
-    answers = iter([httpx.Response(503), httpx.Response(201, json={"isValid": True, "batchId": "b9"})])
-    assert run(provider, rows, spec, lambda r: next(answers))["status"].to_list() == ["accepted"] * 2
 
 
 # ---- lookup ----------------------------------------------------------------------------------------------
@@ -449,22 +329,3 @@ def test_lookup_status_pages_through_retrieve_batch_messages() -> None:
     ]
     with pytest.raises(ConfigError):
         asyncio.run(provider.lookup_status(httpx.AsyncClient(), "batch_42"))
-
-
-def test_the_row_budget_bounds_the_encoded_row() -> None:
-    """A row that passes `row_too_large` encodes to at most MAX_ROW_BYTES, whatever it holds (quotes to double,
-    a formula to neutralise, line breaks, multi-byte characters), so a full file stays under 40 MB."""
-    provider = PostmanProvider(SETTINGS)
-    spec = template_spec()
-    unit = '中"\n'  # 3 + 1 + 1 bytes, and the quote is doubled: 6 bytes encoded
-    k = MAX_ROW_BYTES // 6
-    while True:
-        df = frame(1, recipient_name=["=" + unit * k], topic=['"' * 10])
-        checked = validate_recipients(df, spec, provider.caps, provider)
-        if checked["status"].item() is None:
-            break
-        k -= 1
-    assert k > MAX_ROW_BYTES // 6 - 20  # the rule let a row close to the budget through
-    data = csv_bytes(one_batch(provider, spec, df))
-    header_len = len(b"recipient,language,recipient_name,topic\r\n")
-    assert MAX_ROW_BYTES - 64 <= len(data) - header_len <= MAX_ROW_BYTES
