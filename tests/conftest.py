@@ -75,7 +75,8 @@ from reliability.settings import soak_seed  # noqa: E402
 _GROUP_SECONDS = {
     # test_deployments.py runs deployed_schedules.py, deployed_release.py and deployed_ui_form.py on its stack too.
     "tests/test_deployments.py": 300,
-    "tests/hostile/test_secrecy.py": 110,
+    "tests/hostile/test_secrecy.py": 60,
+    "tests/hostile/test_secrecy_logs.py": 55,
     "tests/test_campaign_flow.py": 40,
     "tests/test_local_server.py": 40,
     "tests/providers/test_webhook_delivery_e2e.py": 32,
