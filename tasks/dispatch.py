@@ -110,6 +110,7 @@ def run_attempt(
                 save_spec(spec)  # before the plan: a re-run meets it whether or not the plan was finished
             manifest = save_plan(paths, planned)
         memory = RunMemory(planned.rows)
+        del planned  # the memory holds the rows until the shards are done; nothing else should
     else:
         logger.info("resuming campaign %s attempt %d from its recorded plan", spec.campaign_id, spec.attempt)
         if table is not None and spec.max_cost is not None:
@@ -130,6 +131,9 @@ def run_attempt(
             money(commitments.spent, currency),
         )
     stop, reports = _send(spec, manifest, logger, seconds, lock, budget, memory)
+    # The shards are done with the plan: from here on the recorded results are read. (At ten million rows the
+    # plan is some 3 GiB, which reading the summary's columns would otherwise come on top of.)
+    memory.plan = None
     if stop.code == CIRCUIT_OPEN:  # paused, not sealed: running the campaign again resumes it
         pause_attempt(spec, manifest, stop, reports, logger, seconds)
     with stage(seconds, "persist"):
