@@ -140,7 +140,13 @@ def test_a_run_that_lost_its_lock_does_not_overwrite_the_new_runs_results(
         os.killpg(stalled.pid, signal.SIGCONT)
     rc = stalled.wait(300)
     assert rc != 0 and "another run took over" in stalled.output(), stalled.tail()
-    assert soak.client.health()["entries"] == entries, "the stalled run sent again after waking up"
+    # Nothing new may go out after waking. What may still land are the requests the freeze caught half-written
+    # (httpx writes a request in several steps, yielding between them): their batches' intents were on record,
+    # so the heir left their rows `unknown` and not in the ledger. Any other entry would be a row the heir had
+    # sent, i.e. a duplicate, which the verdict below refuses.
+    on_the_wire = healthy.unknown - healthy.unknown_in_ledger
+    landed = soak.client.health()["entries"] - entries
+    assert 0 <= landed <= on_the_wire, f"the stalled run sent again after waking up: {landed} > {on_the_wire}"
     soak.retry_until_done(c)
     verdict = check_campaign(soak, c)
     soak_report.add_verdict(verdict)
