@@ -204,3 +204,39 @@ def test_postgres_source(
     monkeypatch.setenv("PGPASSWORD", postgres.password)
     send_campaign(spec)
     assert_matches_ledger(str(tmp_path / "res"), "c-pg", sandbox.client, "generic", 75)
+
+
+def test_a_run_sends_from_its_plan_in_memory_and_lets_go_of_it_before_the_summary(
+    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At ten million rows the plan is some 3 GiB: held through the summary's read-back, it set the peak."""
+    import smscast.tasks.dispatch as dispatch
+    from smscast.tasks.send import RunMemory
+
+    made: list[RunMemory] = []
+    served: list[int] = []
+    at_summary: list[object] = []
+
+    class Recorded(RunMemory):
+        def __init__(self, plan: pl.DataFrame | None) -> None:
+            super().__init__(plan)
+            made.append(self)
+
+        def shard_plan(self, shard: int) -> pl.DataFrame | None:
+            found = super().shard_plan(shard)
+            served.append(-1 if found is None else found.height)
+            return found
+
+    real_report = dispatch.report
+
+    def report(*args: object, **kw: object) -> object:
+        at_summary.extend(m.plan for m in made)
+        return real_report(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dispatch, "RunMemory", Recorded)
+    monkeypatch.setattr(dispatch, "report", report)
+    src = write_recipients(tmp_path / "r.csv", 120)
+    summary = send_campaign(spec_for(sandbox, str(src), str(tmp_path / "res"), "c-memory", shard_batches=1))
+    assert summary["by_status"]["accepted"] == 120
+    assert made and sum(served) == 120 and -1 not in served  # every shard took its rows from memory
+    assert at_summary and all(plan is None for plan in at_summary)  # and none was held by the summary
