@@ -26,11 +26,12 @@ from smscast.campaign import CampaignSpec
 from smscast.flows.failover import check_fallback, run_with_failover
 from smscast.lock import CampaignLock
 from smscast.providers.registry import make_provider
+from smscast.step_log import stage
 from smscast.tasks.load import load_recipients
 from smscast.tasks.manifest import check_same_campaign
 from smscast.tasks.plan import PlannedCampaign, plan_campaign
 from smscast.tasks.policy import apply_policy
-from smscast.tasks.report import name_runs, report, stage
+from smscast.tasks.report import name_runs, report
 from smscast.tasks.send import shard_runner
 from smscast.tasks.validate import validate_recipients
 

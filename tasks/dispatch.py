@@ -32,6 +32,7 @@ from smscast.lock import CampaignLock, CampaignLockedError
 from smscast.pricing import COST_KEPT, estimate_for, load_prices, money, units, with_costs
 from smscast.results import AttemptPaths
 from smscast.status import STATUSES
+from smscast.step_log import stage
 from smscast.tasks.manifest import Manifest, read_manifest, save_spec
 from smscast.tasks.persist import persist_results, save_plan
 from smscast.tasks.plan import PlannedCampaign
@@ -41,7 +42,6 @@ from smscast.tasks.report import (
     publish_artifact,
     report,
     share,
-    stage,
     status_table,
     tell,
     update_artifacts,

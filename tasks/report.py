@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -391,13 +388,3 @@ def update_artifacts(ids: list[UUID], data: Any, description: str | None = None)
                 client.update_artifact(artifact_id, update)
     except Exception:  # progress is a courtesy: never let it fail a send
         logging.getLogger(__name__).debug("could not update artifacts %s", ids, exc_info=True)
-
-
-@contextmanager
-def stage(seconds: dict[str, float], name: str) -> Iterator[None]:
-    """Time a pipeline stage into `seconds` (shown in the summary and used by the benchmark)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
