@@ -36,6 +36,11 @@ from smscast.tasks.validate import validate_recipients
 SETTINGS = ProviderSettings(base_url="http://sandbox.test", api_key=Secret("k" * 16))
 
 
+def sandbox_spec(results: str = "r", **kw: Any) -> CampaignSpec:
+    """Campaign "c" to the sandbox from sender ACME; `kw` sets the rest."""
+    return CampaignSpec(campaign_id="c", provider="sandbox", source="s", results=results, sender="ACME", **kw)
+
+
 def batch(n: int, bodies: list[str] | None = None) -> Batch:
     rows = pl.DataFrame(
         {
@@ -45,7 +50,7 @@ def batch(n: int, bodies: list[str] | None = None) -> Batch:
             "idempotency_key": [f"sc-{i}" for i in range(n)],
         }
     )
-    spec = CampaignSpec(campaign_id="c", provider="sandbox", source="s", results="r", sender="ACME")
+    spec = sandbox_spec()
     return Batch("c", "c-b0", "scb-0", rows, spec)
 
 
@@ -173,16 +178,7 @@ def test_outcomes_as_columns_make_the_same_results_frame_as_tuples() -> None:
 
 def test_a_run_sends_from_the_plan_it_wrote_exactly_as_from_the_recorded_plan(tmp_path: Path) -> None:
     provider = SandboxProvider(SETTINGS)
-    spec = CampaignSpec(
-        campaign_id="c",
-        provider="sandbox",
-        source="s",
-        results=str(tmp_path / "res"),
-        body="hi {{name}}",
-        sender="ACME",
-        batch_size=7,
-        shard_batches=3,
-    )
+    spec = sandbox_spec(str(tmp_path / "res"), body="hi {{name}}", batch_size=7, shard_batches=3)
     n = 50
     df = pl.DataFrame(
         {
@@ -232,17 +228,7 @@ def test_sending_sets_the_collector_aside_and_gives_it_back() -> None:
 
 def test_a_shard_sent_through_the_columnar_path_records_every_row(tmp_path: Path) -> None:
     provider = SandboxProvider(SETTINGS)
-    spec = CampaignSpec(
-        campaign_id="c",
-        provider="sandbox",
-        source="s",
-        results=str(tmp_path),
-        body="hi",
-        sender="ACME",
-        batch_size=10,
-        rate=10_000,
-        concurrency=2,
-    )
+    spec = sandbox_spec(str(tmp_path), body="hi", batch_size=10, rate=10_000, concurrency=2)
     df = pl.DataFrame({"row_index": list(range(35)), "phone_raw": [f"+4474009{i:05d}" for i in range(35)]})
     rows = plan_campaign(
         validate_recipients(df, spec, provider.caps, provider), spec, provider.caps, provider
