@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from smscast import storage
 from smscast.errors import SmscastError
@@ -130,23 +130,29 @@ def dead_holder(held: dict[str, Any], me: Process) -> str | None:
 # ---- the lock -----------------------------------------------------------------------------------------------
 
 
-class CampaignLock:
-    """`wait`: seconds to wait at most for a live holder's lease to end (0: fail at once; math.inf: no bound).
-    `clock` and `sleep` are injectable for tests; `logger` receives the takeover and waiting notices."""
+class LeaseLock:
+    """A lease lock on one object in storage (see the module's docstring). `subject` names what it guards in
+    the messages people read ("campaign 'x'"), `busy` what its holder is doing (the class's default unless
+    given). `wait`: seconds to wait at most for a live holder's lease to end (0: fail at once; math.inf: no
+    bound). `clock` and `sleep` are injectable for tests; `logger` receives the takeover and waiting notices."""
+
+    busy = "is held by another run"
 
     def __init__(
         self,
-        results: str,
-        campaign_id: str,
+        uri: str,
+        subject: str,
         *,
+        busy: str | None = None,
         lease: float = DEFAULT_LEASE,
         wait: float = 0.0,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.uri = CampaignPaths(results, campaign_id).lock
-        self.campaign_id = campaign_id
+        self.uri = uri
+        self.subject = subject
+        self.busy = busy or self.busy
         self.lease = lease
         self.wait = wait
         self.me = this_process()
@@ -208,8 +214,9 @@ class CampaignLock:
                     if not waiting:
                         waiting = True
                         self._log.info(
-                            "campaign %s is being sent by another run (%s); waiting for its lease to end (%s)",
-                            self.campaign_id,
+                            "%s %s (%s); waiting for its lease to end (%s)",
+                            self.subject,
+                            self.busy,
                             held.get("owner"),
                             "no time limit" if math.isinf(wait) else f"at most {wait:.0f} s",
                         )
@@ -220,17 +227,15 @@ class CampaignLock:
                 break
             # Someone else wrote the lock between our read and our write.
             if self._clock() >= deadline:
-                raise CampaignLockedError(
-                    f"campaign {self.campaign_id!r} was locked by another run a moment ago"
-                )
+                raise CampaignLockedError(f"{self.subject} was locked by another run a moment ago")
         self._version = version
         self._acquired_at = started
         if reason is not None:
             self.takeover = reason
-            self._log.warning("campaign %s: took the lock over from a run that %s", self.campaign_id, reason)
+            self._log.warning("%s: took the lock over from a run that %s", self.subject, reason)
         # Counted from before the write, so our view never outlasts the lease others read.
         self.valid_until = started + self.lease - self._margin
-        self._thread = threading.Thread(target=self._heartbeat, name=f"lock-{self.campaign_id}", daemon=True)
+        self._thread = threading.Thread(target=self._heartbeat, name=f"lock-{self.uri}", daemon=True)
         self._thread.start()
 
     def _may_take(self, held: dict[str, Any], now: float) -> str | None:
@@ -255,14 +260,10 @@ class CampaignLock:
 
     def _refusal(self, held: dict[str, Any], *, waited: bool) -> str:
         until = time.strftime("%H:%M:%S", time.localtime(float(held.get("expires_at", 0))))
-        text = f"campaign {self.campaign_id!r} is being sent by another run ({held.get('owner')}); "
+        text = f"{self.subject} {self.busy} ({held.get('owner')}); "
         if waited:
             return text + f"its lease was still renewed after waiting {self.wait:.0f} s (now until {until})"
-        return (
-            text
-            + f"if that run died, its lease ends at {until} and this command will then resume the campaign "
-            "(--wait-for-lock waits for it)"
-        )
+        return text + f"if that run died, its lease ends at {until}"
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.lease / 3):
@@ -290,7 +291,7 @@ class CampaignLock:
             storage.delete_if(self.uri, self._version)
         self._version = None
 
-    def __enter__(self) -> CampaignLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 
@@ -298,6 +299,41 @@ class CampaignLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+class CampaignLock(LeaseLock):
+    """One run per campaign: the lock at the campaign's `lock.json` (smscast/results.py)."""
+
+    busy = "is being sent by another run"
+
+    def __init__(
+        self,
+        results: str,
+        campaign_id: str,
+        *,
+        lease: float = DEFAULT_LEASE,
+        wait: float = 0.0,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(
+            CampaignPaths(results, campaign_id).lock,
+            f"campaign {campaign_id!r}",
+            lease=lease,
+            wait=wait,
+            logger=logger,
+            clock=clock,
+            sleep=sleep,
+        )
+        self.campaign_id = campaign_id
+
+    def _refusal(self, held: dict[str, Any], *, waited: bool) -> str:
+        text = super()._refusal(held, waited=waited)
+        # A later run of the same command resumes the campaign once the holder's lease ends.
+        if waited:
+            return text
+        return text + " and this command will then resume the campaign (--wait-for-lock waits for it)"
 
 
 def _parse(raw: bytes) -> dict[str, Any]:

@@ -15,6 +15,8 @@ Every path under a results location is spelled here and nowhere else (`CampaignP
     <results>/campaign=<id>/settled/part-<time>-<uid>.parquet    send statuses settled by reconciliation
     <results>/_dlr/part-<time>-<uid>.parquet                     delivery reports received, not yet matched
     <results>/_policy/optout.parquet                             the managed opt-out list (smscast/optout.py)
+    <results>/_policy/frequency-lock.json                        held while a campaign counts for its frequency
+                                                                 cap and records its plan (tasks/frequency.py)
 
 The results dataset has one row per input row per attempt. Downstream jobs read its columns; add, never rename.
 """
@@ -209,6 +211,12 @@ def dlr_inbox(results: str) -> str:
 def optout_list(results: str) -> str:
     """The managed opt-out list every campaign under `results` applies (smscast/optout.py, tasks/policy.py)."""
     return f"{results.rstrip('/')}/_policy/optout.parquet"
+
+
+def frequency_lock(results: str) -> str:
+    """The lock campaigns under `results` take while they count and plan under a frequency cap
+    (tasks/frequency.py `counting_alone`)."""
+    return f"{results.rstrip('/')}/_policy/frequency-lock.json"
 
 
 def campaign_ids(results: str) -> list[str]:

@@ -33,6 +33,7 @@ from smscast.pricing import COST_KEPT, estimate_for, load_prices, money, units, 
 from smscast.results import AttemptPaths
 from smscast.status import STATUSES
 from smscast.step_log import stage
+from smscast.tasks.frequency import counting_alone
 from smscast.tasks.manifest import Manifest, read_manifest, save_spec
 from smscast.tasks.persist import persist_results, save_plan
 from smscast.tasks.plan import PlannedCampaign
@@ -98,17 +99,22 @@ def run_attempt(
     if manifest is None:
         if choose_rows is None:
             raise RuntimeError(f"campaign {spec.campaign_id} attempt {spec.attempt} has no plan to resume")
-        planned = choose_rows()
-        if table is not None:
-            planned = replace(planned, rows=with_costs(planned.rows, table, spec.provider))
-            if spec.max_cost is not None:
-                commitments = start_budget(planned.rows, spec, table)  # ConfigError: nothing written or sent
-                kept = pl.col("row_index").is_in(commitments.unknown_before.implode())
-                planned = replace(planned, rows=planned.rows.with_columns(kept.alias(COST_KEPT)))
-        with stage(seconds, "write-plan"):
-            if spec.attempt == 1:
-                save_spec(spec)  # before the plan: a re-run meets it whether or not the plan was finished
-            manifest = save_plan(paths, planned)
+        # With a frequency cap, no other campaign under these results counts between this one's counting
+        # and its manifest, which is what makes its rows count for them.
+        with counting_alone(spec, logger):
+            planned = choose_rows()
+            if table is not None:
+                planned = replace(planned, rows=with_costs(planned.rows, table, spec.provider))
+                if spec.max_cost is not None:
+                    commitments = start_budget(
+                        planned.rows, spec, table
+                    )  # ConfigError: nothing written or sent
+                    kept = pl.col("row_index").is_in(commitments.unknown_before.implode())
+                    planned = replace(planned, rows=planned.rows.with_columns(kept.alias(COST_KEPT)))
+            with stage(seconds, "write-plan"):
+                if spec.attempt == 1:
+                    save_spec(spec)  # before the plan: a re-run meets it whether or not the plan was finished
+                manifest = save_plan(paths, planned)
         memory = RunMemory(planned.rows)
         del planned  # the memory holds the rows until the shards are done; nothing else should
     else:

@@ -16,6 +16,13 @@ What counts as a message (`recent_messages`), for every campaign but the one ask
   has no results part yet: they are being sent now, so they count at `now`. A run that died and was never
   resumed keeps counting them; a resume would still send them.
 
+Two campaigns counting at the same moment would not see each other's plans, and both could send to a number
+with one message left under its cap. So a campaign with a cap counts and records its plan under a lock over
+the whole results location (`counting_alone`): the next one to count waits for it, then finds its manifest
+and counts its rows. The lock is a lease like the campaign's (smscast/lock.py): a holder that dies is taken
+over, at once on the same machine, after its lease elsewhere. It is held for the policy, plan and plan-writing
+steps only (seconds for a million rows), never while sending.
+
 Reading is one listing of the results location and, for the files it names, only the columns needed: a
 location of hundreds of campaigns costs one listing (a few pages on S3), not one per campaign, and the
 counting is joins and group-bys in Polars, never Python per row.
@@ -23,19 +30,25 @@ counting is joins and group-bys in Polars, never Python per row.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import polars as pl
 
 from smscast import storage
+from smscast.campaign import CampaignSpec
 from smscast.delivery import SETTLED_SCHEMA
-from smscast.results import CampaignPaths
+from smscast.lock import LeaseLock
+from smscast.results import CampaignPaths, frequency_lock
 from smscast.status import Status
 from smscast.tasks.manifest import read_manifest
 
-__all__ = ["COUNTED", "Campaign", "counts_for", "recent_messages", "scan_location"]
+__all__ = ["COUNTED", "Campaign", "counting_alone", "counts_for", "recent_messages", "scan_location"]
 
 # The statuses that may mean the phone got the message.
 COUNTED: tuple[str, ...] = (Status.ACCEPTED.value, Status.UNKNOWN.value)
@@ -64,6 +77,35 @@ _SHARD_PART = re.compile(_DATASET + r"/attempt=(\d+)/part-s(\d+)\.parquet$")
 _DONE = re.compile(_DATASET + r"/attempt=(\d+)/_SUCCESS$")
 _SETTLED = re.compile(_DATASET + r"/settled/[^/]+\.parquet$")
 _MANIFEST = re.compile(r"(?:^|/)_work/campaign=([^/]+)/attempt=(\d+)/plan/manifest\.json$")
+
+
+@contextmanager
+def counting_alone(
+    spec: CampaignSpec, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+) -> Iterator[None]:
+    """Around counting for `spec`'s frequency cap and recording the plan that follows from it: no other
+    campaign under the same results counts meanwhile (this module's docstring). Nothing is taken without a cap.
+    The wait has no bound: a holder renews its lease only while it plans, and one that dies is taken over."""
+    if spec.max_per_recipient is None or spec.per_window is None:
+        yield
+        return
+    lock = LeaseLock(
+        frequency_lock(spec.results),
+        f"the frequency caps under {storage.redact(spec.results)}",
+        busy="are being applied by another campaign",
+        wait=math.inf,
+        logger=logger,
+    )
+    with lock:
+        yield
+        if not lock.held():
+            # Stalled past the lease (a frozen process, storage out of reach): another campaign may have
+            # counted meanwhile without seeing this plan.
+            logger.warning(
+                "campaign %s: its frequency-cap lock lapsed while it planned; a campaign that counted meanwhile "
+                "may pass the cap by one message per number",
+                spec.campaign_id,
+            )
 
 
 @dataclass
