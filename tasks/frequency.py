@@ -20,8 +20,8 @@ Two campaigns counting at the same moment would not see each other's plans, and 
 with one message left under its cap. So a campaign with a cap counts and records its plan under a lock over
 the whole results location (`counting_alone`): the next one to count waits for it, then finds its manifest
 and counts its rows. The lock is a lease like the campaign's (smscast/lock.py): a holder that dies is taken
-over, at once on the same machine, after its lease elsewhere. It is held for the policy, plan and plan-writing
-steps only (seconds for a million rows), never while sending.
+over, at once on the same machine, after its lease elsewhere. It is held while the attempt chooses its rows
+(load, validate, policy, plan) and writes its plan, seconds for a million rows, never while sending.
 
 Reading is one listing of the results location and, for the files it names, only the columns needed: a
 location of hundreds of campaigns costs one listing (a few pages on S3), not one per campaign, and the
