@@ -33,12 +33,12 @@ from smscast.campaign import CampaignSpec
 from smscast.dask_runner import with_runner
 from smscast.errors import ConfigError
 from smscast.flows.campaign import campaign_run_name, finish, run_name
-from smscast.flows.failover import attempt_spec, retry_legs, run_legs
+from smscast.flows.failover import Leg, attempt_spec, retry_legs, run_legs
 from smscast.lock import CampaignLock
 from smscast.providers.base import Provider
 from smscast.results import CampaignPaths
 from smscast.status import POLICY, Status
-from smscast.tasks.current import current_results, current_view
+from smscast.tasks.current import current_results, current_view, send_tries
 from smscast.tasks.dispatch import Logger, run_attempt
 from smscast.tasks.manifest import load_spec, unfinished_attempt
 from smscast.tasks.plan import PINNED_KEY, RESEND_ATTEMPT, PlannedCampaign, plan_campaign
@@ -64,7 +64,8 @@ def retry_failed(
     dask_address: str | None = None,
     dask_workers: int | None = None,
 ) -> dict[str, Any]:
-    """`max_cost` replaces the campaign's spend cap for this run (it needs the campaign's price list)."""
+    """`max_attempts`: the most times any one row is sent (`within_tries`). `max_cost` replaces the campaign's
+    spend cap for this run (it needs the campaign's price list)."""
     logger = get_run_logger()
     name_runs(run_name(campaign_id, None), logger)
     campaign = CampaignPaths(results, campaign_id)
@@ -94,23 +95,36 @@ def retry_failed(
             undelivered_codes=undelivered_codes,
             logger=logger,
         )
-        todo = pl.concat([leg.rows for leg in legs], how="diagonal_relaxed") if legs else current.clear()
+        legs, spent = within_tries(legs, send_tries(results, campaign_id), max_attempts)
         counts = dict(current.group_by("status").len().iter_rows())
-        if todo.is_empty() or last >= max_attempts:
-            if not todo.is_empty():
-                tell(
-                    logger,
-                    logging.WARNING,
-                    f"campaign {campaign_id}: {todo.height:,} rows still retriable, but attempt {last} "
-                    f"reached max_attempts={max_attempts}: no retry is scheduled; `smscast retry "
-                    f"--campaign-id {campaign_id} --results {storage.redact(results)} --max-attempts "
-                    f"{last + 1}` re-sends them",
-                )
-            else:
+        if spent:
+            tell(
+                logger,
+                logging.WARNING,
+                f"campaign {campaign_id}: {spent:,} retriable rows were already sent max_attempts="
+                f"{max_attempts} times and are not re-sent; `smscast retry --campaign-id {campaign_id} "
+                f"--results {storage.redact(results)} --max-attempts {max_attempts + 1}` re-sends them",
+            )
+        if not legs:
+            if not spent:
                 tell(logger, logging.INFO, f"campaign {campaign_id}: nothing to retry ({counts})")
             return finish({"campaign_id": campaign_id, "attempt": last, "retried": 0, "by_status": counts})
         name_runs(run_name(campaign_id, last + 1), logger)
         return finish(run_legs(campaign, spec, legs, last, logger, lock))
+
+
+def within_tries(legs: list[Leg], tries: pl.DataFrame, max_attempts: int) -> tuple[list[Leg], int]:
+    """The legs less their rows already sent `max_attempts` times (`tries`: tasks/current.py `send_tries`),
+    and how many rows that left out. Legs left without rows are dropped."""
+    kept: list[Leg] = []
+    spent = 0
+    for leg in legs:
+        rows = leg.rows.join(tries, on="row_index", how="left", maintain_order="left")
+        under = pl.col("tries").fill_null(0) < max_attempts
+        spent += rows.height - (fresh := rows.filter(under).drop("tries")).height
+        if not fresh.is_empty():
+            kept.append(replace(leg, rows=fresh))
+    return kept, spent
 
 
 def recorded_spec(campaign: CampaignPaths) -> CampaignSpec:

@@ -277,7 +277,7 @@ def pause_attempt(
     left unsealed, so that running the campaign again resumes it; summarised as it stands, with the cause;
     `smscast.campaign.paused` emitted; then CircuitOpenError."""
     from smscast.events import emit_campaign_paused
-    from smscast.tasks.dispatch import next_steps
+    from smscast.tasks.next_steps import next_steps
     from smscast.tasks.report import report, tell
 
     opening = opening_of(stop)

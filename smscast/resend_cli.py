@@ -47,7 +47,7 @@ def retry(
     results: ResultsOpt,
     provider: ProviderOpt = None,
     base_url: BaseUrlOpt = None,
-    max_attempts: Annotated[int, typer.Option(help="Stop once this many attempts exist.")] = 5,
+    max_attempts: Annotated[int, typer.Option(help="Send no row more than this many times.")] = 5,
     delay: Annotated[float, typer.Option(help="Seconds to wait before re-sending.")] = 0.0,
     include_undelivered: Annotated[
         bool,

@@ -136,6 +136,10 @@ class CampaignPaths:
                 found.setdefault(int(m.group(1)), []).append(uri)
         return found
 
+    def shard_parts(self) -> list[str]:
+        """Every attempt's shard parts: the rows each attempt set out to send (not their unsent rows)."""
+        return [f for parts in self.result_parts().values() for f in parts if _SHARD_PART.search(f)]
+
     def planned_attempts(self) -> list[int]:
         """The attempts whose plan is complete (their manifest exists), in order."""
         return sorted(

@@ -58,6 +58,17 @@ def current_results(results: str, campaign_id: str) -> pl.DataFrame:
     return apply_settlements(latest, latest_settlements(read_all(campaign.settled, SETTLED_SCHEMA)))
 
 
+def send_tries(results: str, campaign_id: str) -> pl.DataFrame:
+    """row_index -> `tries`, how many attempts set out to send the row (it was in one of their shards),
+    whatever came of it. `--max-attempts` is counted per row on this, so that an attempt that sent other rows
+    (a release of held rows, a fallback's leg) costs a row nothing. Rows never sent are absent."""
+    files = CampaignPaths(results, campaign_id).shard_parts()
+    if not files:
+        return pl.DataFrame(schema={"row_index": pl.Int64(), "tries": pl.UInt32()})
+    rows = pl.concat([storage.read_parquet(f, columns=["row_index"]) for f in files])
+    return rows.group_by("row_index").len("tries").with_columns(pl.col("tries").cast(pl.UInt32))
+
+
 def apply_settlements(latest: pl.DataFrame, settled: pl.DataFrame) -> pl.DataFrame:
     """A settlement replaces the send outcome of the attempt it names (status, error code and message, and
     the provider's message id when it gives one). Keyed on the attempt, so a row re-sent since keeps its

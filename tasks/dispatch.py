@@ -3,8 +3,8 @@
 Every flow that sends runs its attempts through `run_attempt`; a flow says only how it chooses the attempt's
 rows (the campaign flow loads, validates and plans its source; the retry flow re-plans what may be re-sent).
 An attempt already complete is reported, never re-sent; one with a recorded plan is resumed from it. While
-it sends, `ProgressBoard` shows how far it got; once it is done, `next_steps` says what becomes of the rows
-that are not settled (a scheduled retry, or the command to run).
+it sends, `ProgressBoard` shows how far it got; once it is done, tasks/next_steps.py says what becomes of
+the rows that are not settled (a scheduled retry, or the command to run).
 
 With a price list, the planned rows carry their `cost`, and the summary the estimate; with a spend cap, an
 attempt whose estimate (with what the campaign committed before) exceeds it does not start, and one that
@@ -29,12 +29,13 @@ from smscast.campaign import CampaignSpec
 from smscast.dask_runner import shard_runs
 from smscast.errors import CampaignStopError, ConfigError
 from smscast.lock import CampaignLock, CampaignLockedError
-from smscast.pricing import COST_KEPT, estimate_for, load_prices, money, units, with_costs
+from smscast.pricing import COST_KEPT, estimate_for, load_prices, money, with_costs
 from smscast.results import AttemptPaths
 from smscast.status import STATUSES
 from smscast.step_log import stage
 from smscast.tasks.frequency import counting_alone
 from smscast.tasks.manifest import Manifest, read_manifest, save_spec
+from smscast.tasks.next_steps import next_steps
 from smscast.tasks.persist import persist_results, save_plan
 from smscast.tasks.plan import PlannedCampaign
 from smscast.tasks.report import (
@@ -58,11 +59,6 @@ from smscast.tasks.send import (
 )
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
-
-# The automation that schedules the retry deployment on a `smscast.campaign.finished` event with failures
-# (deployments/prefect.yaml), and flows/deployed.py retry_campaign's default max_attempts.
-RETRY_AUTOMATION = "smscast-retry-on-failure"
-RETRY_MAX_ATTEMPTS = 5
 
 
 def run_attempt(
@@ -297,90 +293,3 @@ class ProgressBoard:
         else:
             lines.append("No shard has finished yet.")
         return "\n".join(lines)
-
-
-def next_steps(summary: CampaignSummary, spec: CampaignSpec, *, completed: bool) -> list[str]:
-    """What becomes of rows that are not settled: `failed` ones are retried (by the retry automation, when
-    this Prefect server has it, else by hand), or sent when a paused attempt is resumed; `unknown` ones are
-    reconciled."""
-    from smscast.breaker import CIRCUIT_OPEN
-
-    cid, where = summary.campaign_id, storage.redact(spec.results)
-    retry = f"smscast retry --campaign-id {cid} --results {where}"
-    lines = []
-    if summary.paused:  # unfinished: no retry is scheduled, the resume sends what is not settled
-        held = sum(int(r["rows"]) for r in summary.by_reason if r["error_code"] == CIRCUIT_OPEN)
-        lines.append(
-            f"campaign {cid} is paused: its circuit breaker opened ({summary.paused['cause']}) and {held:,} "
-            f"rows were not sent. Once the cause is fixed, run the same `smscast send` again, or `{retry}`: "
-            f"either resumes attempt {summary.attempt}, keeps what the provider answered and sends the rest"
-        )
-    over = summary.over_budget_rows
-    if over:
-        cost = summary.cost or {}
-        cap = money(units(cost.get("max_cost") or 0), cost.get("currency"))
-        lines.append(
-            f"{over:,} rows not sent: the spend cap ({cap}) was reached. The cap covers the whole campaign; "
-            f"`{retry} --max-cost <a higher cap>` sends them"
-        )
-    failed = summary.by_status.get("failed", 0) - over
-    if failed and completed and spec.fallback not in (None, spec.provider):
-        # flows/failover.py sends them through the fallback now, in this run, as the next attempt.
-        lines.append(f"{failed:,} rows failed transiently: the fallback {spec.fallback} sends them next")
-    elif failed and not summary.paused:
-        head = f"{failed:,} rows failed transiently"
-        # Only a run that completed the attempt emitted the event the automation reacts to.
-        scheduled = scheduled_retry() if completed else None
-        if not completed:
-            lines.append(
-                f"{head} (the attempt was complete before this run: a retry, if any, was scheduled when it "
-                f"completed); `{retry}` re-sends them"
-            )
-        elif scheduled is None:
-            lines.append(
-                f"{head}: no retry is scheduled by this run (this Prefect server has no {RETRY_AUTOMATION} "
-                f"automation: a run from the command line?); `{retry}` re-sends them"
-            )
-        else:
-            deployment, after, max_attempts = scheduled
-            if summary.attempt >= max_attempts:
-                lines.append(
-                    f"{head}: the retry deployment {deployment} stops at max_attempts={max_attempts} and this "
-                    f"was attempt {summary.attempt}, so it will send nothing; `{retry} --max-attempts "
-                    f"{summary.attempt + 1}` re-sends them"
-                )
-            else:
-                lines.append(
-                    f"{head}: a retry is scheduled (deployment {deployment}, about {after / 60:.0f} min after "
-                    f"this run, by the automation {RETRY_AUTOMATION}); it re-sends them with the same "
-                    f"idempotency keys as attempt {summary.attempt + 1}. To send them sooner, start that "
-                    "scheduled run from the UI"
-                )
-    unknown = summary.by_status.get("unknown", 0)
-    if unknown:
-        lines.append(
-            f"{unknown:,} rows are unknown (sent, outcome not known): `smscast reconcile --campaign-id {cid} "
-            f"--results {where}` asks the provider what became of them; never re-send them blindly"
-        )
-    return lines
-
-
-def scheduled_retry() -> tuple[str, float, int] | None:
-    """The retry deployment (`flow/deployment`), the delay in seconds and its max_attempts, when this Prefect
-    server has the retry automation enabled: then the event this run emitted schedules it."""
-    try:
-        from prefect.client.orchestration import get_client
-        from prefect.events.actions import RunDeployment
-
-        with get_client(sync_client=True) as client:
-            for automation in client.read_automations_by_name(RETRY_AUTOMATION):
-                for action in automation.actions if automation.enabled else []:
-                    if isinstance(action, RunDeployment) and action.deployment_id is not None:
-                        deployment = client.read_deployment(action.deployment_id)
-                        flow = client.read_flow(deployment.flow_id)
-                        limit = (deployment.parameters or {}).get("max_attempts", RETRY_MAX_ATTEMPTS)
-                        name = f"{flow.name}/{deployment.name}"
-                        return name, action.schedule_after.total_seconds(), int(limit)
-    except Exception:  # no server to ask, or an older one: say what is certain, that a retry can be run
-        logging.getLogger(__name__).debug("could not look the retry automation up", exc_info=True)
-    return None

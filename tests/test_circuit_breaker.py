@@ -42,8 +42,8 @@ from smscast.runtime import Progress, Runtime, Stop
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from smscast.tasks import send_engine
-from smscast.tasks.dispatch import next_steps
 from smscast.tasks.manifest import read_manifest
+from smscast.tasks.next_steps import next_steps
 from smscast.tasks.plan import plan_campaign
 from smscast.tasks.report import render, summarise
 from smscast.tasks.send_engine import RetryPolicy, send_rows

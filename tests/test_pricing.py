@@ -30,8 +30,8 @@ from smscast.runtime import Budget, Progress, Runtime
 from smscast.servers.sandbox import SandboxServer
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
-from smscast.tasks.dispatch import next_steps
 from smscast.tasks.journal import Journal
+from smscast.tasks.next_steps import next_steps
 from smscast.tasks.outcomes import SentBatch
 from smscast.tasks.plan import ShardRef, plan_campaign
 from smscast.tasks.report import render, report, summarise, summary_markdown

@@ -47,9 +47,10 @@ from smscast.flows.campaign import (
 from smscast.flows.retry import retry_failed
 from smscast.results import AttemptPaths
 from smscast.servers.sandbox import SandboxServer
-from smscast.tasks import dispatch
-from smscast.tasks.dispatch import RETRY_AUTOMATION, ProgressBoard, next_steps
+from smscast.tasks import next_steps as steps
+from smscast.tasks.dispatch import ProgressBoard
 from smscast.tasks.manifest import Manifest
+from smscast.tasks.next_steps import RETRY_AUTOMATION, next_steps
 from smscast.tasks.plan import ShardRef
 from smscast.tasks.report import reason_lines, summarise, summary_markdown
 from smscast.tasks.send import ShardReport
@@ -110,16 +111,29 @@ def test_summary_table_has_one_row_per_status_with_shares_then_reasons_segments_
 def test_next_steps_name_the_scheduled_retry_or_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = CampaignSpec(campaign_id="c2", provider="sandbox", source="x.csv", results="/r", body="b")
     summary = summarise(summary_frame(), campaign_id="c2", attempt=1, provider="sandbox", results_uri="/r")
-    monkeypatch.setattr(dispatch, "scheduled_retry", lambda: None)
+    monkeypatch.setattr(steps, "scheduled_retry", lambda: None)
     [line] = next_steps(summary, spec, completed=True)
     assert line.startswith("10 rows failed transiently: no retry is scheduled by this run")
     assert "smscast retry --campaign-id c2 --results /r" in line
-    monkeypatch.setattr(dispatch, "scheduled_retry", lambda: ("retry-campaign/on-failure", 300.0, 5))
+    monkeypatch.setattr(steps, "scheduled_retry", lambda: ("retry-campaign/on-failure", 300.0, 5))
     [line] = next_steps(summary, spec, completed=True)
     assert "a retry is scheduled (deployment retry-campaign/on-failure, about 5 min after this run" in line
-    summary.attempt = 5  # the retry deployment would stop without sending
+    # Attempt 5: a row may have been sent five times by now. Those the retry leaves out are counted.
+    summary.attempt = 5
+    at_limit: list[tuple[CampaignSpec, int]] = []
+
+    def failed_at_limit(spec: CampaignSpec, max_attempts: int) -> int:
+        at_limit.append((spec, max_attempts))
+        return spent
+
+    monkeypatch.setattr(steps, "failed_at_limit", failed_at_limit)
+    spent = 10  # every failed row: the retry deployment would send nothing
     [line] = next_steps(summary, spec, completed=True)
-    assert "stops at max_attempts=5" in line and "--max-attempts 6" in line
+    assert "sends a row at most max_attempts=5 times" in line and "will send nothing" in line
+    assert "--max-attempts 6" in line and at_limit == [(spec, 5)]
+    spent = 4  # rows a release sent later have tries left: the retry still sends them
+    [line] = next_steps(summary, spec, completed=True)
+    assert "a retry is scheduled" in line and "4 of them were sent max_attempts=5 times" in line
 
 
 def test_progress_table_counts_rows_per_status_as_shards_finish() -> None:
