@@ -7,6 +7,7 @@ import csv
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,9 @@ def provider_sandbox(provider: str, key: str, **extra_env: str) -> Iterator[Any]
             yield server
         finally:
             mp.undo()
+
+
+def quiet_hours_around(now: datetime, hours: int = 2) -> str:
+    """Quiet hours from `hours` before `now` to `hours` after it (UTC wall clock): a row in UTC is quiet at
+    `now`, one at UTC+6 (`Etc/GMT-6`) is not. Hours wide, so the real time a test runs at never matters."""
+    return f"{now - timedelta(hours=hours):%H:%M}-{now + timedelta(hours=hours):%H:%M}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from support import assert_matches_ledger, flow_sandbox, ledger_frame, write_recipients
+from support import assert_matches_ledger, flow_sandbox, ledger_frame, quiet_hours_around, write_recipients
 
 from smscast.campaign import CampaignSpec
 from smscast.optout import add_phones
@@ -152,7 +152,7 @@ def test_a_campaign_with_every_policy_option(
     )
     sandbox.client.reset()  # its results stay: the ledger from here on is campaign 2's alone
     now = datetime.now(UTC).replace(second=0, microsecond=0)
-    window = f"{now - timedelta(hours=2):%H:%M}-{now + timedelta(hours=2):%H:%M}"
+    window = quiet_hours_around(now)
     # Rows 10-14 live in UTC: inside the quiet hours. The others are at UTC+6, outside them.
     zones = ["Etc/GMT-6"] * 10 + ["UTC"] * 5 + ["Etc/GMT-6"] * 15
     src = write_recipients(tmp_path / "r.csv", 30, extra={"timezone": zones})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from support import flow_sandbox, write_recipients
+from support import flow_sandbox, quiet_hours_around, write_recipients
 
 from smscast.campaign import CampaignSpec
 from smscast.servers.sandbox import SandboxServer
@@ -39,7 +39,7 @@ def test_a_release_does_not_use_up_the_failed_rows_attempts(
     sandbox.client.reset()
     res = str(tmp_path / "res")
     now = datetime.now(UTC).replace(second=0, microsecond=0)
-    window = f"{now - timedelta(hours=2):%H:%M}-{now + timedelta(hours=2):%H:%M}"
+    window = quiet_hours_around(now)
     # Rows 10-14 live in UTC, inside the quiet hours; the others at UTC+6, outside them.
     zones = ["Etc/GMT-6"] * 10 + ["UTC"] * 5 + ["Etc/GMT-6"] * 15
     src = write_recipients(tmp_path / "r.csv", 30, extra={"timezone": zones})
