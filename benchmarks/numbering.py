@@ -171,6 +171,7 @@ def country_numbers(rows: int, region: str = "GB", seed: int = 7) -> pl.Series:
     import phonenumbers
 
     example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+    assert example is not None, f"no example mobile number for {region}"
     mobile = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
     rng = random.Random(seed)
     local = rows - rows // 10

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -72,7 +72,7 @@ def prefect_server_pid() -> int | None:
     for child in psutil.Process().children(recursive=True):
         try:
             if "prefect" in " ".join(child.cmdline()) and "server" in " ".join(child.cmdline()):
-                return child.pid
+                return cast(int, child.pid)  # psutil is unannotated
         except psutil.Error:
             continue
     return None

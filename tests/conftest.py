@@ -84,6 +84,7 @@ _GROUP_SECONDS = {
     "tests/test_release.py": 25,
     "tests/test_frequency_lock.py": 30,
     "tests/test_retry_tries.py": 30,
+    "tests/test_flow_final_state.py": 20,
     "tests/test_dask_runner.py": 25,
     "tests/test_failover_flows.py": 20,
     "tests/hostile/test_hostile_inputs.py": 20,

@@ -136,9 +136,10 @@ def fast_retries() -> Iterator[None]:
     import pytest
 
     from smscast.tasks import send_engine
+    from smscast.tasks.send_batch import RetryPolicy
 
     @dataclasses.dataclass(frozen=True)
-    class FastRetryPolicy(send_engine.RetryPolicy):
+    class FastRetryPolicy(RetryPolicy):
         backoff_base: float = 0.001
         backoff_cap: float = 0.01
 

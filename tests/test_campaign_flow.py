@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -45,12 +46,12 @@ def clean(sandbox: SandboxServer) -> None:
     sandbox.client.reset()
 
 
-def spec_for(sandbox: SandboxServer, source: str, results: str, cid: str, **kw: object) -> CampaignSpec:
+def spec_for(sandbox: SandboxServer, source: str, results: str, cid: str, **kw: Any) -> CampaignSpec:
     return CampaignSpec(
         campaign_id=cid,
         provider="sandbox",
         source=source,
-        results=results,  # type: ignore[arg-type]
+        results=results,
         base_url=sandbox.base_url,
         body="Hi {{name}}",
         sender="ACME",
@@ -211,6 +212,7 @@ def test_a_run_sends_from_its_plan_in_memory_and_lets_go_of_it_before_the_summar
 ) -> None:
     """At ten million rows the plan is some 3 GiB: held through the summary's read-back, it set the peak."""
     import smscast.tasks.dispatch as dispatch
+    from smscast.tasks.report import report as real_report
     from smscast.tasks.send import RunMemory
 
     made: list[RunMemory] = []
@@ -227,11 +229,9 @@ def test_a_run_sends_from_its_plan_in_memory_and_lets_go_of_it_before_the_summar
             served.append(-1 if found is None else found.height)
             return found
 
-    real_report = dispatch.report
-
-    def report(*args: object, **kw: object) -> object:
+    def report(*args: Any, **kw: Any) -> object:
         at_summary.extend(m.plan for m in made)
-        return real_report(*args, **kw)  # type: ignore[arg-type]
+        return real_report(*args, **kw)
 
     monkeypatch.setattr(dispatch, "RunMemory", Recorded)
     monkeypatch.setattr(dispatch, "report", report)

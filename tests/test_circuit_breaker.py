@@ -46,7 +46,8 @@ from smscast.tasks.manifest import read_manifest
 from smscast.tasks.next_steps import next_steps
 from smscast.tasks.plan import plan_campaign
 from smscast.tasks.report import render, summarise
-from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.send_batch import RetryPolicy
+from smscast.tasks.send_engine import send_rows
 from smscast.tasks.validate import validate_recipients
 
 SPEC: dict[str, Any] = {"source": "x", "results": "res", "body": "hi {{name}}"}

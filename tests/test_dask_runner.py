@@ -46,7 +46,7 @@ def hold(name: str) -> None:
     """Run on a worker: keep it busy until the test sets the event `name`."""
     import distributed
 
-    distributed.Event(name).wait(WAIT)
+    distributed.Event(name).wait(WAIT)  # type: ignore[no-untyped-call]  # distributed is unannotated
 
 
 def until(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
@@ -145,11 +145,12 @@ def cluster(sandbox: SandboxServer) -> Iterator[Any]:
 
     # This module's functions (set_sandbox_key) go to the workers by value: they cannot import it.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # distributed's LocalCluster and Client constructors are unannotated.
     with (
-        distributed.LocalCluster(
+        distributed.LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
         ) as local,
-        distributed.Client(local, set_as_default=False) as client,
+        distributed.Client(local, set_as_default=False) as client,  # type: ignore[no-untyped-call]
     ):
         yield client
 
@@ -206,7 +207,7 @@ def test_dask_results_are_the_thread_runners_row_for_row(
     from distributed import get_task_stream
 
     src = write_recipients(tmp_path / "r.csv", 1200, extra={"name": ["N0", ""]})  # row 1 lacks its variable
-    faults = {"reject_suffixes": ["77"], "transient_suffixes": ["31"]}
+    faults: dict[str, Any] = {"reject_suffixes": ["77"], "transient_suffixes": ["31"]}
     sandbox.client.set_faults(**faults)
     plan = {"batch_size": 50, "shard_batches": 4}  # 6 shards
     threads = send(spec_for(sandbox, src, tmp_path / "threads", "c-same", **plan))
@@ -298,7 +299,8 @@ def test_a_stop_set_by_one_shard_stops_the_shards_on_the_other_worker(
     # released, the first shard it runs is refused (401), which stops the campaign while the other worker
     # is in the middle of a shard.
     cluster.run(set_sandbox_key, "revoked", workers=[late])
-    release = distributed.Event("c-stop-release", client=cluster)
+    # distributed's Event is unannotated (its constructor and set()).
+    release = distributed.Event("c-stop-release", client=cluster)  # type: ignore[no-untyped-call]
     blocker = cluster.submit(
         hold, "c-stop-release", workers=[late], pure=False
     )  # kept: a dropped one is cancelled
@@ -307,12 +309,12 @@ def test_a_stop_set_by_one_shard_stops_the_shards_on_the_other_worker(
         until(lambda: cluster.processing().get(late), "the other worker to be busy")
         thread, outcome = in_background(spec)
         until(lambda: ledger_frame(sandbox.client, "generic").height >= 20, "a shard to be sending")
-        release.set()
+        release.set()  # type: ignore[no-untyped-call]
         marker = until(lambda: storage.list_files(stops, ".json"), "a shard to stop the campaign")[0]
         sent_at_stop = ledger_frame(sandbox.client, "generic").height
         thread.join(WAIT)
     finally:
-        release.set()
+        release.set()  # type: ignore[no-untyped-call]
         cluster.run(set_sandbox_key, KEY)
     assert not thread.is_alive()
     assert isinstance(outcome.get("error"), CampaignStopError), outcome

@@ -9,6 +9,7 @@ import re
 import uuid
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 import pytest
@@ -209,6 +210,7 @@ def test_publishing_outside_a_run_logs_and_creates_no_artifact(
 def test_inside_a_flow_run_the_report_becomes_a_table_artifact(campaign: Path) -> None:
     from prefect import flow
     from prefect.artifacts import Artifact
+    from prefect.client.schemas.objects import Artifact as ArtifactResponse
     from support import prefect_harness
 
     cid = f"Dr_{uuid.uuid4().hex[:8]}"  # the harness's database is shared: a key of this test's own
@@ -220,7 +222,8 @@ def test_inside_a_flow_run_the_report_becomes_a_table_artifact(campaign: Path) -
 
     with prefect_harness():
         reconcile_like()
-        artifact = Artifact.get(artifact_key(cid))
+        # get() is typed as maybe a coroutine (it dispatches on async context); called here from sync code.
+        artifact = cast("ArtifactResponse | None", Artifact.get(artifact_key(cid)))
     assert artifact is not None and artifact.type == "table" and artifact.flow_run_id is not None
     table = json.loads(str(artifact.data))
     assert {"figure": "delivered share", "group": "all", "value": "57.1% (4/7)"} in table

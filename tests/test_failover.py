@@ -78,6 +78,11 @@ def outcomes(rows: pl.DataFrame, status: Callable[[int], tuple[str, str | None]]
     )
 
 
+def every_row(end: tuple[str, str | None]) -> Callable[[int], tuple[str, str | None]]:
+    """A `status` for `outcomes`: every row ending `end`."""
+    return lambda _: end
+
+
 def first_attempt(results: Path, statuses: dict[int, tuple[str, str]], n: int, **kw: Any) -> CampaignSpec:
     """Attempt 1 of `n` rows through the sandbox, sealed, row i `statuses[i]` (status, code) else accepted."""
     spec = spec_of(results, provider="sandbox", **kw)
@@ -158,7 +163,7 @@ def paused_attempt(results: Path, *, view: bool) -> CampaignSpec:
     for shard, end, target in ((0, ("accepted", None), paths.part(0)), (1, OPEN, paused_view(paths, 1))):
         part = rows.filter(pl.col("shard") == shard)
         if shard == 0 or view:
-            storage.write_parquet(result_rows(spec, part, outcomes(part, lambda _, e=end: e)), target)
+            storage.write_parquet(result_rows(spec, part, outcomes(part, every_row(end))), target)
     return spec
 
 

@@ -24,7 +24,8 @@ from smscast.status import Status
 from smscast.tasks.journal import Journal
 from smscast.tasks.outcomes import SentBatch, outcomes_frame
 from smscast.tasks.plan import plan_campaign
-from smscast.tasks.send_engine import RetryPolicy, batches_of, send_rows
+from smscast.tasks.send_batch import RetryPolicy
+from smscast.tasks.send_engine import batches_of, send_rows
 from smscast.tasks.validate import validate_recipients
 
 SETTINGS = ProviderSettings(base_url="http://x.test", api_key=Secret("k"))

@@ -232,12 +232,18 @@ def test_a_provider_that_needs_no_key_never_looks_for_a_block(monkeypatch: pytes
     """A dry run's provider (require_key=False) does not reach Prefect's API for a Secret block: from a plain
     process that would start Prefect's temporary server. One that needs a key does look."""
     from smscast import settings
+    from smscast.errors import ConfigError
 
     looked: list[str] = []
-    monkeypatch.setattr(settings, "secret_block", lambda name: looked.append(name) or None)
+
+    def secret_block(name: str) -> str | None:
+        looked.append(name)
+        return None
+
+    monkeypatch.setattr(settings, "secret_block", secret_block)
     monkeypatch.delenv("SMSCAST_SANDBOX_API_KEY", raising=False)
     found = settings.resolve_settings("sandbox", base_url="http://127.0.0.1:9", require_key=False)
     assert found.api_key is None and looked == []
-    with pytest.raises(settings.ConfigError, match="no credentials"):
+    with pytest.raises(ConfigError, match="no credentials"):
         settings.resolve_settings("sandbox", base_url="http://127.0.0.1:9")
     assert looked == ["smscast-sandbox-api-key"]

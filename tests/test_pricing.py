@@ -36,7 +36,8 @@ from smscast.tasks.outcomes import SentBatch
 from smscast.tasks.plan import ShardRef, plan_campaign
 from smscast.tasks.report import render, report, summarise, summary_markdown
 from smscast.tasks.send import resume_budget, start_budget
-from smscast.tasks.send_engine import RetryPolicy, batches_of, send_rows
+from smscast.tasks.send_batch import RetryPolicy
+from smscast.tasks.send_engine import batches_of, send_rows
 from smscast.tasks.validate import validate_recipients
 
 KEY = "pricing-test-key"

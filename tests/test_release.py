@@ -8,6 +8,7 @@ holds rows by quiet hours placed around the real time, hours wide, so no step de
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -142,16 +143,14 @@ def test_without_a_release_deployment_the_lines_give_the_command(tmp_path: Path)
     held_first_attempt(tmp_path, 6, when)
     spec = CampaignSpec(campaign_id="camp", source="s", results=str(tmp_path), body="Hi there")
     attempt = storage.read_parquet(CampaignPaths(str(tmp_path), "camp").attempt(1).dir)
-    (line,) = release_steps(spec, attempt, release.logging.getLogger("test"))
+    (line,) = release_steps(spec, attempt, logging.getLogger("test"))
     assert line.startswith(
         "3 rows are held (quiet hours) until 2026-12-01 08:00:00 UTC: no release is scheduled"
     )
     assert (
         f"`smscast release --campaign-id camp --results {tmp_path}` sends them after 2026-12-01 08:00" in line
     )
-    assert (
-        release_steps(spec, attempt.filter(pl.col("status") != "held"), release.logging.getLogger("t")) == []
-    )
+    assert release_steps(spec, attempt.filter(pl.col("status") != "held"), logging.getLogger("t")) == []
     assert release_key("camp", 1, when) == "smscast-release:camp:a1:20261201T080000Z"
 
 
@@ -373,10 +372,10 @@ def test_a_release_is_scheduled_once_per_attempt_and_release_time(
     send_campaign(spec)
     attempt1 = storage.read_parquet(CampaignPaths(res, "c-sched").attempt(1).dir)
     # What run_attempt asks at the end of attempt 1 (and again whenever that attempt is reported).
-    (line,) = release_steps(spec, attempt1, release.logging.getLogger("test"))
+    (line,) = release_steps(spec, attempt1, logging.getLogger("test"))
     assert f"a release is scheduled (deployment {RELEASE_DEPLOYMENT}" in line
     assert "6 rows are held (quiet hours) until" in line
-    release_steps(spec, attempt1, release.logging.getLogger("test"))
+    release_steps(spec, attempt1, logging.getLogger("test"))
     (run,) = scheduled_runs(release_deployment)
     assert run.state.is_scheduled() and run.expected_start_time == window.end
     assert run.parameters == {"campaign_id": "c-sched", "results": res}

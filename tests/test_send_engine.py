@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import certifi
@@ -19,7 +19,8 @@ from smscast.providers.sandbox import SandboxProvider
 from smscast.ratelimit import TokenBucket
 from smscast.settings import ProviderSettings, Secret
 from smscast.tasks.plan import plan_campaign
-from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.send_batch import RetryPolicy
+from smscast.tasks.send_engine import send_rows
 from smscast.tasks.validate import validate_recipients
 
 FAST = RetryPolicy(max_attempts=4, max_throttled=10, backoff_base=0.001, backoff_cap=0.01)
@@ -205,7 +206,7 @@ class WholeBatch(SandboxProvider):
 
     BAD: ClassVar[str] = "BAD"
 
-    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
+    def parse_response(self, batch: Batch, response: httpx.Response) -> Sequence[RowOutcome]:
         if response.status_code == 400:
             raise BatchRejectedError("refused", code="33019", retryable_split=True)
         return super().parse_response(batch, response)
@@ -233,7 +234,7 @@ def test_whole_batch_rejection_is_bisected_to_the_bad_rows() -> None:
 class NamesRows(SandboxProvider):
     """Refuses the whole request for its BAD rows and names them by position, like sent.dm's `to[3]`."""
 
-    def parse_response(self, batch: Batch, response: httpx.Response) -> list[RowOutcome]:
+    def parse_response(self, batch: Batch, response: httpx.Response) -> Sequence[RowOutcome]:
         if response.status_code == 400:
             named = tuple(json.loads(response.content)["bad"])
             raise BatchRejectedError("refused", code="VALIDATION_001", retryable_split=True, rows=named)

@@ -54,6 +54,7 @@ from smscast.errors import ConfigError, SmscastError
 from smscast.flows.campaign import send_campaign
 from smscast.servers.sandbox import SandboxServer
 from smscast.tasks.current import current_results
+from smscast.tasks.send_batch import RetryPolicy
 
 
 def spec_fields(provider: str) -> dict[str, Any]:
@@ -108,7 +109,7 @@ PHONE_NEEDLES = sorted({p for p in RECIPIENT_PHONES} | {p[1:] for p in RECIPIENT
 
 
 @dataclasses.dataclass(frozen=True)
-class FastPolicy(smscast.tasks.send_engine.RetryPolicy):
+class FastPolicy(RetryPolicy):
     """The engine's policy with near-zero backoff, so that storms of failures end in a second."""
 
     backoff_base: float = 0.001
@@ -313,7 +314,7 @@ def run_captured(
     results = tmp_path / "results"
     spec = CampaignSpec(
         campaign_id=f"sec-{provider}-{scenario}".replace("_", "-"),
-        provider=provider,  # type: ignore[arg-type]
+        provider=facts.name,  # FACTS[provider]: the same name, as a ProviderName
         source=str(write_recipients(tmp_path / "recipients.csv")),
         results=str(results),
         base_url=base_url,

@@ -36,6 +36,7 @@ from smscast.errors import SmscastError
 from smscast.flows.campaign import send_campaign
 from smscast.phone import is_e164, normalise
 from smscast.providers.base import Batch
+from smscast.providers.names import ProviderName
 from smscast.providers.registry import provider_class
 from smscast.providers.sandbox import SandboxProvider
 from smscast.servers.sandbox import SandboxServer
@@ -162,14 +163,16 @@ TEXT_PROVIDERS = [f.name for f in FACTS.values() if f.sends_text]
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("name", TEXT_PROVIDERS)
-def test_a_10mb_body_is_quarantined_by_every_provider(name: str, corpus_dir: Path, tmp_path: Path) -> None:
+def test_a_10mb_body_is_quarantined_by_every_provider(
+    name: ProviderName, corpus_dir: Path, tmp_path: Path
+) -> None:
     if importlib.util.find_spec(f"providers.{name}") is None:
         pytest.skip(f"providers/{name}.py not present")
     item = next(i for i in ITEMS if i.name == "csv_body_of_10mb")
     provider = provider_class(name)(ProviderSettings(base_url="http://provider.invalid", api_key=None))
     spec = CampaignSpec(
         campaign_id="h-10mb",
-        provider=name,  # type: ignore[arg-type]
+        provider=name,
         source=str(item.write(corpus_dir)),
         results=str(tmp_path / "res"),
         **FACTS[name].spec_fields(),  # the body column from the file

@@ -34,6 +34,7 @@ from hostile.secrecy_support import (
 
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
+from smscast.providers.names import ProviderName
 from smscast.providers.registry import provider_class
 from smscast.settings import ProviderSettings, Secret, resolve_settings
 from smscast.tasks.load import load_recipients
@@ -115,12 +116,12 @@ def echoing_server(request: httpx.Request) -> httpx.Response:
 # reject_batch and by ShardSender._all. Strict: this test starts failing (XPASS) once that is fixed.
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_a_key_echoed_by_the_server_is_not_recorded(provider: str, tmp_path: Path) -> None:
+def test_a_key_echoed_by_the_server_is_not_recorded(provider: ProviderName, tmp_path: Path) -> None:
     cls = provider_class(provider)
     instance = cls(ProviderSettings(base_url=f"http://echo-{provider}.test", api_key=Secret(KEYS[provider])))
     spec = CampaignSpec(
         campaign_id=f"echo-{provider}",
-        provider=provider,  # type: ignore[arg-type]
+        provider=provider,
         source=str(write_recipients(tmp_path / "r.csv")),
         results=str(tmp_path / "res"),
         rate=10_000,

@@ -28,7 +28,8 @@ from smscast.providers.instasent import InstasentProvider
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from smscast.tasks.plan import plan_campaign
-from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.send_batch import RetryPolicy
+from smscast.tasks.send_engine import send_rows
 from smscast.tasks.validate import validate_recipients
 
 BASE = "https://instasent.test"

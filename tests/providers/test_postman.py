@@ -8,6 +8,7 @@ import csv
 import io
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import polars as pl
@@ -23,13 +24,8 @@ from smscast.errors import (
     ServerError,
 )
 from smscast.providers.base import Batch, Idempotency, Rejection
-from smscast.providers.postman import (
-    MAX_FILE_BYTES,
-    MAX_ROW_BYTES,
-    MAX_ROWS,
-    PostmanProvider,
-    csv_columns,
-)
+from smscast.providers.postman import PostmanProvider
+from smscast.providers.postman_csv import MAX_FILE_BYTES, MAX_ROW_BYTES, MAX_ROWS, csv_columns
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from smscast.tasks.plan import plan_campaign
@@ -46,7 +42,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def template_spec(**kw: object) -> CampaignSpec:
-    args: dict[str, object] = dict(
+    args: dict[str, Any] = dict(
         campaign_id="pm1",
         provider="postman",
         source="x",
@@ -57,7 +53,7 @@ def template_spec(**kw: object) -> CampaignSpec:
         rate=10_000,
     )
     args.update(kw)
-    return CampaignSpec(**args)  # type: ignore[arg-type]
+    return CampaignSpec(**args)
 
 
 def frame(n: int, **cols: list[str | None]) -> pl.DataFrame:

@@ -14,8 +14,10 @@ import pytest
 from smscast import ratelimit
 from smscast.campaign import CampaignSpec
 from smscast.errors import ConfigError
-from smscast.providers.postman import MAX_ROW_BYTES, PostmanProvider, csv_bytes
-from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.providers.postman import PostmanProvider
+from smscast.providers.postman_csv import MAX_ROW_BYTES, csv_bytes
+from smscast.tasks.send_batch import RetryPolicy
+from smscast.tasks.send_engine import send_rows
 from smscast.tasks.validate import validate_recipients
 from tests.providers.test_postman import (
     SETTINGS,

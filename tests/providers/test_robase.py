@@ -27,7 +27,8 @@ from smscast.providers.robase import RobaseProvider
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from smscast.tasks.plan import plan_campaign
-from smscast.tasks.send_engine import RetryPolicy, batches_of, send_rows
+from smscast.tasks.send_batch import RetryPolicy
+from smscast.tasks.send_engine import batches_of, send_rows
 from smscast.tasks.validate import validate_recipients
 
 SETTINGS = ProviderSettings(base_url="http://robase.test", api_key=Secret("rb_live_secret"))

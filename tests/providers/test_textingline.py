@@ -31,7 +31,8 @@ from smscast.sandbox.emulators import textingline as emulator
 from smscast.settings import ProviderSettings, Secret
 from smscast.status import Status
 from smscast.tasks.plan import plan_campaign
-from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.send_batch import RetryPolicy
+from smscast.tasks.send_engine import send_rows
 from smscast.tasks.validate import validate_recipients
 
 BASE = "http://textingline.test"

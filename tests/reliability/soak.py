@@ -105,7 +105,8 @@ class Soak:
         )
 
     def default_batch(self, long: bool) -> int:
-        return min(LONG_BATCH if long else SHORT_BATCH, self.facts.caps.max_rows)
+        batch: int = min(LONG_BATCH if long else SHORT_BATCH, self.facts.caps.max_rows)
+        return batch
 
     def batch_size(self, c: Campaign) -> int:
         return c.batch_size or self.default_batch(c.long)

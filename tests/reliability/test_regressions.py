@@ -25,7 +25,8 @@ from smscast.lock import CampaignLock
 from smscast.providers.textingline import TextinglineProvider
 from smscast.settings import ProviderSettings, Secret
 from smscast.tasks.plan import plan_campaign
-from smscast.tasks.send_engine import RetryPolicy, send_rows
+from smscast.tasks.send_batch import RetryPolicy
+from smscast.tasks.send_engine import send_rows
 from smscast.tasks.validate import validate_recipients
 
 
