@@ -36,10 +36,10 @@ from smscast.tasks.send import shard_runner
 from smscast.tasks.validate import validate_recipients
 
 # No cache policy: hashing a million-row frame for a cache key would cost more than the step itself.
-load = task(name="load", cache_policy=NONE)(load_recipients)
-validate = task(name="validate", cache_policy=NONE)(validate_recipients)
-policy = task(name="policy", cache_policy=NONE)(apply_policy)
-plan = task(name="plan", cache_policy=NONE)(plan_campaign)
+load = task(name="load", cache_policy=NONE, persist_result=False)(load_recipients)
+validate = task(name="validate", cache_policy=NONE, persist_result=False)(validate_recipients)
+policy = task(name="policy", cache_policy=NONE, persist_result=False)(apply_policy)
+plan = task(name="plan", cache_policy=NONE, persist_result=False)(plan_campaign)
 
 FAILURES = "Completed with failures"
 UNKNOWN_ROWS = "Completed with unknown rows"
@@ -74,6 +74,9 @@ def _field(value: Any, name: str) -> Any:
     return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
 
 
+FINAL_STATE_RESULT = True  # `persist_result` of the flows that end in `finish` (which says why)
+
+
 def campaign_state(result: dict[str, Any]) -> State[dict[str, Any]]:
     """The final state a campaign's (or retry's) result calls for: COMPLETED whatever the rows (the run did its
     work), named for what is left to do, with the counts as its message. `result` is its data."""
@@ -94,11 +97,23 @@ def campaign_state(result: dict[str, Any]) -> State[dict[str, Any]]:
 def finish(result: dict[str, Any]) -> dict[str, Any]:
     """What a flow returns to end in `campaign_state(result)`: Prefect makes a State a flow returns its final
     state, and hands whoever called the flow that state's data, so the caller still gets `result`. Typed
-    as the dict for that reason (a deployment's wrapper flow ends the same way: `return finish(...)`)."""
+    as the dict for that reason (a deployment's wrapper flow ends the same way: `return finish(...)`).
+
+    Every flow that ends here is declared with `persist_result=True` (FINAL_STATE_RESULT). When the API refuses
+    the final state because it already holds it (the engine proposed it again after its first answer was lost,
+    seen on a loaded machine), the engine reads the result from the API's copy of the state, which has only
+    what was stored: without a stored result, a campaign that completed failed with MissingResult. The
+    result is the summary, a few hundred bytes. Tasks set `persist_result=False`, since they would inherit the
+    flow's default and they return whole frames."""
     return cast(dict[str, Any], campaign_state(result))
 
 
-@flow(name="send-campaign", task_runner=shard_runner(), flow_run_name=campaign_run_name)
+@flow(
+    name="send-campaign",
+    task_runner=shard_runner(),
+    flow_run_name=campaign_run_name,
+    persist_result=FINAL_STATE_RESULT,
+)
 def send_campaign(spec: CampaignSpec, wait_for_lock: bool = False) -> dict[str, Any]:
     """`wait_for_lock`: if another live run is sending this campaign, wait for it rather than fail."""
     logger = get_run_logger()

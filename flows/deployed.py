@@ -21,7 +21,7 @@ from prefect import flow
 
 from smscast import storage
 from smscast.campaign import CampaignSpec
-from smscast.flows.campaign import campaign_run_name, finish, send_campaign
+from smscast.flows.campaign import FINAL_STATE_RESULT, campaign_run_name, finish, send_campaign
 from smscast.flows.reconcile import reconcile, reconcile_recent
 from smscast.flows.release import release_held, release_run_name
 from smscast.flows.retry import retry_failed
@@ -66,7 +66,7 @@ def _scheduled_day(tz: str) -> date:
     return when.astimezone(ZoneInfo(tz)).date()
 
 
-@flow(name="campaign", flow_run_name=campaign_run_name)
+@flow(name="campaign", flow_run_name=campaign_run_name, persist_result=FINAL_STATE_RESULT)
 def adhoc_campaign(campaign: CampaignForm) -> dict[str, Any]:
     """A campaign started by hand, from the UI form or `prefect deployment run`.
 
@@ -77,7 +77,7 @@ def adhoc_campaign(campaign: CampaignForm) -> dict[str, Any]:
     return finish(send_campaign(campaign.to_spec()))
 
 
-@flow(name="nightly-campaign", flow_run_name=campaign_run_name)
+@flow(name="nightly-campaign", flow_run_name=campaign_run_name, persist_result=FINAL_STATE_RESULT)
 def nightly_campaign(
     campaign: CampaignForm, run_date: date | None = None, timezone: str = "UTC"
 ) -> dict[str, Any]:
@@ -95,7 +95,7 @@ def nightly_campaign(
     return finish(send_campaign(_with(spec, campaign_id=dated_campaign_id(spec.campaign_id, day))))
 
 
-@flow(name="campaign-from-file", flow_run_name=campaign_run_name)
+@flow(name="campaign-from-file", flow_run_name=campaign_run_name, persist_result=FINAL_STATE_RESULT)
 def campaign_from_file(uri: str, campaign: CampaignForm, etag: str | None = None) -> dict[str, Any]:
     """A campaign for one recipients file that landed in the inbox: `uri` becomes the source, and the
     campaign id is the campaign's (a prefix), the file's name and a hash of its URI and ETag.

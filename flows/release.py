@@ -32,7 +32,7 @@ from prefect.context import FlowRunContext
 from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.dask_runner import with_runner
-from smscast.flows.campaign import finish, run_name
+from smscast.flows.campaign import FINAL_STATE_RESULT, finish, run_name
 from smscast.flows.retry import recorded_spec, replan, resume_unfinished, run_spec
 from smscast.lock import CampaignLock
 from smscast.providers.registry import make_provider
@@ -75,7 +75,12 @@ def due_rows(held: pl.DataFrame, now: datetime) -> pl.DataFrame:
     return held.filter(pl.col("release_at").is_null() | (pl.col("release_at") <= now))
 
 
-@flow(name="release-held", task_runner=shard_runner(), flow_run_name=release_run_name)
+@flow(
+    name="release-held",
+    task_runner=shard_runner(),
+    flow_run_name=release_run_name,
+    persist_result=FINAL_STATE_RESULT,
+)
 def release_held(
     campaign_id: str,
     results: str,

@@ -32,7 +32,7 @@ from smscast import storage
 from smscast.campaign import CampaignSpec
 from smscast.dask_runner import with_runner
 from smscast.errors import ConfigError
-from smscast.flows.campaign import campaign_run_name, finish, run_name
+from smscast.flows.campaign import FINAL_STATE_RESULT, campaign_run_name, finish, run_name
 from smscast.flows.failover import Leg, attempt_spec, retry_legs, run_legs
 from smscast.lock import CampaignLock
 from smscast.providers.base import Provider
@@ -49,7 +49,12 @@ from smscast.tasks.send import shard_runner
 PLAN_COLUMNS = ("shard", "batch_seq", "batch_id", "batch_key", "status", "error_code", "error_message")
 
 
-@flow(name="retry-failed", task_runner=shard_runner(), flow_run_name=campaign_run_name)
+@flow(
+    name="retry-failed",
+    task_runner=shard_runner(),
+    flow_run_name=campaign_run_name,
+    persist_result=FINAL_STATE_RESULT,
+)
 def retry_failed(
     campaign_id: str,
     results: str,

@@ -24,7 +24,7 @@ from smscast.tasks.manifest import Manifest, write_manifest
 from smscast.tasks.plan import PlannedCampaign, ShardRef
 
 
-@task(name="write-plan", cache_policy=NONE)
+@task(name="write-plan", cache_policy=NONE, persist_result=False)
 def save_plan(paths: AttemptPaths, planned: PlannedCampaign) -> Manifest:
     """Every plan file, then the manifest: its presence means the plan is complete and a resumed run sends
     from it without reading the source again (which may have changed since)."""
@@ -68,7 +68,7 @@ def result_rows(spec: CampaignSpec, planned: pl.DataFrame, outcomes: pl.DataFram
     return conform(rows).sort("row_index")
 
 
-@task(name="persist-results", cache_policy=NONE)
+@task(name="persist-results", cache_policy=NONE, persist_result=False)
 def persist_results(spec: CampaignSpec, shards: list[ShardRef]) -> str:
     """Seal the attempt: the unsent rows' part, then `_SUCCESS`. Returns the attempt's results location."""
     paths = AttemptPaths.of(spec)

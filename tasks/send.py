@@ -66,7 +66,7 @@ class ShardReport:
     resumed: bool = False
 
 
-@task(name="send-shard", cache_policy=NONE, task_run_name="send-shard-{shard.shard}")
+@task(name="send-shard", cache_policy=NONE, persist_result=False, task_run_name="send-shard-{shard.shard}")
 def send_shard(
     spec: CampaignSpec, shard: ShardRef, runtime_key: str, link: RunLink | None = None
 ) -> ShardReport:
