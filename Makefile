@@ -22,7 +22,8 @@ demo: $(BIN)/.installed
 	$(BIN)/smscast demo
 
 # Test code imports its helpers by file name (pytest's importlib mode with tests/ on the path: `from support
-# import ...`), so mypy checks each of its directories from inside it, tests/ on its path.
+# import ...`), so mypy checks each of its directories from inside it, tests/ on its path. One cache for all
+# of them: each would otherwise analyse smscast, Prefect and Polars again (a cold lint took 2m47s).
 TYPED_SCRIPT_DIRS := tests tests/hostile tests/reliability tests/providers tests/providers/contract benchmarks
 
 lint: $(BIN)/.installed
@@ -32,7 +33,7 @@ lint: $(BIN)/.installed
 	@for d in $(TYPED_SCRIPT_DIRS); do \
 		echo "mypy --strict $$d"; \
 		(cd $$d && MYPYPATH=$(CURDIR)/tests $(abspath $(BIN))/mypy --config-file $(CURDIR)/pyproject.toml \
-			--strict --no-namespace-packages *.py) || exit 1; \
+			--cache-dir $(CURDIR)/.mypy_cache --strict --no-namespace-packages *.py) || exit 1; \
 	done
 
 test: $(BIN)/.installed lint
